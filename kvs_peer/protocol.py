@@ -1,0 +1,434 @@
+"""KVS signaling messages: encode, decode, and hold early ICE candidates. No I/O.
+
+Client -> service frames (kvs-signaling.md 2.1)::
+
+    {"action":"SDP_OFFER","messagePayload":"<base64>","recipientClientId":"v1","correlationId":"1"}
+
+Service -> client frames (3.1)::
+
+    {"messagePayload":"...","messageType":"SDP_ANSWER","senderClientId":"..."}
+
+Decoding follows the real service and SDKs: key casing is ignored, empty or unparsable frames
+and junk such as ``{"message": "Endpoint request timed out"}`` are dropped (``None``), GO_AWAY
+and RECONNECT_ICE_SERVER need no payload, and a missing ``senderClientId`` means "from the
+master". Decoders never raise on network input.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import json
+import re
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InvalidArgument
+
+__all__ = [
+    "MAX_PAYLOAD_CHARS",
+    "Action",
+    "CandidateBuffer",
+    "ClientMessage",
+    "Event",
+    "GoAway",
+    "IceCandidate",
+    "MessageType",
+    "ReconnectIceServer",
+    "SdpAnswer",
+    "SdpOffer",
+    "StatusResponse",
+    "candidate_payload",
+    "decode_client_message",
+    "decode_message",
+    "decode_payload",
+    "encode_event",
+    "encode_message",
+    "encode_payload",
+    "sdp_payload",
+]
+
+# The quotas page says "10k" for messagePayload without saying 10,000 or 10,240; the
+# SendAlexaOfferToMaster model caps at 10,000 and the C SDK sizes buffers at 10,240. We never
+# send more than the stricter reading (kvs-signaling.md 2.1).
+MAX_PAYLOAD_CHARS = 10_000
+_ID_RE = re.compile(r"[a-zA-Z0-9_.-]{1,256}")
+
+
+class Action(enum.StrEnum):
+    """What a client may send."""
+
+    SDP_OFFER = "SDP_OFFER"
+    SDP_ANSWER = "SDP_ANSWER"
+    ICE_CANDIDATE = "ICE_CANDIDATE"
+
+
+class MessageType(enum.StrEnum):
+    """What the service may send."""
+
+    SDP_OFFER = "SDP_OFFER"
+    SDP_ANSWER = "SDP_ANSWER"
+    ICE_CANDIDATE = "ICE_CANDIDATE"
+    STATUS_RESPONSE = "STATUS_RESPONSE"
+    GO_AWAY = "GO_AWAY"
+    RECONNECT_ICE_SERVER = "RECONNECT_ICE_SERVER"
+
+
+# ---------------------------------------------------------------------------------------------
+# Payloads
+
+
+def encode_payload(obj: Mapping[str, Any]) -> str:
+    """Base64 of compact JSON, exactly ``btoa(JSON.stringify(obj))`` in the JS SDK."""
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def decode_payload(payload: str) -> dict[str, Any] | None:
+    """Decode a base64 JSON object payload; None when it is not one."""
+    if not isinstance(payload, str) or not payload:
+        return None
+    try:
+        raw = base64.b64decode(payload, validate=True)
+        obj = json.loads(raw.decode("utf-8"))
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def sdp_payload(type_: str, sdp: str) -> dict[str, str]:
+    """The payload of an SDP_OFFER/SDP_ANSWER: ``RTCSessionDescription.toJSON()``."""
+    return {"type": type_, "sdp": sdp}
+
+
+def candidate_payload(
+    candidate: str,
+    sdp_mid: str | None,
+    sdp_mline_index: int | None,
+    username_fragment: str | None = None,
+) -> dict[str, Any]:
+    """The payload of an ICE_CANDIDATE: ``RTCIceCandidate.toJSON()``."""
+    payload: dict[str, Any] = {
+        "candidate": candidate,
+        "sdpMid": sdp_mid,
+        "sdpMLineIndex": sdp_mline_index,
+    }
+    if username_fragment is not None:
+        payload["usernameFragment"] = username_fragment
+    return payload
+
+
+# ---------------------------------------------------------------------------------------------
+# Client -> service
+
+
+def _check_id(value: str, what: str) -> None:
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
+        raise InvalidArgument(
+            f"invalid {what} {value!r}: use 1-256 characters from a-z, A-Z, 0-9, '_', '.', '-'"
+        )
+
+
+def encode_message(
+    action: Action | str,
+    payload: Mapping[str, Any],
+    recipient_client_id: str | None = None,
+    correlation_id: str | None = None,
+) -> str:
+    """Encode one client frame exactly as the JS SDK's ``SignalingClient`` does.
+
+    Args:
+        action: ``SDP_OFFER``, ``SDP_ANSWER`` or ``ICE_CANDIDATE``.
+        payload: the JSON object to send (see :func:`sdp_payload`, :func:`candidate_payload`).
+        recipient_client_id: the viewer to deliver to; required when sending as master.
+        correlation_id: ask the service to report a failure with a STATUS_RESPONSE.
+
+    Raises:
+        InvalidArgument: unknown action, bad id, or a payload over the 10K limit.
+    """
+    try:
+        action = Action(action)
+    except ValueError:
+        raise InvalidArgument(
+            f"unknown action {action!r}: use one of {', '.join(a.value for a in Action)}"
+        ) from None
+    if recipient_client_id is not None:
+        _check_id(recipient_client_id, "recipient client id")
+    if correlation_id is not None:
+        _check_id(correlation_id, "correlation id")
+    encoded = encode_payload(payload)
+    if len(encoded) > MAX_PAYLOAD_CHARS:
+        hint = (
+            " (an SDP with every candidate inlined is the usual cause: trickle candidates, "
+            "use fewer ICE servers or network interfaces, or drop unused codecs)"
+            if action is not Action.ICE_CANDIDATE
+            else ""
+        )
+        raise InvalidArgument(
+            f"{action} payload is {len(encoded)} base64 characters, over the KVS limit of "
+            f"{MAX_PAYLOAD_CHARS}{hint}"
+        )
+    message: dict[str, str] = {"action": action.value, "messagePayload": encoded}
+    if recipient_client_id is not None:
+        message["recipientClientId"] = recipient_client_id
+    if correlation_id is not None:
+        message["correlationId"] = correlation_id
+    return json.dumps(message, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class ClientMessage:
+    """A client frame as the service sees it (used by the emulator)."""
+
+    action: Action
+    message_payload: str
+    recipient_client_id: str | None = None
+    correlation_id: str | None = None
+
+
+def _lower_keys(obj: Mapping[str, Any]) -> dict[str, Any]:
+    return {k.lower(): v for k, v in obj.items() if isinstance(k, str)}
+
+
+def _parse_object(text: str | bytes) -> dict[str, Any] | None:
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if not isinstance(text, str) or not text.strip():
+        return None
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return _lower_keys(obj) if isinstance(obj, dict) else None
+
+
+def _opt_str(value: Any) -> str | None:
+    # Empty strings count as absent (C clients always send RecipientClientId).
+    return value if isinstance(value, str) and value else None
+
+
+def decode_client_message(text: str | bytes) -> ClientMessage | str:
+    """Parse a client frame, accepting camelCase (JS) and PascalCase (C) keys.
+
+    Returns:
+        A :class:`ClientMessage`, or a human-readable reason the frame is invalid (the
+        emulator turns it into a STATUS_RESPONSE when a correlation id is present).
+    """
+    obj = _parse_object(text)
+    if obj is None:
+        return "message is not a JSON object"
+    try:
+        action = Action(obj.get("action"))
+    except ValueError:
+        return f"unknown action {obj.get('action')!r}"
+    payload = obj.get("messagepayload")
+    if not isinstance(payload, str) or not payload:
+        return "messagePayload is required"
+    recipient = _opt_str(obj.get("recipientclientid"))
+    correlation = _opt_str(obj.get("correlationid"))
+    if recipient is not None and not _ID_RE.fullmatch(recipient):
+        return "recipientClientId is malformed"
+    if correlation is not None and not _ID_RE.fullmatch(correlation):
+        return "correlationId is malformed"
+    return ClientMessage(action, payload, recipient, correlation)
+
+
+# ---------------------------------------------------------------------------------------------
+# Service -> client
+
+
+@dataclass(frozen=True, slots=True)
+class SdpOffer:
+    """An offer; ``sender_client_id`` is None when it comes from the master."""
+
+    sdp: str
+    sender_client_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SdpAnswer:
+    """An answer; ``sender_client_id`` is None when it comes from the master."""
+
+    sdp: str
+    sender_client_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IceCandidate:
+    """A trickled remote candidate. ``candidate == ""`` means end of candidates."""
+
+    candidate: str
+    sdp_mid: str | None = None
+    sdp_mline_index: int | None = None
+    username_fragment: str | None = None
+    sender_client_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusResponse:
+    """The service's report that a message sent with ``correlation_id`` failed."""
+
+    correlation_id: str
+    error_type: str | None = None
+    status_code: str | None = None
+    description: str | None = None
+    sender_client_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GoAway:
+    """The service will close this connection soon (1 minute grace): reconnect."""
+
+    sender_client_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReconnectIceServer:
+    """TURN servers are rotating: fetch a new ICE configuration."""
+
+    sender_client_id: str | None = None
+
+
+Event = SdpOffer | SdpAnswer | IceCandidate | StatusResponse | GoAway | ReconnectIceServer
+
+
+def _decode_status(obj: Any, sender: str | None) -> StatusResponse | None:
+    if not isinstance(obj, dict):
+        return None
+    status = _lower_keys(obj)
+    correlation = status.get("correlationid")
+    if not isinstance(correlation, str):
+        return None
+    code = status.get("statuscode")
+    return StatusResponse(
+        correlation_id=correlation,
+        error_type=_opt_str(status.get("errortype")),
+        status_code=str(code) if isinstance(code, str | int) else None,
+        description=_opt_str(status.get("description")),
+        sender_client_id=sender,
+    )
+
+
+def decode_message(text: str | bytes) -> Event | None:
+    """Decode one service frame into an event, or None for anything to ignore.
+
+    Never raises on network input.
+    """
+    obj = _parse_object(text)
+    if obj is None:
+        return None
+    sender = _opt_str(obj.get("senderclientid"))
+    try:
+        message_type = MessageType(obj.get("messagetype"))
+    except ValueError:
+        return None
+    if message_type is MessageType.GO_AWAY:
+        return GoAway(sender)
+    if message_type is MessageType.RECONNECT_ICE_SERVER:
+        return ReconnectIceServer(sender)
+    if message_type is MessageType.STATUS_RESPONSE:
+        return _decode_status(obj.get("statusresponse"), sender)
+    payload = decode_payload(obj.get("messagepayload"))  # type: ignore[arg-type]
+    if payload is None:
+        return None
+    if message_type in (MessageType.SDP_OFFER, MessageType.SDP_ANSWER):
+        sdp = payload.get("sdp")
+        if not isinstance(sdp, str) or not sdp:
+            return None
+        cls = SdpOffer if message_type is MessageType.SDP_OFFER else SdpAnswer
+        return cls(sdp=sdp, sender_client_id=sender)
+    # ICE_CANDIDATE
+    candidate = payload.get("candidate")
+    if candidate is None:
+        candidate = ""  # null candidate = end of candidates
+    if not isinstance(candidate, str):
+        return None
+    mid = payload.get("sdpMid")
+    index = payload.get("sdpMLineIndex")
+    ufrag = payload.get("usernameFragment")
+    return IceCandidate(
+        candidate=candidate,
+        sdp_mid=mid if isinstance(mid, str) else None,
+        sdp_mline_index=index if isinstance(index, int) and not isinstance(index, bool) else None,
+        username_fragment=ufrag if isinstance(ufrag, str) else None,
+        sender_client_id=sender,
+    )
+
+
+def encode_event(
+    message_type: MessageType | str,
+    *,
+    message_payload: str | None = None,
+    sender_client_id: str | None = None,
+    status_response: Mapping[str, Any] | None = None,
+) -> str:
+    """Encode a service frame as the real service does: compact JSON, keys sorted.
+
+    ``sender_client_id`` is omitted for master-originated messages.
+    """
+    message: dict[str, Any] = {"messageType": MessageType(message_type).value}
+    if message_payload is not None:
+        message["messagePayload"] = message_payload
+    if sender_client_id is not None:
+        message["senderClientId"] = sender_client_id
+    if status_response is not None:
+        message["statusResponse"] = dict(status_response)
+    return json.dumps(message, separators=(",", ":"), sort_keys=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Early candidates
+
+
+@dataclass
+class CandidateBuffer:
+    """Holds ICE candidates that arrive before their sender's SDP (kvs-signaling.md 3.4).
+
+    Feed every decoded event to :meth:`receive`; it returns the events to act on now, in
+    order. Bounded so a hostile peer cannot grow memory without limit.
+    """
+
+    max_senders: int = 64
+    max_per_sender: int = 64
+    _seen_sdp: set[str] = field(default_factory=set)
+    _held: OrderedDict[str, list[IceCandidate]] = field(default_factory=OrderedDict)
+
+    @staticmethod
+    def _key(sender: str | None) -> str:
+        return sender if sender is not None else "\0master"
+
+    def receive(self, event: Event) -> list[Event]:
+        """Return the events ready for the application after ``event``."""
+        if isinstance(event, SdpOffer | SdpAnswer):
+            key = self._key(event.sender_client_id)
+            self._seen_sdp.add(key)
+            return [event, *self._held.pop(key, [])]
+        if isinstance(event, IceCandidate):
+            key = self._key(event.sender_client_id)
+            if key in self._seen_sdp:
+                return [event]
+            held = self._held.setdefault(key, [])
+            self._held.move_to_end(key)
+            if len(held) < self.max_per_sender:
+                held.append(event)
+            while len(self._held) > self.max_senders:
+                self._held.popitem(last=False)
+            return []
+        return [event]
+
+    def forget(self, sender: str | None) -> None:
+        """Drop state for one sender (its session ended): its next candidates wait again."""
+        key = self._key(sender)
+        self._seen_sdp.discard(key)
+        self._held.pop(key, None)
+
+    def clear(self) -> None:
+        """Drop all state (for example after a signaling reconnect)."""
+        self._seen_sdp.clear()
+        self._held.clear()

@@ -1,0 +1,543 @@
+"""Presign and verify KVS signaling URLs (SigV4 query auth through botocore).
+
+The URL a peer opens to connect to a signaling channel is a SigV4 *query* presign of
+``GET wss://host/path?X-Amz-ChannelARN=...[&X-Amz-ClientId=...]`` for the service
+``kinesisvideo``, with ``host`` as the only signed header, the empty-body hash, and the session
+token inside the signed query (kvs-signaling.md 1.1). botocore computes the signature; this
+module only fixes the timestamp, re-sorts the query so the URL is byte-identical to the
+official JS SDK's ``SigV4RequestSigner``, and validates inputs.
+
+Everything here is pure: the clock is an argument (``now``), nothing touches the network.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, quote, urlsplit
+
+from botocore.auth import SIGV4_TIMESTAMP, SigV4Auth, SigV4QueryAuth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from .errors import InvalidArgument, SignatureError
+
+__all__ = [
+    "CHANNEL_ARN_PARAM",
+    "CLIENT_ID_PARAM",
+    "DEFAULT_EXPIRES",
+    "VerifiedRequest",
+    "master_url",
+    "presign_url",
+    "redact_url",
+    "validate_channel_arn",
+    "validate_channel_name",
+    "validate_client_id",
+    "verify_presigned_url",
+    "verify_signed_request",
+    "viewer_url",
+]
+
+CHANNEL_ARN_PARAM = "X-Amz-ChannelARN"
+CLIENT_ID_PARAM = "X-Amz-ClientId"
+DEFAULT_EXPIRES = 299  # the JS SDK's fixed value (kvs-signaling.md 1.1, step 6)
+MAX_EXPIRES = 604_800  # SigV4 presign cap; the C SDK signs for up to 7 days
+DEFAULT_MAX_SKEW = 300.0  # "+/- 5 minutes" (JS SDK README, kvs-signaling.md 1.3)
+
+_SECRET_PARAMS = ("X-Amz-Signature", "X-Amz-Credential", "X-Amz-Security-Token")
+_CLIENT_ID_RE = re.compile(r"[a-zA-Z0-9_.-]{1,256}")
+_CHANNEL_NAME_RE = re.compile(r"[a-zA-Z0-9_.-]{1,256}")
+_CHANNEL_ARN_RE = re.compile(
+    r"arn:aws[a-z-]*:kinesisvideo:[a-z0-9-]+:[0-9]+:channel/[a-zA-Z0-9_.-]+/[0-9]+"
+)
+_CREDENTIAL_RE = re.compile(
+    r"(?P<akid>[^/]+)/(?P<date>\d{8})/(?P<region>[a-z0-9-]+)/(?P<service>[a-z0-9-]+)/aws4_request"
+)
+
+
+class CredentialsLike(Protocol):
+    """Anything with ``access_key``, ``secret_key`` and ``token`` (botocore ``Credentials``)."""
+
+    access_key: str
+    secret_key: str
+    token: str | None
+
+
+def validate_client_id(client_id: str) -> str:
+    """Return ``client_id`` if KVS accepts it as a viewer client id, else raise.
+
+    Rules (kvs-signaling.md 1.2): 1-256 characters from ``[a-zA-Z0-9_.-]`` and no ``AWS_``
+    prefix in any case.
+
+    Raises:
+        InvalidArgument: with the rule that was broken.
+    """
+    if not isinstance(client_id, str) or not _CLIENT_ID_RE.fullmatch(client_id):
+        raise InvalidArgument(
+            f"invalid client id {client_id!r}: use 1-256 characters from "
+            "a-z, A-Z, 0-9, '_', '.', '-'"
+        )
+    if client_id.upper().startswith("AWS_"):
+        raise InvalidArgument(
+            f"invalid client id {client_id!r}: KVS reserves ids starting with 'AWS_'"
+        )
+    return client_id
+
+
+def validate_channel_name(name: str) -> str:
+    """Return ``name`` if it is a valid signaling channel name, else raise InvalidArgument."""
+    if not isinstance(name, str) or not _CHANNEL_NAME_RE.fullmatch(name):
+        raise InvalidArgument(
+            f"invalid channel name {name!r}: use 1-256 characters from a-z, A-Z, 0-9, '_', '.', '-'"
+        )
+    return name
+
+
+def validate_channel_arn(arn: str) -> str:
+    """Return ``arn`` if it looks like a signaling channel ARN, else raise InvalidArgument."""
+    if not isinstance(arn, str) or len(arn) > 1024 or not _CHANNEL_ARN_RE.fullmatch(arn):
+        raise InvalidArgument(
+            f"invalid channel ARN {arn!r}: expected "
+            "arn:aws:kinesisvideo:REGION:ACCOUNT:channel/NAME/CREATION_MILLIS"
+        )
+    return arn
+
+
+def _encode(value: str) -> str:
+    # RFC 3986 unreserved set, uppercase hex: what botocore signs and, for every value KVS
+    # uses (ARNs, ids, base64 tokens), what the JS SDK's encodeURIComponent produces.
+    return quote(value, safe="-_.~")
+
+
+def _frozen(credentials: Any) -> Credentials:
+    # Refreshable credentials may rotate between reading the key and the secret.
+    if hasattr(credentials, "get_frozen_credentials"):
+        credentials = credentials.get_frozen_credentials()
+    access_key = getattr(credentials, "access_key", None)
+    secret_key = getattr(credentials, "secret_key", None)
+    if not access_key or not secret_key:
+        raise InvalidArgument(
+            "credentials need a non-empty access key and secret key; configure AWS credentials "
+            "(environment, profile or role) or use a signer service"
+        )
+    return Credentials(access_key, secret_key, getattr(credentials, "token", None) or None)
+
+
+def _timestamp(now: dt.datetime | None) -> str:
+    if now is None:
+        now = dt.datetime.now(dt.UTC)
+    elif now.tzinfo is None:
+        raise InvalidArgument("now must be timezone-aware (e.g. datetime.now(timezone.utc))")
+    return now.astimezone(dt.UTC).strftime(SIGV4_TIMESTAMP)
+
+
+class _QueryAuth(SigV4QueryAuth):
+    """botocore's query signer with an explicit timestamp.
+
+    botocore's own ``add_auth`` reads the wall clock and logs the canonical request at debug
+    level, which contains the session token; this runs the same steps without either.
+    """
+
+    def sign(self, request: AWSRequest, timestamp: str) -> str:
+        request.context["timestamp"] = timestamp
+        self._modify_request_before_signing(request)
+        string_to_sign = self.string_to_sign(request, self.canonical_request(request))
+        return self.signature(string_to_sign, request)
+
+
+def _split_endpoint(endpoint: str) -> tuple[str, str, str]:
+    if not isinstance(endpoint, str):
+        raise InvalidArgument(f"endpoint must be a string, got {type(endpoint).__name__}")
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("wss", "ws"):
+        raise InvalidArgument(
+            f"endpoint {endpoint!r} is not a WebSocket endpoint: it must start with wss:// "
+            "(or ws:// for a local emulator)"
+        )
+    if parts.query or "?" in endpoint or parts.fragment:
+        raise InvalidArgument(
+            f"endpoint {endpoint!r} already carries a query or fragment: pass the bare WSS "
+            "endpoint from GetSignalingChannelEndpoint and the parameters separately"
+        )
+    if not parts.netloc:
+        raise InvalidArgument(f"endpoint {endpoint!r} has no host")
+    return parts.scheme, parts.netloc, parts.path or "/"
+
+
+def presign_url(
+    endpoint: str,
+    *,
+    region: str,
+    credentials: CredentialsLike | Any,
+    query: Mapping[str, str],
+    expires: int = DEFAULT_EXPIRES,
+    service: str = "kinesisvideo",
+    now: dt.datetime | None = None,
+) -> str:
+    """Presign a signaling WebSocket URL.
+
+    Args:
+        endpoint: the channel's WSS endpoint (``wss://...``; ``ws://`` for a local emulator),
+            without a query.
+        region: AWS region of the channel, e.g. ``us-west-2``.
+        credentials: botocore ``Credentials`` (refreshable ones are frozen first) or any
+            object with ``access_key``, ``secret_key`` and ``token``.
+        query: the role parameters, e.g. ``{"X-Amz-ChannelARN": arn}``.
+        expires: validity in seconds (1 to 604800); the JS SDK always uses 299.
+        service: SigV4 service name; KVS uses ``kinesisvideo``.
+        now: signing time (timezone-aware); defaults to the current time. Add a known clock
+            offset here to sign for a server whose clock differs from ours.
+
+    Returns:
+        The signed URL, query keys in byte order exactly as the JS SDK writes them.
+
+    Raises:
+        InvalidArgument: bad endpoint, credentials, region or expiry.
+    """
+    scheme, host, path = _split_endpoint(endpoint)
+    if not region or not isinstance(region, str):
+        raise InvalidArgument("region is required, e.g. 'us-west-2'")
+    if not isinstance(expires, int) or not 1 <= expires <= MAX_EXPIRES:
+        raise InvalidArgument(f"expires must be an integer from 1 to {MAX_EXPIRES} seconds")
+    creds = _frozen(credentials)
+    params = {str(k): str(v) for k, v in query.items()}
+    request = AWSRequest(method="GET", url=f"{scheme}://{host}{path}", params=params)
+    auth = _QueryAuth(creds, service, region, expires=expires)
+    signature = auth.sign(request, _timestamp(now))
+    signed = dict(parse_qsl(urlsplit(request.url).query, keep_blank_values=True))
+    signed["X-Amz-Signature"] = signature
+    query_string = "&".join(f"{k}={_encode(v)}" for k, v in sorted(signed.items()))
+    return f"{scheme}://{host}{path}?{query_string}"
+
+
+def master_url(
+    endpoint: str,
+    *,
+    channel_arn: str,
+    region: str,
+    credentials: CredentialsLike | Any,
+    expires: int = DEFAULT_EXPIRES,
+    now: dt.datetime | None = None,
+) -> str:
+    """Presign a ConnectAsMaster URL (only ``X-Amz-ChannelARN``; KVS masters have no client id)."""
+    validate_channel_arn(channel_arn)
+    return presign_url(
+        endpoint,
+        region=region,
+        credentials=credentials,
+        query={CHANNEL_ARN_PARAM: channel_arn},
+        expires=expires,
+        now=now,
+    )
+
+
+def viewer_url(
+    endpoint: str,
+    *,
+    channel_arn: str,
+    client_id: str,
+    region: str,
+    credentials: CredentialsLike | Any,
+    expires: int = DEFAULT_EXPIRES,
+    now: dt.datetime | None = None,
+) -> str:
+    """Presign a ConnectAsViewer URL (``X-Amz-ChannelARN`` and a validated ``X-Amz-ClientId``)."""
+    validate_channel_arn(channel_arn)
+    validate_client_id(client_id)
+    return presign_url(
+        endpoint,
+        region=region,
+        credentials=credentials,
+        query={CHANNEL_ARN_PARAM: channel_arn, CLIENT_ID_PARAM: client_id},
+        expires=expires,
+        now=now,
+    )
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with the signature, credential and session token values hidden.
+
+    Use it for every log line or error message that would otherwise show a signed URL.
+    """
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+    shown = []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        shown.append(f"{key}={'REDACTED' if key in _SECRET_PARAMS else _encode(value)}")
+    return parts._replace(query="&".join(shown)).geturl()
+
+
+# --------------------------------------------------------------------------------------------
+# Verification (servers: the local emulator, tests)
+
+
+SecretLookup = Callable[[str], str | None] | Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedRequest:
+    """What a valid signature proves about a request."""
+
+    access_key: str
+    region: str
+    service: str
+    signed_at: dt.datetime
+    expires_at: dt.datetime | None
+    params: Mapping[str, str]
+    """Every query parameter except ``X-Amz-Signature`` (decoded)."""
+    session_token: str | None
+
+
+def _lookup_secret(secrets: SecretLookup, access_key: str) -> str | None:
+    if callable(secrets):
+        return secrets(access_key)
+    return secrets.get(access_key)
+
+
+def _parse_scope(credential: str, region: str | None, service: str) -> dict[str, str]:
+    match = _CREDENTIAL_RE.fullmatch(credential)
+    if not match:
+        raise SignatureError("malformed", f"malformed credential scope {credential.split('/')[1:]}")
+    scope = match.groupdict()
+    if region is not None and scope["region"] != region:
+        raise SignatureError(
+            "scope",
+            f"credential scope is for region {scope['region']!r}, this endpoint is {region!r}: "
+            "sign with the channel's region",
+        )
+    if scope["service"] != service:
+        raise SignatureError(
+            "scope", f"credential scope is for service {scope['service']!r}, expected {service!r}"
+        )
+    return scope
+
+
+def _check_time(
+    signed_at: dt.datetime,
+    expires: int | None,
+    now: dt.datetime,
+    max_skew: float,
+) -> dt.datetime | None:
+    skew = (signed_at - now).total_seconds()
+    if skew > max_skew:
+        raise SignatureError(
+            "skew",
+            f"Signature not yet current: {signed_at:%Y%m%dT%H%M%SZ} is more than "
+            f"{int(max_skew)} s ahead of server time {now:%Y%m%dT%H%M%SZ}; fix the client clock",
+        )
+    if expires is None:
+        if -skew > max_skew:
+            raise SignatureError(
+                "skew",
+                f"Signature expired: {signed_at:%Y%m%dT%H%M%SZ} is more than {int(max_skew)} s "
+                f"before server time {now:%Y%m%dT%H%M%SZ}; fix the client clock",
+            )
+        return None
+    expires_at = signed_at + dt.timedelta(seconds=expires)
+    if now > expires_at:
+        raise SignatureError(
+            "expired",
+            f"Signature expired: URL signed at {signed_at:%Y%m%dT%H%M%SZ} was valid for "
+            f"{expires} s; fetch a freshly signed URL for every connect",
+        )
+    return expires_at
+
+
+def _utc(now: dt.datetime | None) -> dt.datetime:
+    if now is None:
+        return dt.datetime.now(dt.UTC)
+    if now.tzinfo is None:
+        raise InvalidArgument("now must be timezone-aware")
+    return now.astimezone(dt.UTC)
+
+
+def verify_presigned_url(
+    url: str,
+    *,
+    secrets: SecretLookup,
+    region: str | None = None,
+    service: str = "kinesisvideo",
+    host: str | None = None,
+    now: dt.datetime | None = None,
+    max_skew: float = DEFAULT_MAX_SKEW,
+) -> VerifiedRequest:
+    """Verify a SigV4 query-presigned GET URL as the KVS signaling service would.
+
+    Args:
+        url: the full request URL (scheme, host, path and query as received).
+        secrets: access key id -> secret key, as a mapping or a callable returning None for
+            unknown keys.
+        region: required region of the credential scope; None accepts any.
+        service: required service of the credential scope.
+        host: the ``Host`` header as received, when it differs from the URL's host.
+        now: server time (timezone-aware); defaults to the current time.
+        max_skew: accepted clock difference in seconds between signer and server.
+
+    Returns:
+        A :class:`VerifiedRequest` describing the signer and the signed parameters.
+
+    Raises:
+        SignatureError: with ``reason`` set to what failed; the message is safe to return to
+            the client (it never includes the expected signature).
+    """
+    parts = urlsplit(url)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    params: dict[str, str] = {}
+    for key, value in pairs:
+        if key in params:
+            raise SignatureError("malformed", f"query parameter {key} appears more than once")
+        params[key] = value
+    required = (
+        "X-Amz-Algorithm",
+        "X-Amz-Credential",
+        "X-Amz-Date",
+        "X-Amz-Expires",
+        "X-Amz-SignedHeaders",
+        "X-Amz-Signature",
+    )
+    missing = [name for name in required if not params.get(name)]
+    if missing:
+        raise SignatureError("malformed", f"missing query parameters: {', '.join(missing)}")
+    if params["X-Amz-Algorithm"] != "AWS4-HMAC-SHA256":
+        raise SignatureError("unsupported", "only X-Amz-Algorithm=AWS4-HMAC-SHA256 is supported")
+    if params["X-Amz-SignedHeaders"].lower() != "host":
+        raise SignatureError(
+            "unsupported", "X-Amz-SignedHeaders must be 'host' for a signaling connect"
+        )
+    try:
+        expires = int(params["X-Amz-Expires"])
+        signed_at = dt.datetime.strptime(params["X-Amz-Date"], SIGV4_TIMESTAMP).replace(
+            tzinfo=dt.UTC
+        )
+    except ValueError:
+        raise SignatureError("malformed", "X-Amz-Date or X-Amz-Expires is malformed") from None
+    if not 1 <= expires <= MAX_EXPIRES:
+        raise SignatureError("malformed", f"X-Amz-Expires must be from 1 to {MAX_EXPIRES}")
+    scope = _parse_scope(params["X-Amz-Credential"], region, service)
+    if scope["date"] != params["X-Amz-Date"][:8]:
+        raise SignatureError("scope", "credential scope date does not match X-Amz-Date")
+    secret = _lookup_secret(secrets, scope["akid"])
+    if secret is None:
+        raise SignatureError(
+            "unknown-key", "The security token included in the request is invalid (unknown key)"
+        )
+    expires_at = _check_time(signed_at, expires, _utc(now), max_skew)
+
+    token = params.get("X-Amz-Security-Token")
+    creds = Credentials(scope["akid"], secret, token)
+    # Every non-auth parameter is signed, including unknown ones such as the C SDK's
+    # X-Amz-Role: keep them all.
+    operation = {
+        k: v for k, v in params.items() if k not in required and k != "X-Amz-Security-Token"
+    }
+    scheme = "wss" if parts.scheme in ("wss", "https") else "ws"
+    request = AWSRequest(
+        method="GET",
+        url=f"{scheme}://{host or parts.netloc}{parts.path or '/'}",
+        params=operation,
+        headers={"host": host or parts.netloc},
+    )
+    auth = _QueryAuth(creds, scope["service"], scope["region"], expires=expires)
+    expected = auth.sign(request, params["X-Amz-Date"])
+    if not hmac.compare_digest(expected, params["X-Amz-Signature"]):
+        raise SignatureError(
+            "mismatch",
+            "The request signature we calculated does not match the signature you provided: "
+            "check the secret key and that the URL was not modified",
+        )
+    verified = {k: v for k, v in params.items() if k != "X-Amz-Signature"}
+    return VerifiedRequest(
+        access_key=scope["akid"],
+        region=scope["region"],
+        service=scope["service"],
+        signed_at=signed_at,
+        expires_at=expires_at,
+        params=verified,
+        session_token=token,
+    )
+
+
+_AUTH_HEADER_RE = re.compile(
+    r"AWS4-HMAC-SHA256\s+Credential=(?P<credential>[^,\s]+),\s*"
+    r"SignedHeaders=(?P<signed>[^,\s]+),\s*Signature=(?P<signature>[0-9a-f]{64})"
+)
+
+
+class _HeaderAuth(SigV4Auth):
+    def signature_for(self, request: AWSRequest, timestamp: str) -> str:
+        request.context["timestamp"] = timestamp
+        string_to_sign = self.string_to_sign(request, self.canonical_request(request))
+        return self.signature(string_to_sign, request)
+
+
+def verify_signed_request(
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    secrets: SecretLookup,
+    region: str | None = None,
+    service: str = "kinesisvideo",
+    now: dt.datetime | None = None,
+    max_skew: float = DEFAULT_MAX_SKEW,
+) -> VerifiedRequest:
+    """Verify a SigV4 ``Authorization``-header request, as boto3 sends to the control plane.
+
+    Only the headers named in ``SignedHeaders`` take part, so headers a client adds after
+    signing (the C SDK's unsigned ``x-amz-security-token``) are tolerated.
+
+    Raises:
+        SignatureError: with ``reason`` set to what failed.
+    """
+    lowered = {k.lower(): v for k, v in headers.items()}
+    match = _AUTH_HEADER_RE.fullmatch(lowered.get("authorization", "").strip())
+    if not match:
+        raise SignatureError(
+            "malformed", "Missing or malformed Authorization header (SigV4 expected)"
+        )
+    timestamp = lowered.get("x-amz-date", "")
+    try:
+        signed_at = dt.datetime.strptime(timestamp, SIGV4_TIMESTAMP).replace(tzinfo=dt.UTC)
+    except ValueError:
+        raise SignatureError("malformed", "missing or malformed X-Amz-Date header") from None
+    scope = _parse_scope(match["credential"], region, service)
+    if scope["date"] != timestamp[:8]:
+        raise SignatureError("scope", "credential scope date does not match X-Amz-Date")
+    secret = _lookup_secret(secrets, scope["akid"])
+    if secret is None:
+        raise SignatureError(
+            "unknown-key", "The security token included in the request is invalid (unknown key)"
+        )
+    _check_time(signed_at, None, _utc(now), max_skew)
+    signed_names = match["signed"].split(";")
+    if "host" not in signed_names:
+        raise SignatureError("malformed", "SignedHeaders must include host")
+    try:
+        signed_headers = {name: lowered[name] for name in signed_names}
+    except KeyError as exc:
+        raise SignatureError("malformed", f"signed header {exc.args[0]} is missing") from None
+    token = lowered.get("x-amz-security-token")
+    request = AWSRequest(method=method.upper(), url=url, headers=signed_headers, data=body)
+    auth = _HeaderAuth(Credentials(scope["akid"], secret, token), scope["service"], scope["region"])
+    expected = auth.signature_for(request, timestamp)
+    if not hmac.compare_digest(expected, match["signature"]):
+        raise SignatureError(
+            "mismatch",
+            "The request signature we calculated does not match the signature you provided. "
+            "Check your AWS Secret Access Key and signing method.",
+        )
+    return VerifiedRequest(
+        access_key=scope["akid"],
+        region=scope["region"],
+        service=scope["service"],
+        signed_at=signed_at,
+        expires_at=None,
+        params=dict(parse_qsl(urlsplit(url).query, keep_blank_values=True)),
+        session_token=token,
+    )
