@@ -38,6 +38,7 @@ __all__ = [
     "IceCandidate",
     "MessageType",
     "ReconnectIceServer",
+    "Role",
     "SdpAnswer",
     "SdpOffer",
     "StatusResponse",
@@ -56,6 +57,21 @@ __all__ = [
 # send more than the stricter reading (kvs-signaling.md 2.1).
 MAX_PAYLOAD_CHARS = 10_000
 _ID_RE = re.compile(r"[a-zA-Z0-9_.-]{1,256}")
+
+
+class Role(enum.StrEnum):
+    """Which side of a signaling channel a peer connects as."""
+
+    MASTER = "MASTER"
+    VIEWER = "VIEWER"
+
+    @classmethod
+    def parse(cls, value: str) -> Role:
+        """Accept ``master``/``MASTER``/``viewer``...; raise InvalidArgument otherwise."""
+        try:
+            return cls(str(value).upper())
+        except ValueError:
+            raise InvalidArgument(f"invalid role {value!r}: use MASTER or VIEWER") from None
 
 
 class Action(enum.StrEnum):
@@ -81,10 +97,28 @@ class MessageType(enum.StrEnum):
 # Payloads
 
 
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
+def _escape_non_ascii(match: re.Match[str]) -> str:
+    return "".join(f"\\u{unit:04x}" for unit in _utf16_units(match.group()))
+
+
+def _utf16_units(char: str) -> list[int]:
+    data = char.encode("utf-16-be", "surrogatepass")
+    return [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
+
+
 def encode_payload(obj: Mapping[str, Any]) -> str:
-    """Base64 of compact JSON, exactly ``btoa(JSON.stringify(obj))`` in the JS SDK."""
+    """Base64 of compact JSON, exactly ``btoa(JSON.stringify(obj))`` in the JS SDK.
+
+    Identical for ASCII content (every SDP and candidate). Non-ASCII characters are sent as
+    JSON ``\\uXXXX`` escapes so that JS peers, which decode with ``atob`` (Latin-1), read
+    them back intact; DEL stays raw as in ``JSON.stringify``.
+    """
     text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+    text = _NON_ASCII.sub(_escape_non_ascii, text)
+    return base64.b64encode(text.encode("ascii")).decode("ascii")
 
 
 def decode_payload(payload: str) -> dict[str, Any] | None:
@@ -93,8 +127,13 @@ def decode_payload(payload: str) -> dict[str, Any] | None:
         return None
     try:
         raw = base64.b64decode(payload, validate=True)
-        obj = json.loads(raw.decode("utf-8"))
-    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            # The JS SDK's btoa() writes U+0080..U+00FF as single Latin-1 bytes.
+            text = raw.decode("latin-1")
+        obj = json.loads(text)
+    except (binascii.Error, ValueError, RecursionError):
         return None
     return obj if isinstance(obj, dict) else None
 
@@ -226,7 +265,7 @@ def decode_client_message(text: str | bytes) -> ClientMessage | str:
     try:
         action = Action(obj.get("action"))
     except ValueError:
-        return f"unknown action {obj.get('action')!r}"
+        return f"unknown action {str(obj.get('action'))[:64]!r}"
     payload = obj.get("messagepayload")
     if not isinstance(payload, str) or not payload:
         return "messagePayload is required"
@@ -372,7 +411,11 @@ def encode_event(
 
     ``sender_client_id`` is omitted for master-originated messages.
     """
-    message: dict[str, Any] = {"messageType": MessageType(message_type).value}
+    try:
+        kind = MessageType(message_type)
+    except ValueError:
+        raise InvalidArgument(f"unknown message type {message_type!r}") from None
+    message: dict[str, Any] = {"messageType": kind.value}
     if message_payload is not None:
         message["messagePayload"] = message_payload
     if sender_client_id is not None:
@@ -396,7 +439,9 @@ class CandidateBuffer:
 
     max_senders: int = 64
     max_per_sender: int = 64
-    _seen_sdp: set[str] = field(default_factory=set)
+    max_known: int = 4096
+    """Senders remembered as having sent an SDP; the oldest are forgotten beyond this."""
+    _seen_sdp: OrderedDict[str, None] = field(default_factory=OrderedDict)
     _held: OrderedDict[str, list[IceCandidate]] = field(default_factory=OrderedDict)
 
     @staticmethod
@@ -407,7 +452,10 @@ class CandidateBuffer:
         """Return the events ready for the application after ``event``."""
         if isinstance(event, SdpOffer | SdpAnswer):
             key = self._key(event.sender_client_id)
-            self._seen_sdp.add(key)
+            self._seen_sdp[key] = None
+            self._seen_sdp.move_to_end(key)
+            while len(self._seen_sdp) > self.max_known:
+                self._seen_sdp.popitem(last=False)
             return [event, *self._held.pop(key, [])]
         if isinstance(event, IceCandidate):
             key = self._key(event.sender_client_id)
@@ -425,7 +473,7 @@ class CandidateBuffer:
     def forget(self, sender: str | None) -> None:
         """Drop state for one sender (its session ended): its next candidates wait again."""
         key = self._key(sender)
-        self._seen_sdp.discard(key)
+        self._seen_sdp.pop(key, None)
         self._held.pop(key, None)
 
     def clear(self) -> None:

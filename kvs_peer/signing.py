@@ -48,6 +48,18 @@ DEFAULT_EXPIRES = 299  # the JS SDK's fixed value (kvs-signaling.md 1.1, step 6)
 MAX_EXPIRES = 604_800  # SigV4 presign cap; the C SDK signs for up to 7 days
 DEFAULT_MAX_SKEW = 300.0  # "+/- 5 minutes" (JS SDK README, kvs-signaling.md 1.3)
 
+_REGION_RE = re.compile(r"[a-z0-9-]{1,64}")
+_AUTH_PARAMS = frozenset(
+    {
+        "X-Amz-Algorithm",
+        "X-Amz-Credential",
+        "X-Amz-Date",
+        "X-Amz-Expires",
+        "X-Amz-Security-Token",
+        "X-Amz-Signature",
+        "X-Amz-SignedHeaders",
+    }
+)
 _SECRET_PARAMS = ("X-Amz-Signature", "X-Amz-Credential", "X-Amz-Security-Token")
 _CLIENT_ID_RE = re.compile(r"[a-zA-Z0-9_.-]{1,256}")
 _CHANNEL_NAME_RE = re.compile(r"[a-zA-Z0-9_.-]{1,256}")
@@ -163,9 +175,10 @@ def _split_endpoint(endpoint: str) -> tuple[str, str, str]:
             f"endpoint {endpoint!r} already carries a query or fragment: pass the bare WSS "
             "endpoint from GetSignalingChannelEndpoint and the parameters separately"
         )
-    if not parts.netloc:
+    if not parts.hostname:
         raise InvalidArgument(f"endpoint {endpoint!r} has no host")
-    return parts.scheme, parts.netloc, parts.path or "/"
+    # botocore signs the lowercased host and WebSocket clients send it lowercased too.
+    return parts.scheme, parts.netloc.lower(), parts.path or "/"
 
 
 def presign_url(
@@ -199,12 +212,18 @@ def presign_url(
         InvalidArgument: bad endpoint, credentials, region or expiry.
     """
     scheme, host, path = _split_endpoint(endpoint)
-    if not region or not isinstance(region, str):
-        raise InvalidArgument("region is required, e.g. 'us-west-2'")
-    if not isinstance(expires, int) or not 1 <= expires <= MAX_EXPIRES:
+    if not isinstance(region, str) or not _REGION_RE.fullmatch(region):
+        raise InvalidArgument(f"invalid region {region!r}: expected a name like 'us-west-2'")
+    if isinstance(expires, bool) or not isinstance(expires, int) or not 1 <= expires <= MAX_EXPIRES:
         raise InvalidArgument(f"expires must be an integer from 1 to {MAX_EXPIRES} seconds")
     creds = _frozen(credentials)
     params = {str(k): str(v) for k, v in query.items()}
+    clashing = sorted(params.keys() & _AUTH_PARAMS)
+    if clashing:
+        raise InvalidArgument(
+            f"query must not carry signing parameters ({', '.join(clashing)}): they are set "
+            "by the signer (use expires= for X-Amz-Expires)"
+        )
     request = AWSRequest(method="GET", url=f"{scheme}://{host}{path}", params=params)
     auth = _QueryAuth(creds, service, region, expires=expires)
     signature = auth.sign(request, _timestamp(now))
@@ -436,11 +455,12 @@ def verify_presigned_url(
         k: v for k, v in params.items() if k not in required and k != "X-Amz-Security-Token"
     }
     scheme = "wss" if parts.scheme in ("wss", "https") else "ws"
+    signed_host = (host or parts.netloc).lower()
     request = AWSRequest(
         method="GET",
-        url=f"{scheme}://{host or parts.netloc}{parts.path or '/'}",
+        url=f"{scheme}://{signed_host}{parts.path or '/'}",
         params=operation,
-        headers={"host": host or parts.netloc},
+        headers={"host": signed_host},
     )
     auth = _QueryAuth(creds, scope["service"], scope["region"], expires=expires)
     expected = auth.sign(request, params["X-Amz-Date"])

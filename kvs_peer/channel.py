@@ -1,0 +1,511 @@
+"""Control plane: resolve a signaling channel into everything a peer needs, with caching.
+
+One :class:`ChannelResolver` per process (or per signer service). It runs boto3 in worker
+threads (boto3 blocks), caches endpoints for a long time and ICE servers until their ``Ttl``
+minus a margin, and makes concurrent callers share one in-flight request, so a burst of
+viewers or signer requests costs one control-plane round trip per channel (kvs-signaling.md
+0, 4.5, 5.4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import email.utils
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from .errors import AccessDenied, ChannelError, ChannelNotFound, InvalidArgument, Throttled
+from .protocol import Role
+from .signing import master_url, validate_channel_name, validate_client_id, viewer_url
+
+__all__ = [
+    "ChannelResolver",
+    "IceServer",
+    "ResolvedChannel",
+    "ice_servers_from_boto",
+    "regional_stun_url",
+]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_ENDPOINT_TTL = 3600.0  # the C SDK caches for 10 h; an hour keeps a deleted channel visible
+ICE_TTL_MARGIN = 30.0  # the C SDK refreshes at Ttl - 30 s (kvs-signaling.md 4.5)
+
+_AUTH_CODES = {
+    "AccessDeniedException",
+    "NotAuthorizedException",
+    "UnrecognizedClientException",
+    "InvalidSignatureException",
+    "SignatureDoesNotMatch",
+    "ExpiredTokenException",
+    "InvalidClientTokenId",
+    "MissingAuthenticationTokenException",
+    "403",
+    "401",
+}
+_THROTTLE_CODES = {
+    "ClientLimitExceededException",
+    "ThrottlingException",
+    "TooManyRequestsException",
+    "LimitExceededException",
+    "AccountChannelLimitExceededException",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class IceServer:
+    """One entry of ``RTCConfiguration.iceServers``."""
+
+    urls: tuple[str, ...]
+    username: str | None = None
+    credential: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The browser form: ``{"urls": [...], "username": ..., "credential": ...}``."""
+        out: dict[str, Any] = {"urls": list(self.urls)}
+        if self.username is not None:
+            out["username"] = self.username
+        if self.credential is not None:
+            out["credential"] = self.credential
+        return out
+
+
+def regional_stun_url(region: str) -> str:
+    """The KVS STUN server of a region; GetIceServerConfig does not return it."""
+    return f"stun:stun.kinesisvideo.{region}.amazonaws.com:443"
+
+
+def ice_servers_from_boto(ice_server_list: list[Mapping[str, Any]]) -> tuple[IceServer, ...]:
+    """Convert GetIceServerConfig's ``IceServerList`` into :class:`IceServer` values."""
+    servers = []
+    for entry in ice_server_list:
+        uris = tuple(u for u in entry.get("Uris", ()) if isinstance(u, str))
+        if uris:
+            servers.append(IceServer(uris, entry.get("Username"), entry.get("Password")))
+    return tuple(servers)
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedChannel:
+    """Everything a peer needs to join a channel in one role. Immutable."""
+
+    name: str
+    arn: str
+    region: str
+    role: Role
+    wss_endpoint: str
+    https_endpoint: str
+    ice_servers: tuple[IceServer, ...]
+    """STUN (when known) first, then the channel's TURN servers."""
+    ice_expires_at: float
+    """``time.time()`` after which the TURN credentials must be refreshed."""
+    message_ttl: int | None = None
+
+
+@dataclass
+class _Entry:
+    value: Any
+    expires_at: float  # time.monotonic()
+
+
+@dataclass
+class _Cache:
+    """TTL cache whose concurrent misses for one key share a single loader task."""
+
+    clock: Callable[[], float]
+    _values: dict[Any, _Entry] = field(default_factory=dict)
+    _inflight: dict[Any, asyncio.Future[Any]] = field(default_factory=dict)
+
+    async def get(self, key: Any, load: Callable[[], Awaitable[tuple[T, float]]]) -> T:
+        entry = self._values.get(key)
+        if entry is not None and entry.expires_at > self.clock():
+            return entry.value
+        pending = self._inflight.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._load(key, load))
+            self._inflight[key] = pending
+        # shield: one caller being cancelled must not cancel the load for the others.
+        return await asyncio.shield(pending)
+
+    async def _load(self, key: Any, load: Callable[[], Awaitable[tuple[T, float]]]) -> T:
+        try:
+            value, ttl = await load()
+            self._values[key] = _Entry(value, self.clock() + ttl)
+            return value
+        finally:
+            self._inflight.pop(key, None)
+
+    def invalidate(self, match: Callable[[Any], bool]) -> None:
+        for key in [k for k in self._values if match(k)]:
+            del self._values[key]
+
+
+class ChannelResolver:
+    """Resolve signaling channels through boto3 with caching.
+
+    Works against real AWS (default credential chain, region from config or environment)
+    and against any ``endpoint_url`` such as the local emulator.
+
+    Args:
+        region: AWS region; defaults to the boto3 session's region.
+        endpoint_url: control-plane endpoint override (e.g. ``http://127.0.0.1:4566``).
+        session: a boto3 ``Session`` to take credentials and region from.
+        stun_url: STUN server to put first in the ICE list. ``"auto"`` uses the KVS regional
+            STUN server against AWS and none with ``endpoint_url`` (a local emulator must not
+            make aiortc wait 5 s on an unreachable server); None disables it.
+        endpoint_ttl: seconds to cache channel ARNs and endpoints.
+        timeout: connect/read timeout of each control-plane call, seconds.
+        max_workers: threads for blocking boto3 calls.
+
+    Use it as ``async with ChannelResolver(...) as resolver:`` or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        *,
+        region: str | None = None,
+        endpoint_url: str | None = None,
+        session: boto3.Session | None = None,
+        stun_url: str | None = "auto",
+        endpoint_ttl: float = DEFAULT_ENDPOINT_TTL,
+        timeout: float = 10.0,
+        max_workers: int = 4,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._session = session or boto3.Session(region_name=region)
+        self.region = region or self._session.region_name
+        if not self.region:
+            raise InvalidArgument(
+                "no AWS region configured: pass --region, set AWS_REGION or AWS_DEFAULT_REGION, "
+                "or set a region in ~/.aws/config"
+            )
+        self.endpoint_url = endpoint_url
+        if stun_url == "auto":
+            stun_url = None if endpoint_url else regional_stun_url(self.region)
+        self.stun_url = stun_url
+        self.endpoint_ttl = endpoint_ttl
+        self.clock_offset = 0.0
+        """Server time minus local time, learned from control-plane ``Date`` headers."""
+        self._config = botocore.config.Config(
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            retries={"max_attempts": 3, "mode": "standard"},
+            user_agent_extra="kvs-peer",
+        )
+        self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="kvs-peer-boto3")
+        self._kv: Any = None
+        self._signaling: dict[str, Any] = {}
+        self._cache = _Cache(clock)
+        self.calls: dict[str, int] = {}
+        """Control-plane calls made, by operation name (for tests and metrics)."""
+
+    async def __aenter__(self) -> ChannelResolver:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Release the worker threads. Idempotent."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- blocking side ------------------------------------------------------------------------
+
+    def _client(self, service: str, endpoint_url: str | None) -> Any:
+        return self._session.client(
+            service, region_name=self.region, endpoint_url=endpoint_url, config=self._config
+        )
+
+    def _call(self, operation: str, fn: Callable[..., dict[str, Any]], **kwargs: Any) -> Any:
+        self.calls[operation] = self.calls.get(operation, 0) + 1
+        response = fn(**kwargs)
+        self._learn_clock(response)
+        return response
+
+    def _learn_clock(self, response: Mapping[str, Any]) -> None:
+        date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+        if not date:
+            return
+        try:
+            server = email.utils.parsedate_to_datetime(date).timestamp()
+        except (TypeError, ValueError):
+            return
+        offset = server - time.time()
+        # A Date header has 1 s resolution; only a real skew is worth correcting.
+        self.clock_offset = offset if abs(offset) > 2 else 0.0
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn)
+        except botocore.exceptions.ClientError as exc:
+            raise _translate(exc) from exc
+        except botocore.exceptions.NoCredentialsError as exc:
+            raise AccessDenied(
+                "no AWS credentials found: configure them (environment, ~/.aws, instance role) "
+                "or use --signer to get signed URLs from a signer service"
+            ) from exc
+        except (
+            botocore.exceptions.EndpointConnectionError,
+            botocore.exceptions.ConnectTimeoutError,
+            botocore.exceptions.ReadTimeoutError,
+        ) as exc:
+            where = self.endpoint_url or f"the {self.region} KVS endpoint"
+            raise ChannelError(
+                f"could not reach {where}: {exc}; check the network, region and --endpoint-url"
+            ) from exc
+
+    # -- control plane ---------------------------------------------------------------------
+
+    def _kinesisvideo(self) -> Any:
+        if self._kv is None:
+            self._kv = self._client("kinesisvideo", self.endpoint_url)
+        return self._kv
+
+    async def describe(self, name: str) -> dict[str, Any]:
+        """DescribeSignalingChannel by exact name (never prefix matching). Not cached."""
+        validate_channel_name(name)
+
+        def call() -> dict[str, Any]:
+            kv = self._kinesisvideo()
+            return self._call(
+                "DescribeSignalingChannel", kv.describe_signaling_channel, ChannelName=name
+            )["ChannelInfo"]
+
+        try:
+            info = await self._run(call)
+        except ChannelNotFound:
+            raise ChannelNotFound(name) from None
+        if info.get("ChannelStatus") == "DELETING":
+            raise ChannelNotFound(name, f"signaling channel {name!r} is being deleted")
+        return info
+
+    async def create_channel(self, name: str, *, message_ttl: int = 60) -> str:
+        """CreateSignalingChannel (SINGLE_MASTER); returns the ARN. Existing channel -> its ARN."""
+        validate_channel_name(name)
+
+        def call() -> str:
+            kv = self._kinesisvideo()
+            try:
+                return self._call(
+                    "CreateSignalingChannel",
+                    kv.create_signaling_channel,
+                    ChannelName=name,
+                    ChannelType="SINGLE_MASTER",
+                    SingleMasterConfiguration={"MessageTtlSeconds": message_ttl},
+                )["ChannelARN"]
+            except kv.exceptions.ResourceInUseException:
+                # Created concurrently by someone else: fine, describe it.
+                return self._call(
+                    "DescribeSignalingChannel", kv.describe_signaling_channel, ChannelName=name
+                )["ChannelInfo"]["ChannelARN"]
+
+        arn = await self._run(call)
+        logger.info("created signaling channel %s", name)
+        return arn
+
+    async def _endpoints(self, name: str, role: Role, create: bool) -> dict[str, Any]:
+        async def load() -> tuple[dict[str, Any], float]:
+            try:
+                info = await self.describe(name)
+            except ChannelNotFound:
+                if not create:
+                    raise
+                await self.create_channel(name)
+                info = await self.describe(name)
+            arn = info["ChannelARN"]
+
+            def call() -> dict[str, str]:
+                response = self._call(
+                    "GetSignalingChannelEndpoint",
+                    self._kinesisvideo().get_signaling_channel_endpoint,
+                    ChannelARN=arn,
+                    SingleMasterChannelEndpointConfiguration={
+                        "Protocols": ["WSS", "HTTPS"],
+                        "Role": role.value,
+                    },
+                )
+                return {
+                    e["Protocol"].upper(): e["ResourceEndpoint"]
+                    for e in response["ResourceEndpointList"]
+                }
+
+            endpoints = await self._run(call)
+            missing = {"WSS", "HTTPS"} - endpoints.keys()
+            if missing:
+                raise ChannelError(
+                    f"GetSignalingChannelEndpoint for {name!r} returned no {', '.join(missing)} "
+                    "endpoint"
+                )
+            ttl_seconds = info.get("SingleMasterConfiguration", {}).get("MessageTtlSeconds")
+            value = {
+                "arn": arn,
+                "wss": endpoints["WSS"],
+                "https": endpoints["HTTPS"],
+                "message_ttl": ttl_seconds,
+            }
+            return value, self.endpoint_ttl
+
+        return await self._cache.get(("endpoints", name, role), load)
+
+    def _signaling_client(self, https_endpoint: str) -> Any:
+        # kinesis-video-signaling must be sent to the channel's HTTPS endpoint, never the
+        # regional one (kvs-signaling.md 5.4).
+        client = self._signaling.get(https_endpoint)
+        if client is None:
+            client = self._client("kinesis-video-signaling", https_endpoint)
+            self._signaling[https_endpoint] = client
+        return client
+
+    async def _ice(
+        self, arn: str, https: str, client_id: str
+    ) -> tuple[tuple[IceServer, ...], float]:
+        """TURN servers of a channel and the wall-clock time they must be refreshed by."""
+
+        async def load() -> tuple[tuple[tuple[IceServer, ...], float], float]:
+            def call() -> list[dict[str, Any]]:
+                return self._call(
+                    "GetIceServerConfig",
+                    self._signaling_client(https).get_ice_server_config,
+                    ChannelARN=arn,
+                    ClientId=client_id,
+                    Service="TURN",
+                )["IceServerList"]
+
+            entries = await self._run(call)
+            ttls = [int(e["Ttl"]) for e in entries if isinstance(e.get("Ttl"), int)]
+            # No TURN entries: nothing expires, but ask again after a while anyway.
+            ttl = max(min(ttls) - ICE_TTL_MARGIN, 1.0) if ttls else 300.0
+            return (ice_servers_from_boto(entries), time.time() + ttl), ttl
+
+        # TURN credentials are per channel (TURN REST username = expiry + channel ARN), so
+        # they are cached per channel whatever client id asked first. The API takes a
+        # ClientId; that the credentials are not tied to it is our reading, not documented.
+        return await self._cache.get(("ice", arn), load)
+
+    async def resolve(
+        self,
+        name: str,
+        role: Role | str,
+        *,
+        client_id: str | None = None,
+        create: bool = False,
+    ) -> ResolvedChannel:
+        """Resolve ``name`` for ``role``: ARN, WSS and HTTPS endpoints, ICE servers.
+
+        Args:
+            name: exact channel name.
+            role: MASTER or VIEWER.
+            client_id: the viewer's client id (sent to GetIceServerConfig).
+            create: create the channel when it does not exist.
+
+        Raises:
+            ChannelNotFound, AccessDenied, Throttled, ChannelError, InvalidArgument.
+        """
+        role = Role.parse(role)
+        if client_id is not None:
+            validate_client_id(client_id)
+        endpoints = await self._endpoints(name, role, create)
+        turn, ice_expires_at = await self._ice(
+            endpoints["arn"], endpoints["https"], client_id or "kvs-peer"
+        )
+        stun = (IceServer((self.stun_url,)),) if self.stun_url else ()
+        return ResolvedChannel(
+            name=name,
+            arn=endpoints["arn"],
+            region=self.region,
+            role=role,
+            wss_endpoint=endpoints["wss"],
+            https_endpoint=endpoints["https"],
+            ice_servers=stun + turn,
+            ice_expires_at=ice_expires_at,
+            message_ttl=endpoints["message_ttl"],
+        )
+
+    def invalidate(self, name: str | None = None, *, ice_only: bool = False) -> None:
+        """Forget cached endpoints and/or ICE servers (all channels when ``name`` is None)."""
+
+        def match(key: Any) -> bool:
+            if ice_only:
+                return key[0] == "ice"
+            return name is None or key[0] == "ice" or key[1] == name
+
+        self._cache.invalidate(match)
+
+    def sign(
+        self,
+        channel: ResolvedChannel,
+        *,
+        client_id: str | None = None,
+        expires: int = 299,
+    ) -> str:
+        """Presign the WSS URL for ``channel`` with this resolver's credentials.
+
+        The signing time includes the clock offset learned from the control plane, so a
+        device with a wrong clock still produces URLs the service accepts.
+
+        Raises:
+            AccessDenied: no credentials are configured.
+            InvalidArgument: a viewer without a valid client id, or a master with one.
+        """
+        credentials = self._session.get_credentials()
+        if credentials is None:
+            raise AccessDenied(
+                "no AWS credentials found: configure them or use --signer to get signed URLs "
+                "from a signer service"
+            )
+        now = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.clock_offset)
+        if channel.role is Role.MASTER:
+            if client_id is not None:
+                raise InvalidArgument("a MASTER connects without a client id")
+            return master_url(
+                channel.wss_endpoint,
+                channel_arn=channel.arn,
+                region=channel.region,
+                credentials=credentials,
+                expires=expires,
+                now=now,
+            )
+        if client_id is None:
+            raise InvalidArgument("a VIEWER needs a client id")
+        return viewer_url(
+            channel.wss_endpoint,
+            channel_arn=channel.arn,
+            client_id=client_id,
+            region=channel.region,
+            credentials=credentials,
+            expires=expires,
+            now=now,
+        )
+
+
+def _translate(exc: botocore.exceptions.ClientError) -> ChannelError:
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", ""))
+    message = error.get("Message") or str(exc)
+    operation = exc.operation_name
+    if code == "ResourceNotFoundException":
+        return ChannelNotFound("?", f"{operation}: {message}")
+    if code in _AUTH_CODES:
+        return AccessDenied(
+            f"{operation} was denied ({code}: {message}); check the credentials, the region and "
+            "that the IAM policy allows kinesisvideo:" + operation,
+            code=code,
+        )
+    if code in _THROTTLE_CODES:
+        return Throttled(
+            f"{operation} was throttled or hit a limit ({code}: {message}); slow down and retry",
+            code=code,
+        )
+    return ChannelError(f"{operation} failed ({code}: {message})", code=code)

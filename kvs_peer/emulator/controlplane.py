@@ -1,0 +1,460 @@
+"""Pure control plane of the local KVS emulator: channel registry and REST operations.
+
+:meth:`ControlPlane.handle` takes an operation path (``/describeSignalingChannel``...) and the
+JSON request body and returns an :class:`ApiResult` with the status, the response body and,
+for errors, the ``x-amzn-ErrorType`` code that makes botocore raise the modelled exception
+class (kvs-signaling.md 5). Signature checks and HTTP belong to the server shell; the clock is an
+argument (``now``, wall-clock epoch seconds).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ChannelError, InvalidArgument
+from ..signing import validate_channel_name
+
+__all__ = [
+    "OPERATIONS",
+    "ApiResult",
+    "Channel",
+    "ControlPlane",
+    "Endpoints",
+    "IceServer",
+]
+
+logger = logging.getLogger(__name__)
+
+_NAME_RE = re.compile(r"[a-zA-Z0-9_.-]{1,256}")
+_ARN_RE = re.compile(
+    r"arn:aws[a-z-]*:kinesisvideo:[a-z0-9-]+:[0-9]+:channel/[a-zA-Z0-9_.-]+/[0-9]+"
+)
+_ID_RE = re.compile(r"[a-zA-Z0-9_.-]{1,256}")
+_NOT_FOUND = "The requested channel is not found or not active."
+MAX_TAGS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class IceServer:
+    """One entry of the GetIceServerConfig answer.
+
+    Without ``username``/``password`` the emulator mints TURN REST credentials
+    (``{expiry}:{base64("v1:" + channel ARN)}`` and base64 HMAC-SHA1 of it with the turn
+    secret), the format real KVS uses and coturn's ``use-auth-secret`` accepts.
+    """
+
+    uris: tuple[str, ...]
+    username: str | None = None
+    password: str | None = None
+    ttl: int = 300
+
+    @classmethod
+    def from_value(cls, value: IceServer | Mapping[str, Any]) -> IceServer:
+        """Accept an IceServer or a boto-style mapping ``{Uris, Username, Password, Ttl}``."""
+        if isinstance(value, IceServer):
+            return value
+        if not isinstance(value, Mapping) or not value.get("Uris"):
+            raise InvalidArgument(
+                f"ice server {value!r} must be a mapping with a non-empty 'Uris' list"
+            )
+        uris = value["Uris"]
+        uris = (uris,) if isinstance(uris, str) else tuple(uris)
+        ttl = int(value.get("Ttl", 300))
+        if not 30 <= ttl <= 86_400:
+            raise InvalidArgument(f"ice server Ttl {ttl} must be from 30 to 86400 seconds")
+        return cls(uris, value.get("Username"), value.get("Password"), ttl)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    """Where GetSignalingChannelEndpoint points clients (all on the emulator)."""
+
+    master_wss: str
+    viewer_wss: str
+    https: str
+
+
+@dataclass(frozen=True, slots=True)
+class ApiResult:
+    """A REST answer: ``error_type`` is None on success."""
+
+    status: int
+    body: dict[str, Any]
+    error_type: str | None = None
+
+
+@dataclass
+class Channel:
+    """A signaling channel as the registry keeps it."""
+
+    name: str
+    arn: str
+    creation_time: float
+    message_ttl: int = 60
+    channel_type: str = "SINGLE_MASTER"
+    version: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def info(self) -> dict[str, Any]:
+        """The ``ChannelInfo`` shape of Describe/ListSignalingChannels."""
+        return {
+            "ChannelARN": self.arn,
+            "ChannelName": self.name,
+            "ChannelStatus": "ACTIVE",
+            "ChannelType": self.channel_type,
+            "CreationTime": self.creation_time,
+            "SingleMasterConfiguration": {"MessageTtlSeconds": self.message_ttl},
+            "Version": self.version,
+        }
+
+
+class _ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _invalid(message: str) -> _ApiError:
+    return _ApiError(400, "InvalidArgumentException", message)
+
+
+def _string(body: Mapping[str, Any], key: str, *, required: bool = False) -> str | None:
+    value = body.get(key)
+    if value is None:
+        if required:
+            raise _invalid(f"{key} is required")
+        return None
+    if not isinstance(value, str) or not value:
+        raise _invalid(f"{key} must be a non-empty string")
+    return value
+
+
+def _ttl(config: Any) -> int | None:
+    if config is None:
+        return None
+    if not isinstance(config, Mapping):
+        raise _invalid("SingleMasterConfiguration must be an object")
+    ttl = config.get("MessageTtlSeconds")
+    if ttl is None:
+        return None
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 5 <= ttl <= 120:
+        raise _invalid("MessageTtlSeconds must be an integer from 5 to 120")
+    return ttl
+
+
+class ControlPlane:
+    """Channel registry plus the REST operations of ``kinesisvideo`` and GetIceServerConfig.
+
+    Args:
+        region: the emulated region (ARNs use it).
+        account_id: 12-digit account in ARNs.
+        ice_servers: what GetIceServerConfig returns (empty by default, see EmulatorConfig).
+        turn_secret: shared secret for minted TURN REST passwords.
+    """
+
+    def __init__(
+        self,
+        *,
+        region: str,
+        account_id: str = "123456789012",
+        ice_servers: Sequence[IceServer] = (),
+        turn_secret: str = "",
+    ) -> None:
+        self.region = region
+        self.account_id = account_id
+        self.ice_servers = tuple(ice_servers)
+        self.turn_secret = turn_secret
+        self.endpoints: Endpoints | None = None
+        """Set by the server once it knows its port."""
+        self._by_arn: dict[str, Channel] = {}
+        self._versions = 0
+        self._last_millis = 0
+        self._operations: dict[str, Callable[[Mapping[str, Any], float], dict[str, Any]]] = {
+            "/createSignalingChannel": self._create,
+            "/describeSignalingChannel": self._describe,
+            "/listSignalingChannels": self._list,
+            "/deleteSignalingChannel": self._delete,
+            "/updateSignalingChannel": self._update,
+            "/getSignalingChannelEndpoint": self._get_endpoint,
+            "/describeMediaStorageConfiguration": self._describe_media_storage,
+            "/v1/get-ice-server-config": self._get_ice_server_config,
+        }
+
+    # -- registry ------------------------------------------------------------------------------
+
+    def find(self, name_or_arn: str) -> Channel | None:
+        """The channel with this ARN or name, or None."""
+        if name_or_arn in self._by_arn:
+            return self._by_arn[name_or_arn]
+        return next((c for c in self._by_arn.values() if c.name == name_or_arn), None)
+
+    def message_ttl(self, arn: str) -> float | None:
+        """MessageTtlSeconds of the channel ``arn``, or None when it does not exist."""
+        channel = self._by_arn.get(arn)
+        return None if channel is None else float(channel.message_ttl)
+
+    def _next_version(self, arn: str) -> str:
+        self._versions += 1
+        return hashlib.sha256(f"{arn}#{self._versions}".encode()).hexdigest()[:20]
+
+    def create_channel(
+        self,
+        name: str,
+        *,
+        message_ttl: int = 60,
+        channel_type: str = "SINGLE_MASTER",
+        tags: Mapping[str, str] | None = None,
+        now: float,
+    ) -> Channel:
+        """Create a channel directly (tests, CLI).
+
+        Raises:
+            InvalidArgument: bad name, TTL or type.
+            ChannelError: a channel with this name exists (code ``ResourceInUseException``).
+        """
+        try:
+            return self._create_channel(name, message_ttl, channel_type, dict(tags or {}), now)
+        except _ApiError as exc:
+            if exc.code == "InvalidArgumentException":
+                raise InvalidArgument(exc.message) from None
+            raise ChannelError(exc.message, code=exc.code) from None
+
+    def _create_channel(
+        self, name: str, ttl: int, channel_type: str, tags: dict[str, str], now: float
+    ) -> Channel:
+        try:
+            validate_channel_name(name)
+        except InvalidArgument as exc:
+            raise _invalid(str(exc)) from None
+        if not isinstance(ttl, int) or isinstance(ttl, bool) or not 5 <= ttl <= 120:
+            raise _invalid("MessageTtlSeconds must be an integer from 5 to 120")
+        if channel_type not in ("SINGLE_MASTER", "FULL_MESH"):
+            raise _invalid(f"ChannelType {channel_type!r} must be SINGLE_MASTER or FULL_MESH")
+        if len(tags) > MAX_TAGS:
+            raise _ApiError(
+                400, "TagsPerResourceExceededLimitException", f"at most {MAX_TAGS} tags"
+            )
+        if self.find(name) is not None:
+            raise _ApiError(
+                400, "ResourceInUseException", f"The signaling channel {name} already exists."
+            )
+        # ARNs end with the creation time in milliseconds; keep them unique even when a
+        # channel is re-created within the same millisecond.
+        millis = max(int(now * 1000), self._last_millis + 1)
+        self._last_millis = millis
+        arn = f"arn:aws:kinesisvideo:{self.region}:{self.account_id}:channel/{name}/{millis}"
+        channel = Channel(name, arn, millis / 1000, ttl, channel_type, tags=tags)
+        channel.version = self._next_version(arn)
+        self._by_arn[arn] = channel
+        logger.info("created channel %s (%s)", name, arn)
+        return channel
+
+    def delete_channel(self, arn: str) -> None:
+        """Forget a channel (deletion is immediate: Describe answers 404 right away)."""
+        self._by_arn.pop(arn, None)
+
+    # -- REST ----------------------------------------------------------------------------------
+
+    def handle(self, path: str, body: bytes | str, *, now: float) -> ApiResult:
+        """Run one REST operation. Never raises on client input."""
+        operation = self._operations.get(path)
+        if operation is None:
+            return ApiResult(
+                404, {"Message": f"unknown operation {path[:100]}"}, "UnknownOperationException"
+            )
+        try:
+            payload = json.loads(body or b"{}")
+        except (ValueError, RecursionError):
+            return ApiResult(400, {"Message": "body is not valid JSON"}, "SerializationException")
+        if not isinstance(payload, dict):
+            return ApiResult(
+                400, {"Message": "body must be a JSON object"}, "SerializationException"
+            )
+        try:
+            return ApiResult(200, operation(payload, now))
+        except _ApiError as exc:
+            return ApiResult(exc.status, {"Message": exc.message}, exc.code)
+
+    def _channel(self, body: Mapping[str, Any], *, by_name: bool) -> Channel:
+        arn = _string(body, "ChannelARN")
+        name = _string(body, "ChannelName") if by_name else None
+        if arn is None and name is None:
+            raise _invalid(
+                "ChannelARN is required" if not by_name else "ChannelName or ChannelARN is required"
+            )
+        if arn is not None:
+            if len(arn) > 1024 or not _ARN_RE.fullmatch(arn):
+                raise _invalid(f"ChannelARN {arn[:200]!r} is not a signaling channel ARN")
+            channel = self._by_arn.get(arn)
+            if channel is not None and name is not None and channel.name != name:
+                raise _invalid("ChannelName and ChannelARN name different channels")
+        else:
+            assert name is not None
+            if not _NAME_RE.fullmatch(name):
+                raise _invalid(f"ChannelName {name[:200]!r} is not a valid channel name")
+            channel = self.find(name)
+        if channel is None:
+            raise _ApiError(404, "ResourceNotFoundException", _NOT_FOUND)
+        return channel
+
+    def _version_check(self, body: Mapping[str, Any], channel: Channel, *, required: bool) -> None:
+        version = _string(body, "CurrentVersion", required=required)
+        if version is not None and version != channel.version:
+            raise _ApiError(
+                400,
+                "VersionMismatchException",
+                f"CurrentVersion {version[:64]!r} does not match the channel version "
+                f"{channel.version}; describe the channel again",
+            )
+
+    def _create(self, body: Mapping[str, Any], now: float) -> dict[str, Any]:
+        name = _string(body, "ChannelName", required=True)
+        assert name is not None
+        ttl = _ttl(body.get("SingleMasterConfiguration"))
+        channel_type = body.get("ChannelType", "SINGLE_MASTER")
+        tags_in = body.get("Tags") or []
+        if not isinstance(tags_in, list) or not all(
+            isinstance(t, Mapping) and isinstance(t.get("Key"), str) for t in tags_in
+        ):
+            raise _invalid("Tags must be a list of {Key, Value}")
+        tags = {t["Key"]: str(t.get("Value", "")) for t in tags_in}
+        channel = self._create_channel(name, 60 if ttl is None else ttl, channel_type, tags, now)
+        return {"ChannelARN": channel.arn}
+
+    def _describe(self, body: Mapping[str, Any], now: float) -> dict[str, Any]:
+        return {"ChannelInfo": self._channel(body, by_name=True).info()}
+
+    def _list(self, body: Mapping[str, Any], now: float) -> dict[str, Any]:
+        max_results = body.get("MaxResults", 10_000)
+        if not isinstance(max_results, int) or not 1 <= max_results <= 10_000:
+            raise _invalid("MaxResults must be an integer from 1 to 10000")
+        offset = 0
+        token = _string(body, "NextToken")
+        if token is not None:
+            try:
+                offset = int(base64.b64decode(token, validate=True).decode("ascii"))
+            except (binascii.Error, ValueError, UnicodeDecodeError):
+                raise _invalid("NextToken is invalid") from None
+        channels = list(self._by_arn.values())
+        condition = body.get("ChannelNameCondition")
+        if condition is not None:
+            if not isinstance(condition, Mapping):
+                raise _invalid("ChannelNameCondition must be an object")
+            operator = condition.get("ComparisonOperator", "BEGINS_WITH")
+            if operator != "BEGINS_WITH":
+                raise _invalid("ComparisonOperator must be BEGINS_WITH")
+            prefix = condition.get("ComparisonValue") or ""
+            if not isinstance(prefix, str):
+                raise _invalid("ComparisonValue must be a string")
+            channels = [c for c in channels if c.name.startswith(prefix)]
+        page = channels[offset : offset + max_results]
+        result: dict[str, Any] = {"ChannelInfoList": [c.info() for c in page]}
+        if offset + max_results < len(channels):
+            result["NextToken"] = base64.b64encode(str(offset + max_results).encode()).decode()
+        return result
+
+    def _delete(self, body: Mapping[str, Any], now: float) -> dict[str, Any]:
+        channel = self._channel(body, by_name=False)
+        self._version_check(body, channel, required=False)
+        self.delete_channel(channel.arn)
+        logger.info("deleted channel %s", channel.name)
+        return {}
+
+    def _update(self, body: Mapping[str, Any], now: float) -> dict[str, Any]:
+        channel = self._channel(body, by_name=False)
+        self._version_check(body, channel, required=True)
+        ttl = _ttl(body.get("SingleMasterConfiguration"))
+        if ttl is not None:
+            channel.message_ttl = ttl
+        channel.version = self._next_version(channel.arn)
+        return {}
+
+    def _get_endpoint(self, body: Mapping[str, Any], now: float) -> dict[str, Any]:
+        channel = self._channel(body, by_name=False)
+        config = body.get("SingleMasterChannelEndpointConfiguration") or {}
+        if not isinstance(config, Mapping):
+            raise _invalid("SingleMasterChannelEndpointConfiguration must be an object")
+        # [inferred] defaults when the configuration is omitted.
+        protocols = config.get("Protocols") or ["WSS", "HTTPS"]
+        role = config.get("Role", "MASTER")
+        if role not in ("MASTER", "VIEWER"):
+            raise _invalid("Role must be MASTER or VIEWER")
+        if not isinstance(protocols, list) or not 1 <= len(protocols) <= 5:
+            raise _invalid("Protocols must be a list of 1 to 5 of WSS, HTTPS, WEBRTC")
+        if self.endpoints is None:
+            raise _ApiError(500, "InternalFailure", "the emulator is not serving yet")
+        endpoints = []
+        for protocol in dict.fromkeys(protocols):
+            if protocol == "WSS":
+                url = self.endpoints.master_wss if role == "MASTER" else self.endpoints.viewer_wss
+            elif protocol == "HTTPS":
+                url = self.endpoints.https
+            elif protocol == "WEBRTC":
+                raise _invalid(
+                    "the WEBRTC protocol needs media storage, which is not enabled on "
+                    f"{channel.name}"
+                )
+            else:
+                raise _invalid(f"unknown protocol {str(protocol)[:20]!r}")
+            endpoints.append({"Protocol": protocol, "ResourceEndpoint": url})
+        return {"ResourceEndpointList": endpoints}
+
+    def _describe_media_storage(self, body: Mapping[str, Any], now: float) -> dict[str, Any]:
+        self._channel(body, by_name=True)
+        # DISABLED keeps every client in pure peer-to-peer mode (kvs-signaling.md 0).
+        return {"MediaStorageConfiguration": {"Status": "DISABLED"}}
+
+    def _get_ice_server_config(self, body: Mapping[str, Any], now: float) -> dict[str, Any]:
+        arn = _string(body, "ChannelARN", required=True)
+        assert arn is not None
+        for key in ("ClientId", "Username"):
+            value = _string(body, key)
+            if value is not None and not _ID_RE.fullmatch(value):
+                raise _invalid(f"{key} must be 1-256 characters from a-z, A-Z, 0-9, '_', '.', '-'")
+        service = body.get("Service", "TURN")
+        if service != "TURN":
+            raise _invalid("Service must be TURN")
+        channel = self._channel({"ChannelARN": arn}, by_name=False)
+        servers = []
+        for server in self.ice_servers:
+            username = server.username
+            password = server.password
+            if username is None:
+                tail = base64.b64encode(f"v1:{channel.arn}".encode()).decode()
+                username = f"{int(now) + server.ttl}:{tail}"
+            if password is None:
+                digest = hmac.new(self.turn_secret.encode(), username.encode(), hashlib.sha1)
+                password = base64.b64encode(digest.digest()).decode()
+            servers.append(
+                {
+                    "Uris": list(server.uris),
+                    "Username": username,
+                    "Password": password,
+                    "Ttl": server.ttl,
+                }
+            )
+        return {"IceServerList": servers}
+
+
+OPERATIONS = (
+    "/createSignalingChannel",
+    "/describeSignalingChannel",
+    "/listSignalingChannels",
+    "/deleteSignalingChannel",
+    "/updateSignalingChannel",
+    "/getSignalingChannelEndpoint",
+    "/describeMediaStorageConfiguration",
+    "/v1/get-ice-server-config",
+)
+"""Every POST path the control plane answers."""

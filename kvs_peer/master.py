@@ -1,0 +1,409 @@
+"""Master: publish one video (and optional audio) source to up to N viewers of a channel.
+
+::
+
+    async with Master(access, video=TestPatternTrack()) as master:
+        await master.wait_closed()
+
+Data flows one way: source -> one shared encoder -> a packet track per viewer -> that
+viewer's RTCRtpSender. Each viewer's SDP_OFFER creates one :class:`ViewerSession` (one
+RTCPeerConnection); a re-offer from the same client id replaces it; sessions that fail, close
+or never connect are closed and forgotten. Peer connections do not depend on the signaling
+socket, so they keep streaming while signaling reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+
+from .access import ChannelAccess
+from .errors import InvalidArgument, InvalidState, SessionError
+from .media.encoder import AudioFanout, SharedVideoEncoder, attach_keyframe_requests, force_h264
+from .protocol import (
+    GoAway,
+    IceCandidate,
+    ReconnectIceServer,
+    Role,
+    SdpOffer,
+    StatusResponse,
+)
+from .reconnect import Refresh
+from .session import candidate_from_json, enable_loopback_candidates, rtc_configuration
+from .signaling import Connected, Disconnected, SignalingClient
+
+__all__ = ["Master", "MasterStats", "ViewerSession"]
+
+logger = logging.getLogger(__name__)
+
+MessageCallback = Callable[[str, str | bytes], Any]
+
+
+@dataclass
+class ViewerSession:
+    """One viewer's peer connection on the master."""
+
+    client_id: str
+    pc: RTCPeerConnection
+    created_at: float = field(default_factory=time.monotonic)
+    connected_at: float | None = None
+    channel: Any = None
+    """The viewer's data channel, once it opened one."""
+    _remote_set: bool = False
+    _pending: list[IceCandidate] = field(default_factory=list)
+    _tracks: list[MediaStreamTrack] = field(default_factory=list)
+    _closed: bool = False
+
+    @property
+    def state(self) -> str:
+        """aiortc's connection state: new, connecting, connected, failed or closed."""
+        return self.pc.connectionState
+
+    async def add_candidate(self, event: IceCandidate) -> None:
+        """Apply a trickled candidate now, or hold it until the offer is applied."""
+        if not self._remote_set:
+            self._pending.append(event)
+            return
+        candidate = candidate_from_json(event.candidate, event.sdp_mid, event.sdp_mline_index)
+        if candidate is None:
+            return  # end-of-candidates or unparsable: aiortc keeps checking what it has
+        try:
+            await self.pc.addIceCandidate(candidate)
+        except Exception as exc:  # remote input: one bad candidate must not end the session
+            logger.debug("viewer %s: candidate refused: %s", self.client_id, exc)
+
+    async def _remote_description_set(self) -> None:
+        self._remote_set = True
+        pending, self._pending = self._pending, []
+        for event in pending:
+            await self.add_candidate(event)
+
+    async def close(self) -> None:
+        """Close the peer connection and release this viewer's tracks. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for track in self._tracks:
+            track.stop()
+        with contextlib.suppress(Exception):
+            await self.pc.close()
+
+
+@dataclass
+class MasterStats:
+    """What the master has done so far."""
+
+    offers: int = 0
+    sessions_started: int = 0
+    sessions_connected: int = 0
+    sessions_replaced: int = 0
+    sessions_failed: int = 0
+    refused_over_limit: int = 0
+    last_answer_time: float | None = None
+    """Seconds from the last offer to its answer being sent."""
+
+
+class Master:
+    """Connect as MASTER and stream to every viewer that sends an offer.
+
+    Args:
+        access: where signed URLs and ICE servers come from (:class:`~kvs_peer.access.AwsAccess`
+            or :class:`~kvs_peer.access.SignerAccess`), with role MASTER.
+        video: a video source track (e.g. from :func:`kvs_peer.media.open_video_source`),
+            encoded once for all viewers with H.264; None sends no video.
+        audio: an audio source track, encoded with Opus per viewer (cheap); None for none.
+        on_message: ``callback(client_id, message)`` for data-channel messages from viewers.
+        max_viewers: sessions allowed at once (KVS allows 10 viewers per channel).
+        connect_timeout: seconds a new session may take to connect before it is dropped.
+        bitrate: video bitrate in bit/s.
+        gop: keyframe interval in frames.
+        loopback_candidates: also gather 127.0.0.1 host candidates (hosts with only ``lo``).
+        signaling: extra keyword arguments for :class:`~kvs_peer.signaling.SignalingClient`.
+    """
+
+    def __init__(
+        self,
+        access: ChannelAccess,
+        *,
+        video: MediaStreamTrack | None = None,
+        audio: MediaStreamTrack | None = None,
+        on_message: MessageCallback | None = None,
+        max_viewers: int = 10,
+        connect_timeout: float = 30.0,
+        bitrate: int = 1_000_000,
+        gop: int = 60,
+        loopback_candidates: bool = False,
+        signaling: Mapping[str, Any] | None = None,
+    ) -> None:
+        if access.role is not Role.MASTER:
+            raise InvalidArgument("Master needs channel access with role MASTER")
+        if max_viewers < 1:
+            raise InvalidArgument("max_viewers must be at least 1")
+        self.access = access
+        self._video_source = video
+        self._audio_source = audio
+        self._on_message = on_message
+        self.max_viewers = max_viewers
+        self._connect_timeout = connect_timeout
+        self._loopback = loopback_candidates
+        self._encoder = (
+            SharedVideoEncoder(video, bitrate=bitrate, gop=gop) if video is not None else None
+        )
+        self._audio = AudioFanout(audio) if audio is not None else None
+        self.signaling = SignalingClient(access, role=Role.MASTER, **dict(signaling or {}))
+        self._sessions: dict[str, ViewerSession] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._runner: asyncio.Task[None] | None = None
+        self._changed = asyncio.Condition()
+        self._closed = False
+        self.stats = MasterStats()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Master:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Connect to signaling and start answering offers."""
+        if self._runner is not None:
+            raise InvalidState("Master.start() may be called once")
+        await self.signaling.connect()
+        self._runner = asyncio.create_task(self._run(), name="kvs-master")
+
+    async def close(self) -> None:
+        """Close every session, the signaling connection, the encoder and the sources."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        sessions = list(self._sessions.values())
+        self._sessions.clear()
+        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+        await self.signaling.close()
+        if self._encoder is not None:
+            await self._encoder.close()
+        if self._audio is not None:
+            await self._audio.close()
+        for source in (self._video_source, self._audio_source):
+            if source is not None:
+                source.stop()
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_closed(self) -> None:
+        """Wait until the master stops (signaling gave up, or close() was called)."""
+        if self._runner is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._runner)
+
+    # -- viewers -----------------------------------------------------------------------------
+
+    @property
+    def viewers(self) -> Mapping[str, ViewerSession]:
+        """Current sessions by viewer client id (read-only view)."""
+        return dict(self._sessions)
+
+    async def wait_for_viewers(
+        self, count: int, *, connected: bool = True, timeout: float = 30.0
+    ) -> None:
+        """Wait until ``count`` sessions exist (and are connected, by default)."""
+
+        def ready() -> bool:
+            sessions = self._sessions.values()
+            n = (
+                sum(1 for s in sessions if s.connected_at is not None)
+                if connected
+                else len(self._sessions)
+            )
+            return n >= count or self._closed
+
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(ready), timeout)
+
+    async def send(self, message: str | bytes, client_id: str | None = None) -> int:
+        """Send on the data channel of one viewer, or of all; returns how many got it."""
+        targets = (
+            [self._sessions[client_id]]
+            if client_id in self._sessions
+            else ([] if client_id is not None else list(self._sessions.values()))
+        )
+        sent = 0
+        for session in targets:
+            if session.channel is not None and session.channel.readyState == "open":
+                session.channel.send(message)
+                sent += 1
+        return sent
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- signaling events --------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        async for event in self.signaling:
+            match event:
+                case SdpOffer(sender_client_id=None):
+                    logger.warning("ignoring an SDP offer without a sender client id")
+                case SdpOffer():
+                    await self._on_offer(event)
+                case IceCandidate(sender_client_id=sender) if sender is not None:
+                    session = self._sessions.get(sender)
+                    if session is not None:
+                        await session.add_candidate(event)
+                case ReconnectIceServer():
+                    logger.info("RECONNECT_ICE_SERVER: refreshing ICE servers for new sessions")
+                    self.access.invalidate(Refresh.ENDPOINT)
+                case GoAway():
+                    logger.info("GO_AWAY: signaling reconnects, sessions keep streaming")
+                case StatusResponse():
+                    logger.warning(
+                        "signaling reported a failure for %s: %s %s %s",
+                        event.correlation_id,
+                        event.error_type,
+                        event.status_code,
+                        event.description,
+                    )
+                case Connected(reconnect=True):
+                    logger.info("signaling reconnected; %d sessions live", len(self._sessions))
+                case Disconnected():
+                    logger.info("signaling disconnected (%s); sessions keep streaming", event.code)
+
+    async def _on_offer(self, offer: SdpOffer) -> None:
+        client_id = offer.sender_client_id
+        assert client_id is not None
+        self.stats.offers += 1
+        old = self._sessions.pop(client_id, None)
+        if old is not None:
+            self.stats.sessions_replaced += 1
+            self.signaling.forget(client_id)
+            logger.info("viewer %s re-offered: replacing its session", client_id)
+            self._spawn(old.close(), f"close-{client_id}")
+        if len(self._sessions) >= self.max_viewers:
+            self.stats.refused_over_limit += 1
+            logger.warning(
+                "viewer %s refused: %d viewers already (max_viewers)", client_id, self.max_viewers
+            )
+            return
+        ice = await self.access.ice_config()
+        pc = RTCPeerConnection(
+            rtc_configuration(ice.servers, transport_policy=ice.transport_policy)
+        )
+        session = ViewerSession(client_id, pc)
+        self._sessions[client_id] = session
+        self.stats.sessions_started += 1
+        # Negotiate concurrently: one slow viewer (ICE gathering can take 5 s) must not hold
+        # up the others' offers and candidates.
+        self._spawn(self._negotiate(session, offer, time.monotonic()), f"negotiate-{client_id}")
+
+    async def _negotiate(self, session: ViewerSession, offer: SdpOffer, started: float) -> None:
+        pc = session.pc
+        client_id = session.client_id
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            state = pc.connectionState
+            logger.info("viewer %s: %s", client_id, state)
+            if state == "connected" and session.connected_at is None:
+                session.connected_at = time.monotonic()
+                self.stats.sessions_connected += 1
+                await self._notify()
+            elif state in ("failed", "closed"):
+                if state == "failed":
+                    self.stats.sessions_failed += 1
+                await self._drop(session, f"connection {state}")
+
+        @pc.on("datachannel")
+        def on_datachannel(channel: Any) -> None:
+            session.channel = channel
+
+            @channel.on("message")
+            def on_message(message: str | bytes) -> None:
+                if self._on_message is not None:
+                    self._deliver(client_id, message)
+
+        try:
+            if self._encoder is not None:
+                track = self._encoder.subscribe()
+                session._tracks.append(track)
+                transceiver = pc.addTransceiver(track, direction="sendonly")
+                # Must happen before setRemoteDescription: aiortc fixes the answer's codecs
+                # there, and our packets are H.264 whatever the viewer prefers.
+                force_h264(transceiver)
+                attach_keyframe_requests(transceiver.sender, track)
+            if self._audio is not None:
+                audio = self._audio.subscribe()
+                session._tracks.append(audio)
+                pc.addTransceiver(audio, direction="sendonly")
+            try:
+                await pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
+            except Exception as exc:
+                raise SessionError(
+                    client_id, f"viewer {client_id} sent an unusable offer: {exc}"
+                ) from exc
+            await session._remote_description_set()
+            if self._loopback:
+                enable_loopback_candidates(pc)
+            answer = await pc.createAnswer()
+            if self._encoder is not None and "H264" not in answer.sdp:
+                raise SessionError(
+                    client_id,
+                    f"viewer {client_id} did not offer H.264 video, which kvs-peer sends",
+                )
+            await pc.setLocalDescription(answer)
+            await self.signaling.send_answer(pc.localDescription.sdp, recipient_client_id=client_id)
+            self.stats.last_answer_time = time.monotonic() - started
+            logger.info(
+                "answered viewer %s in %.0f ms", client_id, self.stats.last_answer_time * 1000
+            )
+            await self._notify()
+            await asyncio.sleep(self._connect_timeout)
+            if session.connected_at is None and self._sessions.get(client_id) is session:
+                self.stats.sessions_failed += 1
+                await self._drop(session, f"not connected after {self._connect_timeout:g} s")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.stats.sessions_failed += 1
+            logger.warning("viewer %s: %s", client_id, exc)
+            await self._drop(session, "negotiation failed")
+
+    def _deliver(self, client_id: str, message: str | bytes) -> None:
+        assert self._on_message is not None
+        try:
+            result = self._on_message(client_id, message)
+            if inspect.isawaitable(result):
+                self._spawn(result, f"message-{client_id}")
+        except Exception:
+            logger.exception("on_message callback failed")
+
+    async def _drop(self, session: ViewerSession, why: str) -> None:
+        if self._sessions.get(session.client_id) is session:
+            del self._sessions[session.client_id]
+            self.signaling.forget(session.client_id)
+            logger.info("viewer %s removed: %s", session.client_id, why)
+        await session.close()
+        await self._notify()

@@ -1,0 +1,490 @@
+"""Encode once, send to many: one libx264 encoder per source, ``av.Packet`` tracks per viewer.
+
+aiortc gives every ``RTCRtpSender`` its own encoder, so N viewers cost N encodes (about 0.16
+core each at 640x480@30 here). When a track returns ``av.Packet`` objects instead of frames, the
+sender only packetizes them (``H264Encoder.pack``). :class:`SharedVideoEncoder` exploits that:
+
+    source track -> SharedVideoEncoder (one libx264, in a worker thread)
+                 -> PacketTrack per viewer -> RTCRtpSender.pack -> RTP
+
+What a master must do per viewer (or call :func:`add_shared_video`), **before**
+``setRemoteDescription(offer)``, because aiortc fixes the answer's codecs inside
+``setRemoteDescription`` from the transceiver's preferences::
+
+    track = encoder.subscribe()
+    transceiver = pc.addTransceiver(track, direction="sendonly")
+    force_h264(transceiver)               # otherwise aiortc may pick VP8 and send H.264 as VP8
+    attach_keyframe_requests(transceiver.sender)
+    await pc.setRemoteDescription(offer)  # raises if the offer has no H.264
+
+Keyframes: a :class:`PacketTrack` queues nothing until its sender first calls ``recv()`` (that
+is after DTLS), so no stale backlog builds up; that first ``recv()`` asks the encoder for an IDR
+and the track's queue starts at a keyframe. A viewer's PLI/FIR becomes a keyframe request
+through :func:`attach_keyframe_requests`. Forced keyframes are rate-limited (``min_keyframe_gap``)
+and coalesced; a periodic GOP (``keyframe_interval``) is the fallback.
+
+Cost of sharing: one bitrate for everyone (REMB from each viewer is ignored) and one viewer's
+join or loss forces an IDR for all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import fractions
+import logging
+import time
+import weakref
+from collections import deque
+from typing import Any
+
+import av
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability
+from av.video.frame import PictureType
+
+from ..errors import InvalidArgument, InvalidState, MediaError
+from .sources import VIDEO_TIME_BASE
+
+__all__ = [
+    "PacketTrack",
+    "SharedVideoEncoder",
+    "add_shared_video",
+    "attach_keyframe_requests",
+    "force_h264",
+    "h264_codec_preferences",
+]
+
+logger = logging.getLogger(__name__)
+
+_H264 = "video/h264"
+_RTX = "video/rtx"
+
+
+def h264_codec_preferences() -> list[RTCRtpCodecCapability]:
+    """aiortc's H.264 send capabilities (both profile-level-ids) plus RTX, for
+    ``setCodecPreferences``."""
+    return [
+        codec
+        for codec in RTCRtpSender.getCapabilities("video").codecs
+        if codec.mimeType.lower() in (_H264, _RTX)
+    ]
+
+
+def force_h264(transceiver: RTCRtpTransceiver) -> None:
+    """Restrict ``transceiver`` to H.264 (+RTX).
+
+    Call it after ``addTransceiver`` and **before** ``setRemoteDescription``: aiortc computes
+    the negotiated codecs inside ``setRemoteDescription``, so preferences set later do not
+    change the answer. If the remote offer has no H.264, ``setRemoteDescription`` then raises
+    instead of silently negotiating VP8 (aiortc would send the H.264 packets labelled VP8,
+    which no viewer decodes).
+    """
+    transceiver.setCodecPreferences(h264_codec_preferences())
+
+
+def attach_keyframe_requests(sender: RTCRtpSender) -> bool:
+    """Turn the remote's PLI/FIR for ``sender`` into a keyframe request to its encoder.
+
+    The request goes to whatever :class:`PacketTrack` the sender holds when the PLI arrives
+    (so ``replaceTrack`` keeps working); senders of other tracks are unaffected.
+
+    Returns:
+        ``False`` if this aiortc version has no hook point; then viewers recover from loss only
+        at the next periodic keyframe (joins are still served by the join-time IDR).
+    """
+    original = getattr(sender, "_send_keyframe", None)
+    if not callable(original):
+        logger.warning(
+            "this aiortc version has no RTCRtpSender._send_keyframe: PLI/FIR from viewers will "
+            "not force keyframes (periodic keyframes still apply)"
+        )
+        return False
+    sender_ref = weakref.ref(sender)
+
+    def send_keyframe() -> None:
+        original()
+        current = sender_ref()
+        track = current.track if current is not None else None
+        if isinstance(track, PacketTrack):
+            track.request_keyframe()
+
+    # aiortc (1.16) answers PLI/FIR in RTCRtpSender._handle_rtcp_packet by calling
+    # self._send_keyframe(), which only sets a flag read by its own encode path; packets from
+    # a PacketTrack bypass that path. An instance attribute shadows the method for this one
+    # sender; the class and every other sender stay untouched. We still call the original so
+    # aiortc's own state is as it expects.
+    sender._send_keyframe = send_keyframe  # type: ignore[method-assign]
+    return True
+
+
+def add_shared_video(pc: RTCPeerConnection, encoder: SharedVideoEncoder) -> RTCRtpTransceiver:
+    """Add a send-only H.264 transceiver fed by ``encoder`` to ``pc``.
+
+    Subscribes, adds the transceiver, forces H.264 and hooks PLI/FIR. Call it **before**
+    ``pc.setRemoteDescription(offer)`` (see :func:`force_h264`).
+
+    Returns:
+        The new transceiver; ``transceiver.sender.track`` is the :class:`PacketTrack`.
+    """
+    track = encoder.subscribe()
+    transceiver = pc.addTransceiver(track, direction="sendonly")
+    force_h264(transceiver)
+    attach_keyframe_requests(transceiver.sender)
+    return transceiver
+
+
+class PacketTrack(MediaStreamTrack):
+    """One viewer's view of a :class:`SharedVideoEncoder`: ``recv()`` returns ``av.Packet``.
+
+    Created by :meth:`SharedVideoEncoder.subscribe`; ``stop()`` unsubscribes (aiortc stops a
+    sender's track when the sender stops).
+
+    Attributes:
+        packets_delivered: packets returned by ``recv()``.
+        packets_dropped: packets thrown away because this viewer fell behind.
+        resyncs: times the queue overflowed and was restarted at a keyframe.
+        keyframe_requests: keyframes this track asked for (join, resync, PLI/FIR).
+    """
+
+    kind = "video"
+
+    def __init__(self, encoder: SharedVideoEncoder, queue_size: int) -> None:
+        super().__init__()
+        self._encoder = encoder
+        self._queue: deque[av.Packet] = deque()
+        self._queue_size = queue_size
+        self._ready = asyncio.Event()
+        self._active = False
+        self._waiting_keyframe = True
+        self._ask_on_recv = False
+        self.packets_delivered = 0
+        self.packets_dropped = 0
+        self.resyncs = 0
+        self.keyframe_requests = 0
+
+    @property
+    def active(self) -> bool:
+        """Whether the sender has started reading (packets are queued only then)."""
+        return self._active
+
+    def request_keyframe(self) -> None:
+        """Ask the shared encoder for a keyframe (rate-limited there)."""
+        self.keyframe_requests += 1
+        self._encoder.request_keyframe()
+
+    async def recv(self) -> av.Packet:
+        """Return the next packet; the first call waits for a fresh keyframe.
+
+        Raises:
+            MediaStreamError: the track was stopped or the encoder's source ended.
+        """
+        if self.readyState != "live":
+            raise MediaStreamError
+        if not self._active:
+            self._active = True
+            self._waiting_keyframe = True
+            self.request_keyframe()
+            self._encoder._activate(self)
+        elif self._ask_on_recv:
+            # Asked here rather than at overflow: a viewer that has stopped reading must not
+            # keep forcing keyframes on everyone.
+            self._ask_on_recv = False
+            self.request_keyframe()
+        while not self._queue:
+            if self.readyState != "live":
+                raise MediaStreamError
+            self._ready.clear()
+            await self._ready.wait()
+        self.packets_delivered += 1
+        return self._queue.popleft()
+
+    def stop(self) -> None:
+        """Unsubscribe from the encoder (idempotent)."""
+        super().stop()
+        self._queue.clear()
+        self._ready.set()
+        self._encoder._unsubscribe(self)
+
+    def _offer(self, packet: av.Packet) -> None:
+        if self._waiting_keyframe:
+            if not packet.is_keyframe:
+                return
+            self._waiting_keyframe = False
+        elif len(self._queue) >= self._queue_size:
+            self.packets_dropped += len(self._queue)
+            self._queue.clear()
+            self.resyncs += 1
+            self._ask_on_recv = True
+            if not packet.is_keyframe:
+                self._waiting_keyframe = True
+                self.packets_dropped += 1
+                return
+        self._queue.append(packet)
+        self._ready.set()
+
+
+class SharedVideoEncoder:
+    """One libx264 encoder for one source, fanned out to any number of :class:`PacketTrack`.
+
+    The encoder reads its source only while at least one subscriber is active (its sender
+    has called ``recv()``); encoding runs in a dedicated worker thread, never on the event
+    loop. Output is H.264 Constrained Baseline, yuv420p, Annex-B, with SPS/PPS in front of
+    every IDR, ``tune=zerolatency`` (one packet out per frame in, no B-frames).
+
+    Args:
+        source: a video track producing frames (yuv420p preferred; other formats are converted
+            inside the encoder).
+        bitrate: target bits per second, shared by all viewers.
+        keyframe_interval: seconds between periodic keyframes, or ``None`` for keyframes only
+            on demand (joins, PLI/FIR, resyncs).
+        min_keyframe_gap: seconds; forced keyframes closer than this are postponed (and
+            coalesced) so many joins or PLIs do not flood the stream.
+        preset: x264 speed preset (``ultrafast``, ``superfast``, ``veryfast``, ...).
+        fps: frame rate used for the GOP length and rate control; defaults to the source's
+            ``fps`` attribute, else 30.
+        queue_size: packets buffered per viewer before it is considered too slow and resynced.
+        close_source: stop ``source`` in :meth:`close`.
+
+    Raises:
+        InvalidArgument: a bad bitrate, interval or queue size.
+    """
+
+    def __init__(
+        self,
+        source: MediaStreamTrack,
+        *,
+        bitrate: int = 1_000_000,
+        keyframe_interval: float | None = 2.0,
+        min_keyframe_gap: float = 0.5,
+        preset: str = "veryfast",
+        fps: float | None = None,
+        queue_size: int = 15,
+        close_source: bool = True,
+    ) -> None:
+        if source.kind != "video":
+            raise InvalidArgument(f"SharedVideoEncoder needs a video track, got {source.kind}")
+        if not 50_000 <= bitrate <= 50_000_000:
+            raise InvalidArgument(f"bitrate must be within 50 kbit/s..50 Mbit/s, got {bitrate}")
+        if keyframe_interval is not None and keyframe_interval <= 0:
+            raise InvalidArgument("keyframe_interval must be positive or None")
+        if min_keyframe_gap < 0:
+            raise InvalidArgument("min_keyframe_gap must be >= 0")
+        if queue_size < 2:
+            raise InvalidArgument("queue_size must be at least 2")
+        self._source = source
+        self.bitrate = bitrate
+        self.keyframe_interval = keyframe_interval
+        self.min_keyframe_gap = min_keyframe_gap
+        self.preset = preset
+        self.fps = float(fps or getattr(source, "fps", None) or 30.0)
+        self._queue_size = queue_size
+        self._close_source = close_source
+        self._subscribers: set[PacketTrack] = set()
+        self._active: set[PacketTrack] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping: set[asyncio.Task[None]] = set()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._codec: Any = None
+        self._last_pts = -1
+        self._keyframe_wanted = False
+        self._last_keyframe = -float("inf")
+        self._closed = False
+        self._ended = False
+        self.frames_encoded = 0
+        self.keyframes = 0
+        self.forced_keyframes = 0
+        self.encoder_contexts = 0
+        self.encode_seconds = 0.0
+
+    async def __aenter__(self) -> SharedVideoEncoder:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def subscribers(self) -> int:
+        """Subscribed tracks, started or not."""
+        return len(self._subscribers)
+
+    @property
+    def active_subscribers(self) -> int:
+        """Tracks whose senders are reading."""
+        return len(self._active)
+
+    @property
+    def running(self) -> bool:
+        """Whether the encoder is currently reading its source."""
+        return self._task is not None and not self._task.done()
+
+    def subscribe(self) -> PacketTrack:
+        """A new track for one viewer. It stays idle until its first ``recv()``.
+
+        Raises:
+            InvalidState: the encoder is closed or its source has ended.
+        """
+        if self._closed or self._ended:
+            raise InvalidState("the shared encoder is closed or its source has ended")
+        track = PacketTrack(self, self._queue_size)
+        self._subscribers.add(track)
+        return track
+
+    def request_keyframe(self) -> None:
+        """Make the next frame a keyframe, or the first one ``min_keyframe_gap`` allows."""
+        self._keyframe_wanted = True
+
+    async def close(self) -> None:
+        """Stop encoding, end every subscriber, release the encoder thread (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        for track in list(self._subscribers):
+            track.stop()
+        await self._stop_pump()
+        if self._executor is not None:
+            executor, self._executor = self._executor, None
+            await asyncio.get_running_loop().run_in_executor(None, executor.shutdown, True)
+        self._codec = None
+        if self._close_source:
+            self._source.stop()
+
+    def _activate(self, track: PacketTrack) -> None:
+        if self._closed or self._ended or track.readyState != "live":
+            return
+        self._active.add(track)
+        if not self.running:
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="kvs-h264"
+                )
+            self._task = asyncio.get_running_loop().create_task(self._pump())
+
+    def _unsubscribe(self, track: PacketTrack) -> None:
+        self._subscribers.discard(track)
+        self._active.discard(track)
+        if not self._active and self._task is not None:
+            # Nobody is reading: stop pulling the source so no backlog is built for nobody.
+            task, self._task = self._task, None
+            if not task.done() and task is not asyncio.current_task():
+                task.cancel()
+                self._stopping.add(task)
+                task.add_done_callback(self._stopping.discard)
+
+    async def _stop_pump(self) -> None:
+        tasks = set(self._stopping)
+        if self._task is not None:
+            tasks.add(self._task)
+            self._task = None
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _take_keyframe_request(self) -> bool:
+        if not self._keyframe_wanted:
+            return False
+        if time.monotonic() - self._last_keyframe < self.min_keyframe_gap:
+            return False
+        self._keyframe_wanted = False
+        return True
+
+    async def _pump(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._active:
+                frame = await self._source.recv()
+                force = self._take_keyframe_request()
+                assert self._executor is not None
+                packets = await loop.run_in_executor(self._executor, self._encode, frame, force)
+                for packet in packets:
+                    if packet.is_keyframe:
+                        self.keyframes += 1
+                        self._last_keyframe = time.monotonic()
+                        # Whoever asked is served by any keyframe sent after the request.
+                        self._keyframe_wanted = False
+                    for track in list(self._active):
+                        track._offer(packet)
+        except asyncio.CancelledError:
+            raise
+        except MediaStreamError:
+            logger.info("video source ended; ending %d viewer track(s)", len(self._subscribers))
+            self._end()
+        except Exception as exc:
+            logger.error("shared H.264 encoder failed: %s", exc, exc_info=True)
+            self._end()
+
+    def _end(self) -> None:
+        self._ended = True
+        for track in list(self._subscribers):
+            track.stop()
+
+    def _open_codec(self, width: int, height: int) -> Any:
+        codec = av.CodecContext.create("libx264", "w")
+        codec.width = width
+        codec.height = height
+        codec.pix_fmt = "yuv420p"
+        codec.time_base = VIDEO_TIME_BASE
+        codec.framerate = fractions.Fraction(self.fps).limit_denominator(1001)
+        codec.bit_rate = self.bitrate
+        codec.gop_size = (
+            max(1, round(self.keyframe_interval * self.fps))
+            if self.keyframe_interval is not None
+            else 1_000_000
+        )
+        codec.profile = "Baseline"  # x264 emits Constrained Baseline (42c0xx)
+        # Level 3.1 covers 1280x720@30 (3600 macroblocks); larger frames need 4.0.
+        macroblocks = ((width + 15) // 16) * ((height + 15) // 16)
+        codec.options = {
+            "preset": self.preset,
+            "tune": "zerolatency",
+            "level": "31" if macroblocks <= 3600 else "40",
+            "forced-idr": "1",
+            "maxrate": str(self.bitrate),
+            "bufsize": str(self.bitrate),
+        }
+        try:
+            codec.open()
+        except av.FFmpegError as exc:
+            raise MediaError(f"cannot start the H.264 encoder ({width}x{height}): {exc}") from exc
+        self.encoder_contexts += 1
+        logger.debug("libx264 opened: %dx%d, %d bit/s", width, height, self.bitrate)
+        return codec
+
+    def _encode(self, frame: av.VideoFrame, force: bool) -> list[av.Packet]:
+        # Runs on the encoder's single worker thread: the codec context is never shared.
+        started = time.perf_counter()
+        if self._codec is None or (frame.width, frame.height) != (
+            self._codec.width,
+            self._codec.height,
+        ):
+            if frame.width % 2 or frame.height % 2:
+                raise MediaError(
+                    f"H.264 needs an even frame size, the source sent {frame.width}x{frame.height}"
+                )
+            self._codec = self._open_codec(frame.width, frame.height)
+            force = True
+        if frame.pts is None or frame.time_base is None:
+            pts = round(time.monotonic() * 90_000)
+        elif frame.time_base != VIDEO_TIME_BASE:
+            pts = round(frame.pts * frame.time_base * 90_000)
+        else:
+            pts = frame.pts
+        if pts <= self._last_pts:
+            pts = self._last_pts + 1  # x264 refuses non-increasing timestamps
+        self._last_pts = pts
+        # The source gave this frame to us alone, so changing it here is safe.
+        frame.pts = pts
+        frame.time_base = VIDEO_TIME_BASE
+        frame.pict_type = PictureType.I if force else PictureType.NONE
+        packets = list(self._codec.encode(frame))
+        for packet in packets:
+            packet.time_base = VIDEO_TIME_BASE
+            if packet.pts is None:
+                packet.pts = pts
+        self.frames_encoded += 1
+        if force:
+            self.forced_keyframes += 1
+        self.encode_seconds += time.perf_counter() - started
+        return packets

@@ -1,0 +1,887 @@
+"""Media sources as aiortc tracks: test pattern, tone, files, cameras and FFmpeg URLs.
+
+Every video source hands out **yuv420p** frames with a 90 kHz ``pts``/``time_base``, paced in
+real time. The conversion to yuv420p happens once, here, on a frame nobody else holds yet
+(sharing one non-yuv420p frame between encoders that each reformat it crashes PyAV 18; see the
+package docstring). Audio sources hand out 20 ms ``s16`` frames at 48 kHz.
+
+Sources that read from files or devices decode in one worker thread each, started by the first
+``recv()`` and joined by ``stop()``. Live sources (cameras, RTSP and other streaming URLs) keep
+only the newest frames, so a consumer that stops reading does not build a backlog; files block
+instead (nothing is decoded for nobody) and are paced by their own timestamps.
+
+Pick a source with :func:`open_video_source` / :func:`open_audio_source`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import logging
+import os
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import av
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from ..errors import InvalidArgument, MediaError
+from .stamp import MIN_HEIGHT, MIN_WIDTH, stamp_band_height, write_stamp
+
+__all__ = [
+    "AUDIO_SAMPLE_RATE",
+    "AUDIO_TIME_BASE",
+    "VIDEO_CLOCK_RATE",
+    "VIDEO_TIME_BASE",
+    "CameraTrack",
+    "FileAudioTrack",
+    "PyAVVideoTrack",
+    "TestPatternTrack",
+    "ToneTrack",
+    "open_audio_source",
+    "open_video_source",
+]
+
+logger = logging.getLogger(__name__)
+
+VIDEO_CLOCK_RATE = 90_000
+VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK_RATE)
+AUDIO_SAMPLE_RATE = 48_000
+AUDIO_TIME_BASE = fractions.Fraction(1, AUDIO_SAMPLE_RATE)
+AUDIO_FRAME_SAMPLES = 960  # 20 ms, what aiortc's Opus encoder packs per RTP packet
+
+# A paced source that falls this far behind its schedule (slow consumer, slow decode, a
+# pause) restarts the schedule at "now" instead of bursting to catch up.
+_MAX_LATE = 0.25
+# Seconds stop() waits for a worker thread; threads are daemons, so exit never hangs.
+_JOIN_TIMEOUT = 2.0
+_LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "rtp", "srt", "udp", "tcp"})
+_TEST_PATTERN_NAMES = frozenset({"testsrc", "test", "testpattern"})
+
+
+# --------------------------------------------------------------------------------------------
+# Pacing
+
+
+class _Pacer:
+    """Real-time schedule of numbered slots for pull-driven (event loop) sources."""
+
+    def __init__(self, rate: float) -> None:
+        self._period = 1.0 / rate
+        self._start: float | None = None
+        self._slot = 0
+
+    async def next_slot(self) -> int:
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+            return 0
+        self._slot += 1
+        due = self._start + self._slot * self._period
+        if now - due > _MAX_LATE:
+            # Nobody read for a while: skip the missed slots rather than burst them out.
+            self._slot = int((now - self._start) / self._period)
+        elif due > now:
+            await asyncio.sleep(due - now)
+        return self._slot
+
+
+class _ThreadPacer:
+    """Maps media time to wall-clock deadlines in a worker thread; pts follow the deadlines."""
+
+    def __init__(self, stop: threading.Event, *, paced: bool) -> None:
+        self._stop = stop
+        self._paced = paced
+        self._anchor: float | None = None
+        self._origin: float | None = None
+        self._last_pts = -1
+
+    def wait(self, media_time: float | None) -> int:
+        """Sleep until ``media_time`` is due; return the 90 kHz pts of that moment."""
+        now = time.monotonic()
+        if not self._paced or media_time is None:
+            due = now
+        else:
+            if self._anchor is None:
+                self._anchor = now - media_time
+            due = self._anchor + media_time
+            if now - due > _MAX_LATE or due - now > 1.0:
+                # Late (slow decode, blocked consumer) or a jump in the file's timestamps.
+                self._anchor = now - media_time
+                due = now
+            elif due > now:
+                self._stop.wait(due - now)
+        if self._origin is None:
+            self._origin = due
+        pts = round((due - self._origin) * VIDEO_CLOCK_RATE)
+        if pts <= self._last_pts:
+            pts = self._last_pts + 1
+        self._last_pts = pts
+        return pts
+
+
+# --------------------------------------------------------------------------------------------
+# Generated sources
+
+
+class TestPatternTrack(MediaStreamTrack):
+    """A moving test picture with a :mod:`~kvs_peer.media.stamp` in its top band.
+
+    Scrolling diagonal stripes, colour bars and a bouncing box, all cut out of precomputed
+    planes, so a frame costs a few memory copies (well under 1 ms at 640x480). The stamp
+    carries :attr:`frames_generated` (the counter) and the capture time (``time.time()``, ms).
+
+    Args:
+        width: frame width in pixels, even, at least 64.
+        height: frame height in pixels, even, at least 60.
+        fps: frames per second (0 < fps <= 120).
+        stamp: draw the counter/time stamp.
+
+    Raises:
+        InvalidArgument: bad size or rate.
+    """
+
+    __test__ = False  # not a pytest test class despite the name
+    kind = "video"
+
+    def __init__(
+        self, width: int = 640, height: int = 480, fps: float = 30, *, stamp: bool = True
+    ) -> None:
+        super().__init__()
+        _check_video_args(width, height, fps)
+        if width < MIN_WIDTH or height < MIN_HEIGHT:
+            raise InvalidArgument(f"test pattern must be at least {MIN_WIDTH}x{MIN_HEIGHT}")
+        self.width, self.height, self.fps = width, height, fps
+        self.frames_generated = 0
+        self._stamp = stamp
+        self._pacer = _Pacer(fps)
+        self._band = stamp_band_height(height) if stamp else 0
+        # Scrolling is a moving window over planes one period wider than the frame.
+        self._period = max(2, (width // 4) & ~1)
+        self._step = 4  # pixels per frame, even so the chroma window moves by whole samples
+        self._luma, self._cb, self._cr = self._make_planes()
+        self._box = max(8, (min(width, height) // 8) & ~1)
+
+    def _make_planes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        w, h, p = self.width, self.height, self._period
+        x = np.arange(w + p)[None, :]
+        y = np.arange(h)[:, None]
+        stripes = 0.5 + 0.5 * np.sin(2 * np.pi * (x + y) / p)
+        luma = (40 + 150 * stripes).astype(np.uint8)
+        # Eight colour bars (Cb, Cr pairs) repeating every period, in chroma resolution.
+        bars = np.array(
+            [
+                [128, 128],
+                [44, 142],
+                [156, 44],
+                [72, 58],
+                [184, 198],
+                [100, 212],
+                [212, 114],
+                [128, 128],
+            ],
+            np.uint8,
+        )
+        cx = np.arange((w + p) // 2)
+        index = (cx * 2 * len(bars) // p) % len(bars)
+        cb = np.repeat(bars[index, 0][None, :], h // 2, axis=0)
+        cr = np.repeat(bars[index, 1][None, :], h // 2, axis=0)
+        band_c = -(-self._band // 2)
+        cb[:band_c] = 128
+        cr[:band_c] = 128
+        return luma, cb, cr
+
+    async def recv(self) -> av.VideoFrame:
+        """Return the next frame, waiting until it is due.
+
+        Raises:
+            MediaStreamError: the track was stopped.
+        """
+        if self.readyState != "live":
+            raise MediaStreamError
+        slot = await self._pacer.next_slot()
+        counter = self.frames_generated
+        self.frames_generated += 1
+        frame = av.VideoFrame(self.width, self.height, "yuv420p")
+        y_plane, u_plane, v_plane = (_plane_view(p) for p in frame.planes)
+        w, h = self.width, self.height
+        offset = (counter * self._step) % self._period
+        y_plane[:] = self._luma[:, offset : offset + w]
+        u_plane[:] = self._cb[:, offset // 2 : offset // 2 + w // 2]
+        v_plane[:] = self._cr[:, offset // 2 : offset // 2 + w // 2]
+        # Bouncing box below the stamp band, a triangle wave in both directions.
+        span_x = max(1, w - self._box)
+        span_y = max(1, h - self._band - self._box)
+        bx = _triangle(counter * 5, span_x) & ~1
+        by = (self._band + _triangle(counter * 3, span_y)) & ~1
+        y_plane[by : by + self._box, bx : bx + self._box] = 235
+        u_plane[by // 2 : (by + self._box) // 2, bx // 2 : (bx + self._box) // 2] = 128
+        v_plane[by // 2 : (by + self._box) // 2, bx // 2 : (bx + self._box) // 2] = 128
+        if self._stamp:
+            write_stamp(y_plane, counter, int(time.time() * 1000))
+        frame.pts = round(slot * VIDEO_CLOCK_RATE / self.fps)
+        frame.time_base = VIDEO_TIME_BASE
+        return frame
+
+
+class ToneTrack(MediaStreamTrack):
+    """A sine tone: 20 ms ``s16`` frames at 48 kHz, paced in real time.
+
+    Args:
+        freq: tone frequency in Hz (0 < freq < 24000).
+        amplitude: peak level, 0..1.
+        layout: ``"mono"`` or ``"stereo"``.
+
+    Raises:
+        InvalidArgument: bad frequency, amplitude or layout.
+    """
+
+    kind = "audio"
+
+    def __init__(
+        self, freq: float = 440.0, *, amplitude: float = 0.2, layout: str = "mono"
+    ) -> None:
+        super().__init__()
+        if not 0 < freq < AUDIO_SAMPLE_RATE / 2:
+            raise InvalidArgument(f"tone frequency must be in (0, 24000) Hz, got {freq}")
+        if not 0 <= amplitude <= 1:
+            raise InvalidArgument(f"tone amplitude must be within 0..1, got {amplitude}")
+        if layout not in ("mono", "stereo"):
+            raise InvalidArgument(f"tone layout must be 'mono' or 'stereo', got {layout!r}")
+        self.freq = freq
+        self._amplitude = amplitude * 32767
+        self._channels = 2 if layout == "stereo" else 1
+        self._layout = layout
+        self._pacer = _Pacer(AUDIO_SAMPLE_RATE / AUDIO_FRAME_SAMPLES)
+
+    async def recv(self) -> av.AudioFrame:
+        """Return the next 20 ms frame, waiting until it is due.
+
+        Raises:
+            MediaStreamError: the track was stopped.
+        """
+        if self.readyState != "live":
+            raise MediaStreamError
+        slot = await self._pacer.next_slot()
+        first = slot * AUDIO_FRAME_SAMPLES
+        t = (first + np.arange(AUDIO_FRAME_SAMPLES)) / AUDIO_SAMPLE_RATE
+        samples = (self._amplitude * np.sin(2 * np.pi * self.freq * t)).astype(np.int16)
+        if self._channels == 2:
+            samples = np.repeat(samples, 2)
+        frame = av.AudioFrame.from_ndarray(samples[None, :], format="s16", layout=self._layout)
+        frame.sample_rate = AUDIO_SAMPLE_RATE
+        frame.pts = first
+        frame.time_base = AUDIO_TIME_BASE
+        return frame
+
+
+def _triangle(value: int, span: int) -> int:
+    phase = value % (2 * span)
+    return phase if phase < span else 2 * span - phase
+
+
+def _plane_view(plane: Any) -> np.ndarray:
+    raw = np.frombuffer(plane, np.uint8)
+    return raw[: plane.line_size * plane.height].reshape(plane.height, plane.line_size)[
+        :, : plane.width
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Thread-backed sources
+
+
+_END = object()
+
+
+class _Handoff:
+    """Frames from one worker thread to the event loop.
+
+    Live producers drop the oldest frame when full; file producers wait for room, so a file
+    is not decoded ahead of its consumer.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, maxlen: int, *, block: bool) -> None:
+        self._loop = loop
+        self._maxlen = maxlen
+        self._block = block
+        self._items: deque[Any] = deque()
+        self._cond = threading.Condition()
+        self._ready = asyncio.Event()
+        self.dropped = 0
+
+    def put(self, item: Any, stop: threading.Event) -> None:
+        with self._cond:
+            if item is not _END:
+                if self._block:
+                    while len(self._items) >= self._maxlen and not stop.is_set():
+                        self._cond.wait(0.1)
+                elif len(self._items) >= self._maxlen:
+                    self._items.popleft()
+                    self.dropped += 1
+            self._items.append(item)
+        try:
+            self._loop.call_soon_threadsafe(self._ready.set)
+        except RuntimeError:
+            pass  # the loop is closed; nobody is waiting any more
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    async def get(self) -> Any:
+        while True:
+            # Clear before looking: a put() after the look schedules a set() we will see.
+            self._ready.clear()
+            with self._cond:
+                if self._items:
+                    item = self._items.popleft()
+                    self._cond.notify_all()
+                    return item
+            await self._ready.wait()
+
+
+class _ThreadedTrack(MediaStreamTrack):
+    """A track fed by a worker thread that runs :meth:`_produce`."""
+
+    def __init__(self, *, description: str, live: bool, buffer: int = 2) -> None:
+        super().__init__()
+        self.description = description
+        self.live = live
+        self.error: BaseException | None = None
+        self._buffer = buffer
+        self._stop_event = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._handoff: _Handoff | None = None
+
+    @property
+    def frames_dropped(self) -> int:
+        """Frames a live source threw away because nobody read them in time."""
+        return self._handoff.dropped if self._handoff else 0
+
+    def _produce(self, emit: Callable[[Any], None], stop: threading.Event) -> None:
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        """Close the underlying container or device; runs on the worker thread."""
+
+    def _run(self) -> None:
+        assert self._handoff is not None
+        handoff = self._handoff
+        try:
+            self._produce(lambda item: handoff.put(item, self._stop_event), self._stop_event)
+        except Exception as exc:
+            if not self._stop_event.is_set():
+                self.error = exc
+                logger.error("%s failed: %s", self.description, exc)
+        finally:
+            try:
+                self._release()
+            except Exception as exc:
+                logger.debug("%s: error while closing: %s", self.description, exc)
+            handoff.put(_END, self._stop_event)
+
+    async def recv(self) -> Any:
+        """Return the next frame.
+
+        Raises:
+            MediaStreamError: the track was stopped, or the source ended or failed (see
+                :attr:`error`).
+        """
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._thread is None:
+            self._handoff = _Handoff(asyncio.get_running_loop(), self._buffer, block=not self.live)
+            self._thread = threading.Thread(
+                target=self._run, name=f"kvs-source {self.description}", daemon=True
+            )
+            self._thread.start()
+        assert self._handoff is not None
+        item = await self._handoff.get()
+        if item is _END:
+            self.stop()
+            raise MediaStreamError
+        return item
+
+    def stop(self) -> None:
+        """Stop the track and join its worker thread (idempotent)."""
+        super().stop()
+        self._stop_event.set()
+        if self._handoff is not None:
+            self._handoff.wake()
+        thread = self._thread
+        if thread is None:
+            # Never started: the container was opened by the factory and is closed here.
+            try:
+                self._release()
+            except Exception as exc:
+                logger.debug("%s: error while closing: %s", self.description, exc)
+        elif thread is not threading.current_thread():
+            thread.join(_JOIN_TIMEOUT)
+            if thread.is_alive():
+                logger.warning(
+                    "%s: worker thread still blocked after %.0f s; it is a daemon and will "
+                    "not delay exit",
+                    self.description,
+                    _JOIN_TIMEOUT,
+                )
+
+
+class PyAVVideoTrack(_ThreadedTrack):
+    """Video decoded by PyAV (FFmpeg) from an opened container: files, devices, URLs.
+
+    Use :func:`open_video_source` rather than building one directly.
+
+    Args:
+        container: an ``av`` input container with a video stream; the track owns it.
+        description: text for logs and errors (never a secret).
+        width: output width, or ``None`` for the source's (rounded down to even).
+        height: output height, or ``None`` for the source's (rounded down to even).
+        live: the source paces itself (device, stream): keep only the newest frames.
+        loop: restart a file at its end.
+    """
+
+    kind = "video"
+
+    def __init__(
+        self,
+        container: Any,
+        *,
+        description: str,
+        width: int | None = None,
+        height: int | None = None,
+        live: bool = False,
+        loop: bool = False,
+    ) -> None:
+        super().__init__(description=description, live=live)
+        self._container = container
+        stream = container.streams.video[0]
+        self.width = _even(width or stream.codec_context.width)
+        self.height = _even(height or stream.codec_context.height)
+        rate = stream.average_rate or stream.guessed_rate
+        self.fps = float(rate) if rate else None
+        self._loop_file = loop and not live
+        if self.width < 2 or self.height < 2:
+            container.close()
+            raise MediaError(f"{description}: the video stream has no usable frame size")
+
+    def _produce(self, emit: Callable[[Any], None], stop: threading.Event) -> None:
+        pacer = _ThreadPacer(stop, paced=not self.live)
+        stream = self._container.streams.video[0]
+        stream.thread_type = "AUTO"
+        offset = 0.0  # media time added per pass when looping
+        while not stop.is_set():
+            last_time = None
+            frame_time = 1.0 / (self.fps or 30.0)
+            frames = 0
+            for frame in self._container.decode(stream):
+                if stop.is_set():
+                    return
+                media_time = None if frame.time is None else offset + frame.time
+                out = frame.reformat(width=self.width, height=self.height, format="yuv420p")
+                out.pts = pacer.wait(media_time)
+                out.time_base = VIDEO_TIME_BASE
+                emit(out)
+                frames += 1
+                if frame.time is not None:
+                    last_time = frame.time
+            if not self._loop_file or frames == 0:
+                return
+            offset += (last_time or 0.0) + frame_time
+            self._container.seek(0)
+
+    def _release(self) -> None:
+        self._container.close()
+
+
+class CameraTrack(_ThreadedTrack):
+    """A camera read through OpenCV (``cv2.VideoCapture``), by index.
+
+    OpenCV picks the platform backend (V4L2 on Linux, AVFoundation on macOS, Media Foundation
+    on Windows), so an index works everywhere. ``/dev/videoN`` paths go through PyAV's v4l2
+    input instead (see :func:`open_video_source`). Frames are converted BGR -> yuv420p once,
+    with ``cv2.cvtColor``, in the capture thread.
+
+    Args:
+        capture: an opened ``cv2.VideoCapture``; the track owns it.
+        description: text for logs and errors.
+        width: output width, or ``None`` for the camera's.
+        height: output height, or ``None`` for the camera's.
+    """
+
+    kind = "video"
+
+    def __init__(
+        self,
+        capture: Any,
+        *,
+        description: str,
+        width: int | None = None,
+        height: int | None = None,
+    ) -> None:
+        super().__init__(description=description, live=True)
+        self._capture = capture
+        self.width = _even(width) if width else None
+        self.height = _even(height) if height else None
+
+    def _produce(self, emit: Callable[[Any], None], stop: threading.Event) -> None:
+        import cv2
+
+        pacer = _ThreadPacer(stop, paced=False)
+        failures = 0
+        while not stop.is_set():
+            ok, image = self._capture.read()
+            if not ok:
+                failures += 1
+                if failures > 50:
+                    raise MediaError(
+                        f"{self.description} stopped delivering frames: check that it is "
+                        "still connected and not used by another program"
+                    )
+                stop.wait(0.05)
+                continue
+            failures = 0
+            height, width = image.shape[:2]
+            target = (self.width or _even(width), self.height or _even(height))
+            if (width, height) != target:
+                image = cv2.resize(image, target, interpolation=cv2.INTER_AREA)
+            i420 = cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420)
+            frame = av.VideoFrame.from_ndarray(i420, format="yuv420p")
+            frame.pts = pacer.wait(None)
+            frame.time_base = VIDEO_TIME_BASE
+            emit(frame)
+
+    def _release(self) -> None:
+        self._capture.release()
+
+
+class FileAudioTrack(_ThreadedTrack):
+    """Audio decoded by PyAV from a file or URL, as 20 ms ``s16`` frames at 48 kHz.
+
+    Use :func:`open_audio_source` rather than building one directly.
+
+    Args:
+        container: an ``av`` input container with an audio stream; the track owns it.
+        description: text for logs and errors.
+        live: the source paces itself (stream): keep only the newest frames.
+        loop: restart a file at its end.
+    """
+
+    kind = "audio"
+
+    def __init__(
+        self, container: Any, *, description: str, live: bool = False, loop: bool = False
+    ) -> None:
+        super().__init__(description=description, live=live, buffer=5)
+        self._container = container
+        self._loop_file = loop and not live
+
+    def _produce(self, emit: Callable[[Any], None], stop: threading.Event) -> None:
+        stream = self._container.streams.audio[0]
+        layout = "stereo" if stream.codec_context.channels >= 2 else "mono"
+        resampler = av.AudioResampler(
+            format="s16", layout=layout, rate=AUDIO_SAMPLE_RATE, frame_size=AUDIO_FRAME_SAMPLES
+        )
+        pacer = _ThreadPacer(stop, paced=not self.live)
+        samples = 0
+        while not stop.is_set():
+            decoded = 0
+            for frame in self._container.decode(stream):
+                frame.pts = None  # the resampler re-times frames from the sample count
+                for out in resampler.resample(frame):
+                    if stop.is_set():
+                        return
+                    pacer.wait(samples / AUDIO_SAMPLE_RATE)
+                    out.pts = samples
+                    out.time_base = AUDIO_TIME_BASE
+                    out.sample_rate = AUDIO_SAMPLE_RATE
+                    samples += out.samples
+                    emit(out)
+                decoded += 1
+            if not self._loop_file or decoded == 0:
+                return
+            self._container.seek(0)
+
+    def _release(self) -> None:
+        self._container.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Factories
+
+
+def open_video_source(
+    spec: str,
+    *,
+    width: int | None = None,
+    height: int | None = None,
+    fps: float | None = None,
+    loop: bool = False,
+    options: Mapping[str, str] | None = None,
+    timeout: float = 10.0,
+) -> MediaStreamTrack:
+    """Open a video source by name.
+
+    ``spec`` is one of:
+
+    - ``"testsrc"``: :class:`TestPatternTrack` (640x480 at 30 fps unless given);
+    - a camera index such as ``"0"``: OpenCV ``VideoCapture`` (:class:`CameraTrack`);
+    - ``"/dev/videoN"``: PyAV's ``v4l2`` input (Linux), ``width``/``height``/``fps`` are
+      requested from the driver;
+    - a URL with a scheme (``rtsp://``, ``rtmp://``, ``srt://``, ``udp://``, ``http(s)://``,
+      ...): PyAV/FFmpeg. RTSP uses TCP unless ``options`` says otherwise. Streaming schemes
+      are treated as live (not paced, newest frames kept); http(s) is paced like a file;
+    - anything else: a media file path, decoded by PyAV and paced by its timestamps
+      (``loop=True`` restarts it at the end).
+
+    This call opens the source (blocking for up to ``timeout`` seconds on a network URL), so
+    errors surface here rather than at the first frame. From a coroutine, use
+    ``await asyncio.to_thread(open_video_source, ...)`` for URLs.
+
+    Args:
+        spec: which source, see above.
+        width: output width (even); ``None`` keeps the source's size (640 for the pattern).
+        height: output height (even); ``None`` keeps the source's size (480 for the pattern).
+        fps: frame rate for the pattern and a hint for cameras; files keep their own.
+        loop: restart a file at its end.
+        options: extra FFmpeg input options for PyAV sources (e.g. ``{"rtsp_transport":
+            "udp"}``).
+        timeout: seconds to wait when opening or reading a network source.
+
+    Returns:
+        A video ``MediaStreamTrack`` producing yuv420p frames.
+
+    Raises:
+        InvalidArgument: empty spec or bad size/rate.
+        MediaError: the file is missing or unreadable, the device cannot be opened, the URL
+            cannot be reached, or there is no video stream.
+    """
+    spec = spec.strip()
+    if not spec:
+        raise InvalidArgument(
+            "empty video source: use 'testsrc', a file path, a camera index like 0, "
+            "/dev/videoN or an rtsp:// URL"
+        )
+    _check_video_args(width, height, fps)
+    if spec.lower() in _TEST_PATTERN_NAMES:
+        return TestPatternTrack(width or 640, height or 480, fps or 30)
+    if spec.isdigit():
+        return _open_opencv_camera(int(spec), width, height, fps)
+    if spec.startswith("/dev/video"):
+        ffmpeg_options = {}
+        if width and height:
+            ffmpeg_options["video_size"] = f"{width}x{height}"
+        if fps:
+            ffmpeg_options["framerate"] = f"{fps:g}"
+        ffmpeg_options.update(options or {})
+        container = _open_container(
+            spec,
+            f"camera {spec}",
+            format="v4l2",
+            options=ffmpeg_options,
+            timeout=timeout,
+            kind="video",
+            missing=f"camera device {spec} not found: check `ls /dev/video*` (or use an "
+            "index such as 0 for OpenCV)",
+        )
+        return PyAVVideoTrack(
+            container, description=f"camera {spec}", width=width, height=height, live=True
+        )
+    scheme = urlsplit(spec).scheme.lower() if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]+://", spec) else ""
+    if scheme and scheme != "file":
+        live = scheme in _LIVE_SCHEMES
+        ffmpeg_options = {"rtsp_transport": "tcp"} if scheme.startswith("rtsp") else {}
+        ffmpeg_options.update(options or {})
+        shown = describe_url(spec)
+        container = _open_container(
+            spec,
+            f"video URL {shown}",
+            format=None,
+            options=ffmpeg_options,
+            timeout=timeout,
+            kind="video",
+            missing=f"video URL {shown} not found: check the address",
+        )
+        return PyAVVideoTrack(
+            container,
+            description=f"video URL {shown}",
+            width=width,
+            height=height,
+            live=live,
+            loop=loop,
+        )
+    path = urlsplit(spec).path if scheme == "file" else spec
+    _check_file(path, "video")
+    container = _open_container(
+        path,
+        f"video file {path!r}",
+        format=None,
+        options=options,
+        timeout=None,
+        kind="video",
+        missing=f"video file {path!r} not found",
+    )
+    return PyAVVideoTrack(
+        container, description=f"video file {path!r}", width=width, height=height, loop=loop
+    )
+
+
+def open_audio_source(
+    spec: str | None,
+    *,
+    loop: bool = False,
+    options: Mapping[str, str] | None = None,
+    timeout: float = 10.0,
+) -> MediaStreamTrack | None:
+    """Open an audio source by name.
+
+    ``spec`` is ``"none"`` / ``""`` / ``None`` (no audio: returns ``None``), ``"tone"`` or
+    ``"tone:FREQ"`` (:class:`ToneTrack`), a URL with a scheme (PyAV, live for streaming
+    schemes) or a media file path (PyAV, paced, ``loop`` restarts it). Audio from a file is
+    opened separately from its video, so the two are not lip-synced.
+
+    Args:
+        spec: which source, see above.
+        loop: restart a file at its end.
+        options: extra FFmpeg input options.
+        timeout: seconds to wait when opening or reading a network source.
+
+    Returns:
+        An audio ``MediaStreamTrack`` of 20 ms 48 kHz ``s16`` frames, or ``None``.
+
+    Raises:
+        InvalidArgument: malformed ``tone:`` frequency.
+        MediaError: the file is missing or unreadable, or has no audio stream.
+    """
+    spec = (spec or "").strip()
+    if spec.lower() in ("", "none"):
+        return None
+    if spec.lower() == "tone":
+        return ToneTrack()
+    if spec.lower().startswith("tone:"):
+        try:
+            freq = float(spec[5:])
+        except ValueError:
+            raise InvalidArgument(f"bad tone frequency in {spec!r}: use e.g. 'tone:440'") from None
+        return ToneTrack(freq)
+    scheme = urlsplit(spec).scheme.lower() if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]+://", spec) else ""
+    if scheme and scheme != "file":
+        shown = describe_url(spec)
+        ffmpeg_options = {"rtsp_transport": "tcp"} if scheme.startswith("rtsp") else {}
+        ffmpeg_options.update(options or {})
+        container = _open_container(
+            spec,
+            f"audio URL {shown}",
+            format=None,
+            options=ffmpeg_options,
+            timeout=timeout,
+            kind="audio",
+            missing=f"audio URL {shown} not found: check the address",
+        )
+        return FileAudioTrack(
+            container, description=f"audio URL {shown}", live=scheme in _LIVE_SCHEMES, loop=loop
+        )
+    path = urlsplit(spec).path if scheme == "file" else spec
+    _check_file(path, "audio")
+    container = _open_container(
+        path,
+        f"audio file {path!r}",
+        format=None,
+        options=options,
+        timeout=None,
+        kind="audio",
+        missing=f"audio file {path!r} not found",
+    )
+    return FileAudioTrack(container, description=f"audio file {path!r}", loop=loop)
+
+
+def describe_url(url: str) -> str:
+    """``url`` without its password and query string, for logs and error messages."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc = f"{netloc}:{parts.port}"
+    if parts.username:
+        netloc = (
+            f"{parts.username}:***@{netloc}" if parts.password else f"{parts.username}@{netloc}"
+        )
+    query = "?..." if parts.query else ""
+    return f"{parts.scheme}://{netloc}{parts.path}{query}"
+
+
+def _check_video_args(width: int | None, height: int | None, fps: float | None) -> None:
+    for name, value in (("width", width), ("height", height)):
+        if value is not None and (value < 2 or value % 2):
+            raise InvalidArgument(f"video {name} must be an even number >= 2, got {value}")
+    if fps is not None and not 0 < fps <= 120:
+        raise InvalidArgument(f"fps must be within (0, 120], got {fps}")
+
+
+def _even(value: int) -> int:
+    return value - value % 2
+
+
+def _check_file(path: str, kind: str) -> None:
+    if not os.path.exists(path):
+        raise MediaError(
+            f"{kind} file {path!r} not found: check the path, or use "
+            + ("'testsrc' for a test pattern" if kind == "video" else "'tone' or 'none'")
+        )
+    if os.path.isdir(path):
+        raise MediaError(f"{kind} source {path!r} is a directory, not a media file")
+
+
+def _open_opencv_camera(
+    index: int, width: int | None, height: int | None, fps: float | None
+) -> CameraTrack:
+    import cv2
+
+    capture = cv2.VideoCapture(index)
+    if not capture.isOpened():
+        capture.release()
+        raise MediaError(
+            f"cannot open camera {index}: no such camera, or it is used by another program "
+            "(on Linux check `ls /dev/video*` and the video group)"
+        )
+    if width and height:
+        capture.set(cv2.CAP_PROP_FRAME_WIDTH, width)
+        capture.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
+    if fps:
+        capture.set(cv2.CAP_PROP_FPS, fps)
+    return CameraTrack(capture, description=f"camera {index}", width=width, height=height)
+
+
+def _open_container(
+    target: str,
+    description: str,
+    *,
+    format: str | None,
+    options: Mapping[str, str] | None,
+    timeout: float | None,
+    kind: str,
+    missing: str,
+) -> Any:
+    try:
+        container = av.open(
+            target, mode="r", format=format, options=dict(options or {}), timeout=timeout
+        )
+    except FileNotFoundError:
+        raise MediaError(missing) from None
+    except PermissionError:
+        raise MediaError(f"cannot open {description}: permission denied") from None
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise MediaError(
+            f"cannot open {description}: {reason}; check that it is a readable media source"
+        ) from None
+    streams = container.streams.video if kind == "video" else container.streams.audio
+    if not streams:
+        container.close()
+        raise MediaError(f"{description} has no {kind} stream")
+    return container

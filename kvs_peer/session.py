@@ -1,0 +1,140 @@
+"""aiortc glue shared by master and viewer sessions.
+
+Conversions between KVS/browser JSON and aiortc objects (candidate lines carry a
+``candidate:`` prefix aiortc does not expect, an empty candidate means end of candidates),
+the ICE configuration aiortc can actually use, and an opt-in for loopback host candidates.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from aiortc import RTCConfiguration, RTCIceCandidate, RTCIceServer, RTCPeerConnection
+from aiortc.sdp import candidate_from_sdp, candidate_to_sdp
+
+from .channel import IceServer
+
+__all__ = [
+    "candidate_from_json",
+    "candidate_to_json",
+    "enable_loopback_candidates",
+    "rtc_configuration",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def _usable(url: str) -> bool:
+    # aiortc ignores TURN over DTLS (turns:...?transport=udp) and rejects STUN URLs with a
+    # transport parameter (python-ecosystem.md 2.5).
+    if url.startswith("turns:"):
+        return "transport=udp" not in url
+    if url.startswith("stun:") or url.startswith("stuns:"):
+        return "?" not in url
+    return url.startswith("turn:")
+
+
+def rtc_configuration(
+    servers: Iterable[IceServer],
+    *,
+    transport_policy: str = "all",
+    prefer_tls_relay: bool = False,
+) -> RTCConfiguration:
+    """Build an aiortc ``RTCConfiguration`` from KVS ICE servers.
+
+    aiortc uses only the first STUN URL and the first usable TURN URL, and every unreachable
+    server costs 5 s of gathering. So the list is trimmed to URLs aiortc can use, in KVS's
+    order (TURN/UDP first), or with ``turns:...?transport=tcp`` first when
+    ``prefer_tls_relay`` is set (networks that block UDP).
+
+    An empty ``servers`` gives an empty list, never aiortc's default Google STUN server.
+    """
+    entries: list[RTCIceServer] = []
+    for server in servers:
+        urls = [u for u in server.urls if _usable(u)]
+        if prefer_tls_relay:
+            urls.sort(key=lambda u: not u.startswith("turns:"))
+        if urls:
+            entries.append(
+                RTCIceServer(urls=urls, username=server.username, credential=server.credential)
+            )
+    if prefer_tls_relay:
+        entries.sort(key=lambda e: not any(str(u).startswith("turns:") for u in e.urls))
+    kwargs: dict[str, Any] = {"iceServers": entries}
+    if transport_policy != "all":
+        from aiortc import RTCIceTransportPolicy  # aiortc >= 1.16
+
+        kwargs["iceTransportPolicy"] = RTCIceTransportPolicy(transport_policy)
+    return RTCConfiguration(**kwargs)
+
+
+def candidate_from_json(
+    candidate: str, sdp_mid: str | None, sdp_mline_index: int | None
+) -> RTCIceCandidate | None:
+    """Parse a trickled candidate as browsers and KVS SDKs send it.
+
+    Returns:
+        The aiortc candidate, or None for end-of-candidates (empty string) and for lines
+        aiortc cannot parse (logged, never raised: it is remote input).
+    """
+    line = candidate.strip()
+    if line.startswith("a="):
+        line = line[2:]
+    if line.startswith("candidate:"):
+        line = line[len("candidate:") :]
+    if not line:
+        return None
+    try:
+        parsed = candidate_from_sdp(line)
+    except (AssertionError, ValueError, IndexError) as exc:
+        logger.debug("ignoring unparsable remote candidate %r: %s", candidate[:200], exc)
+        return None
+    parsed.sdpMid = sdp_mid
+    parsed.sdpMLineIndex = sdp_mline_index
+    if sdp_mid is None and sdp_mline_index is None:
+        # aiortc needs one of them; KVS SDKs assume BUNDLE on the first m-line.
+        parsed.sdpMLineIndex = 0
+    return parsed
+
+
+def candidate_to_json(candidate: RTCIceCandidate) -> str:
+    """The ``candidate:...`` line browsers expect in ``RTCIceCandidateInit.candidate``."""
+    return "candidate:" + candidate_to_sdp(candidate)
+
+
+def _ice_connections(pc: RTCPeerConnection) -> Sequence[Any]:
+    transports = [t.sender.transport for t in pc.getTransceivers()]
+    if pc.sctp is not None:
+        transports.append(pc.sctp.transport)
+    seen: dict[int, Any] = {}
+    for dtls in transports:
+        connection = dtls.transport.iceGatherer._connection
+        seen[id(connection)] = connection
+    return list(seen.values())
+
+
+def enable_loopback_candidates(pc: RTCPeerConnection) -> None:
+    """Also gather 127.0.0.1 host candidates on this peer connection.
+
+    aioice leaves loopback out of its host addresses, so on a host (or network namespace)
+    whose only interface is ``lo`` two peers gather nothing and never connect. This hooks
+    the ICE connections of ``pc`` only (no module-wide patch). Call it after adding every
+    transceiver and data channel (and, when answering, after ``setRemoteDescription``), and
+    before ``setLocalDescription``.
+    """
+    for connection in _ice_connections(pc):
+        if getattr(connection, "_kvs_peer_loopback", False):
+            continue
+        original = connection.get_component_candidates
+
+        async def with_loopback(
+            component: int, addresses: list[str], timeout: int = 5, _orig: Any = original
+        ) -> Any:
+            if "127.0.0.1" not in addresses:
+                addresses = [*addresses, "127.0.0.1"]
+            return await _orig(component=component, addresses=addresses, timeout=timeout)
+
+        connection.get_component_candidates = with_loopback
+        connection._kvs_peer_loopback = True

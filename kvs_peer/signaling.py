@@ -1,0 +1,550 @@
+"""Signaling client: one KVS signaling WebSocket, kept alive across failures.
+
+::
+
+    async with SignalingClient(url_provider, role=Role.VIEWER, client_id="cam-viewer") as sc:
+        await sc.send_offer(sdp)
+        async for event in sc:
+            ...  # SdpAnswer, IceCandidate, StatusResponse, GoAway, Connected, Disconnected, ...
+
+The URL provider is awaited for every (re)connect, so an expired URL is never reused. The
+client pings every 10 s (as the C SDK does), reconnects with exponential backoff and jitter,
+replaces the connection before the service's 1-hour cap and on GO_AWAY (make before break:
+the old socket keeps delivering until the new one is up), paces sends under the service's
+per-connection quotas, and holds ICE candidates that arrive before their sender's SDP.
+Decisions come from the pure modules :mod:`kvs_peer.protocol` and :mod:`kvs_peer.reconnect`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import random
+import ssl as ssl_module
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import websockets
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+
+from .errors import (
+    AccessDenied,
+    ChannelNotFound,
+    HandshakeRejected,
+    InvalidArgument,
+    InvalidState,
+    SignalingClosed,
+    SignalingError,
+    SignerError,
+)
+from .protocol import (
+    Action,
+    CandidateBuffer,
+    Event,
+    GoAway,
+    Role,
+    candidate_payload,
+    decode_message,
+    encode_message,
+    sdp_payload,
+)
+from .ratelimit import TokenBucket
+from .reconnect import Refresh, backoff, decide, rotate_at
+from .signing import validate_client_id
+
+__all__ = [
+    "Connected",
+    "Disconnected",
+    "SignalingClient",
+    "SignalingEvent",
+    "SignalingStats",
+    "UrlProvider",
+]
+
+logger = logging.getLogger(__name__)
+
+UrlProvider = Callable[[], Awaitable[str]]
+"""Returns a freshly signed WSS URL. May also have ``invalidate(refresh: Refresh)``, called
+when the service says the endpoint or credentials are stale (404, 403, GO_AWAY)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """The signaling socket is (again) open."""
+
+    reconnect: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected:
+    """The signaling socket closed; ``will_reconnect`` tells whether the client tries again."""
+
+    code: int | None
+    reason: str
+    will_reconnect: bool
+
+
+SignalingEvent = Event | Connected | Disconnected
+
+
+@dataclass
+class SignalingStats:
+    """Counters in the spirit of the C SDK's ``SignalingClientStats``."""
+
+    connects: int = 0
+    reconnects: int = 0
+    failed_attempts: int = 0
+    messages_sent: int = 0
+    messages_received: int = 0
+    ignored_frames: int = 0
+    go_aways: int = 0
+    connected_at: float | None = None
+    connect_latency: float | None = None
+    last_error: str | None = None
+
+
+@dataclass
+class _Connection:
+    ws: ClientConnection
+    opened_at: float
+    reader: asyncio.Task[None] | None = None
+    go_away: asyncio.Event = field(default_factory=asyncio.Event)
+    sdp_bucket: TokenBucket = field(default_factory=lambda: TokenBucket(5.0))
+    ice_bucket: TokenBucket = field(default_factory=lambda: TokenBucket(20.0))
+
+
+_CLOSED = object()
+
+
+class SignalingClient:
+    """A KVS signaling connection for one role.
+
+    Args:
+        url_provider: async callable returning a fresh signed URL; see :data:`UrlProvider`.
+        role: MASTER or VIEWER.
+        client_id: the viewer's client id (required for VIEWER, refused for MASTER). Used
+            only for validation and logs: the id travels inside the signed URL.
+        ping_interval: seconds between WebSocket pings; None disables them (the service
+            then closes idle connections after 10 minutes).
+        ping_timeout: seconds to wait for a pong before treating the socket as dead.
+        open_timeout: seconds allowed for one connect (URL + TCP + TLS + upgrade).
+        send_timeout: seconds a send waits for a connection while reconnecting.
+        reconnect: reconnect after failures and closes; False makes any close final.
+        first_connect_attempts: attempts before ``connect()`` gives up on transient errors
+            (403 and 404 fail at once).
+        max_connection_duration: the service's cap; the connection is replaced ``rotate_margin``
+            seconds before it.
+        pace: wait to stay under 5 SDP/s and 20 ICE/s per connection instead of having the
+            service drop messages silently.
+        ssl: TLS context for ``wss://`` (e.g. one trusting the local emulator's certificate).
+        rng: random source for backoff jitter (seed it in tests).
+    """
+
+    def __init__(
+        self,
+        url_provider: UrlProvider,
+        *,
+        role: Role | str,
+        client_id: str | None = None,
+        ping_interval: float | None = 10.0,
+        ping_timeout: float | None = 10.0,
+        open_timeout: float = 10.0,
+        send_timeout: float = 10.0,
+        reconnect: bool = True,
+        first_connect_attempts: int = 3,
+        max_connection_duration: float = 3600.0,
+        rotate_margin: float = 300.0,
+        backoff_base: float = 0.1,
+        backoff_cap: float = 10.0,
+        pace: bool = True,
+        ssl: ssl_module.SSLContext | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.role = Role.parse(role)
+        if self.role is Role.VIEWER:
+            if client_id is None:
+                raise InvalidArgument("a VIEWER needs a client id")
+            validate_client_id(client_id)
+        elif client_id is not None:
+            raise InvalidArgument("a MASTER connects without a client id")
+        self.client_id = client_id
+        self._provider = url_provider
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
+        self._open_timeout = open_timeout
+        self._send_timeout = send_timeout
+        self._reconnect = reconnect
+        self._first_attempts = max(1, first_connect_attempts)
+        self._max_duration = max_connection_duration
+        self._rotate_margin = rotate_margin
+        self._backoff = (backoff_base, backoff_cap)
+        self._pace = pace
+        self._ssl = ssl
+        self._rng = rng or random.Random()
+        self._events: asyncio.Queue[Any] = asyncio.Queue()
+        self._candidates = CandidateBuffer()
+        self._current: _Connection | None = None
+        self._connected = asyncio.Event()
+        self._closing = False
+        self._runner: asyncio.Task[None] | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._terminal: BaseException | None = None
+        self._callbacks: list[Callable[[SignalingEvent], Any]] = []
+        self.stats = SignalingStats()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> SignalingClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        """True while a signaling socket is open."""
+        return self._connected.is_set()
+
+    async def connect(self) -> None:
+        """Open the first connection, then keep it alive in the background.
+
+        Raises:
+            HandshakeRejected: 403 or 404 on the first attempt, or any refusal after
+                ``first_connect_attempts`` tries.
+            SignalingError, ChannelError, SignerError: the URL provider or the network kept
+                failing.
+            InvalidState: called twice or after close.
+        """
+        if self._runner is not None or self._closing:
+            raise InvalidState("connect() may be called once, before close()")
+        conn = await self._first_connect()
+        await self._install(conn, reconnect=False)
+        self._runner = asyncio.create_task(self._run(), name=f"kvs-signaling-{self.role}")
+
+    async def close(self) -> None:
+        """Close the connection and stop reconnecting. Idempotent."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        conn, self._current = self._current, None
+        self._connected.clear()
+        if conn is not None:
+            await self._retire(conn)
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
+        self._events.put_nowait(_CLOSED)
+
+    # -- events ------------------------------------------------------------------------------
+
+    def on_event(self, callback: Callable[[SignalingEvent], Any]) -> None:
+        """Also deliver every event to ``callback`` (sync or async), in order."""
+        self._callbacks.append(callback)
+
+    def __aiter__(self) -> AsyncIterator[SignalingEvent]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[SignalingEvent]:
+        while True:
+            item = await self._events.get()
+            if item is _CLOSED:
+                self._events.put_nowait(_CLOSED)  # every iterator sees the end
+                if self._terminal is not None:
+                    raise self._terminal
+                return
+            yield item
+
+    async def _emit(self, event: SignalingEvent) -> None:
+        self._events.put_nowait(event)
+        for callback in self._callbacks:
+            try:
+                result = callback(event)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                logger.exception("signaling event callback failed for %s", type(event).__name__)
+
+    def forget(self, sender_client_id: str | None) -> None:
+        """Forget a remote peer: its next candidates wait for its next SDP again."""
+        self._candidates.forget(sender_client_id)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    async def send_offer(
+        self, sdp: str, *, recipient_client_id: str | None = None, correlation_id: str | None = None
+    ) -> None:
+        """Send an SDP offer (a viewer to the master, or the master to ``recipient_client_id``)."""
+        await self._send(
+            Action.SDP_OFFER, sdp_payload("offer", sdp), recipient_client_id, correlation_id
+        )
+
+    async def send_answer(
+        self, sdp: str, *, recipient_client_id: str | None = None, correlation_id: str | None = None
+    ) -> None:
+        """Send an SDP answer."""
+        await self._send(
+            Action.SDP_ANSWER, sdp_payload("answer", sdp), recipient_client_id, correlation_id
+        )
+
+    async def send_ice_candidate(
+        self,
+        candidate: str,
+        *,
+        sdp_mid: str | None,
+        sdp_mline_index: int | None,
+        username_fragment: str | None = None,
+        recipient_client_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> None:
+        """Send one trickled ICE candidate (``candidate:...`` line as browsers write it)."""
+        payload = candidate_payload(candidate, sdp_mid, sdp_mline_index, username_fragment)
+        await self._send(Action.ICE_CANDIDATE, payload, recipient_client_id, correlation_id)
+
+    async def _send(
+        self,
+        action: Action,
+        payload: dict[str, Any],
+        recipient: str | None,
+        correlation_id: str | None,
+    ) -> None:
+        if self.role is Role.MASTER and recipient is None:
+            raise InvalidArgument(
+                "a MASTER must address every message with recipient_client_id (the viewer's id)"
+            )
+        if self.role is Role.VIEWER and recipient is not None:
+            raise InvalidArgument("a VIEWER cannot address messages: they always go to the master")
+        text = encode_message(action, payload, recipient, correlation_id)
+        if self._closing:
+            raise InvalidState("the signaling client is closed")
+        try:
+            await asyncio.wait_for(self._connected.wait(), self._send_timeout)
+        except TimeoutError:
+            raise SignalingError(
+                f"not connected to signaling after {self._send_timeout:g} s; "
+                f"last error: {self.stats.last_error or 'none'}"
+            ) from None
+        conn = self._current
+        assert conn is not None
+        if self._pace:
+            bucket = conn.ice_bucket if action is Action.ICE_CANDIDATE else conn.sdp_bucket
+            wait = bucket.take(time.monotonic())
+            if wait > 0:
+                await asyncio.sleep(wait)
+        try:
+            await conn.ws.send(text)
+        except websockets.ConnectionClosed as exc:
+            raise SignalingError(
+                f"signaling connection closed while sending {action}; it will reconnect, "
+                "send again after the next Connected event"
+            ) from exc
+        self.stats.messages_sent += 1
+        logger.debug("> %s to %s", action, recipient or "master")
+
+    # -- connection management ---------------------------------------------------------------
+
+    async def _open(self) -> _Connection:
+        started = time.monotonic()
+        url = await self._provider()
+        parts = urlsplit(url)
+        kwargs: dict[str, Any] = {}
+        if parts.scheme == "wss" and self._ssl is not None:
+            kwargs["ssl"] = self._ssl
+        try:
+            ws = await ws_connect(
+                url,
+                open_timeout=self._open_timeout,
+                ping_interval=self._ping_interval,
+                ping_timeout=self._ping_timeout,
+                close_timeout=2,
+                max_size=1 << 20,
+                **kwargs,
+            )
+        except websockets.InvalidStatus as exc:
+            body = exc.response.body.decode("utf-8", "replace") if exc.response.body else ""
+            raise HandshakeRejected(exc.response.status_code, body) from None
+        except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
+            raise SignalingError(
+                f"could not open the signaling connection to {parts.hostname}: {exc}"
+            ) from exc
+        self.stats.connect_latency = time.monotonic() - started
+        return _Connection(ws, time.monotonic())
+
+    def _refresh(self, refresh: Refresh) -> None:
+        invalidate = getattr(self._provider, "invalidate", None)
+        if invalidate is not None and refresh is not Refresh.URL:
+            invalidate(refresh)
+
+    def _note_failure(self, exc: BaseException) -> None:
+        self.stats.failed_attempts += 1
+        self.stats.last_error = str(exc)
+        logger.warning("signaling connect failed (%s): %s", self.role, exc)
+
+    async def _first_connect(self) -> _Connection:
+        delays = backoff(base=self._backoff[0], cap=self._backoff[1], rng=self._rng)
+        for attempt in range(1, self._first_attempts + 1):
+            try:
+                return await self._open()
+            except (AccessDenied, ChannelNotFound, InvalidArgument):
+                raise
+            except SignerError as exc:
+                if exc.status in (400, 401, 403, 404):
+                    raise
+                self._note_failure(exc)
+                last: BaseException = exc
+            except HandshakeRejected as exc:
+                self._note_failure(exc)
+                if exc.status in (403, 404):
+                    raise  # a configuration problem: tell the user now
+                self._refresh(decide(exc, attempt=attempt).refresh)
+                last = exc
+            except Exception as exc:  # network, provider: retried, then raised
+                self._note_failure(exc)
+                last = exc
+            if attempt < self._first_attempts:
+                await asyncio.sleep(next(delays))
+        raise last
+
+    async def _install(self, conn: _Connection, *, reconnect: bool) -> None:
+        self._current = conn
+        conn.reader = asyncio.create_task(self._read(conn), name="kvs-signaling-reader")
+        self.stats.connects += 1
+        if reconnect:
+            self.stats.reconnects += 1
+        self.stats.connected_at = time.time()
+        self._connected.set()
+        await self._emit(Connected(reconnect=reconnect))
+        logger.info("signaling connected as %s%s", self.role, " (reconnect)" if reconnect else "")
+
+    async def _retire(self, conn: _Connection) -> None:
+        """Close an old connection after its replacement is live; let its reader drain."""
+        with contextlib.suppress(Exception):
+            await conn.ws.close(1000, "replaced")
+        if conn.reader is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(conn.reader, 3)
+
+    async def _read(self, conn: _Connection) -> None:
+        try:
+            async for text in conn.ws:
+                self.stats.messages_received += 1
+                event = decode_message(text)
+                if event is None:
+                    self.stats.ignored_frames += 1
+                    logger.debug("< ignored frame (%d bytes)", len(text))
+                    continue
+                logger.debug(
+                    "< %s from %s",
+                    type(event).__name__,
+                    getattr(event, "sender_client_id", None) or "master",
+                )
+                if isinstance(event, GoAway):
+                    self.stats.go_aways += 1
+                    conn.go_away.set()
+                for ready in self._candidates.receive(event):
+                    await self._emit(ready)
+        except websockets.ConnectionClosed:
+            pass
+
+    async def _run(self) -> None:
+        """Keep a connection open until close(); reconnect per :func:`reconnect.decide`."""
+        try:
+            while not self._closing:
+                conn = self._current
+                assert conn is not None and conn.reader is not None
+                why = await self._wait_for_end(conn)
+                if why == "replace":
+                    # GO_AWAY or connection cap: make before break.
+                    new = await self._reconnect_loop(
+                        Refresh.ENDPOINT if conn.go_away.is_set() else Refresh.URL
+                    )
+                    if new is None:
+                        return
+                    await self._install(new, reconnect=True)
+                    retiring = asyncio.create_task(self._retire(conn))
+                    self._retiring.add(retiring)
+                    retiring.add_done_callback(self._retiring.discard)
+                    continue
+                # The socket closed under us.
+                self._connected.clear()
+                code = conn.ws.close_code
+                reason = conn.ws.close_reason or ""
+                will = self._reconnect and not self._closing
+                logger.info(
+                    "signaling closed (code %s %s)%s",
+                    code,
+                    reason,
+                    ", reconnecting" if will else "",
+                )
+                await self._emit(Disconnected(code, reason, will))
+                if not will:
+                    self._terminal = SignalingClosed(
+                        f"signaling connection closed (code {code} {reason})".strip(),
+                        code=code,
+                        reason=reason,
+                    )
+                    self._closing = True
+                    self._events.put_nowait(_CLOSED)
+                    return
+                new = await self._reconnect_loop(Refresh.URL)
+                if new is None:
+                    return
+                await self._install(new, reconnect=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug: make it visible rather than hang the iterator
+            logger.exception("signaling client failed")
+            self._terminal = SignalingError(f"signaling client failed: {exc}")
+            self._events.put_nowait(_CLOSED)
+
+    async def _wait_for_end(self, conn: _Connection) -> str:
+        assert conn.reader is not None
+        rotate_in = (
+            rotate_at(conn.opened_at, max_duration=self._max_duration, margin=self._rotate_margin)
+            - time.monotonic()
+        )
+        go_away = asyncio.ensure_future(conn.go_away.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {conn.reader, go_away},
+                timeout=max(rotate_in, 0),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            go_away.cancel()
+        if conn.reader in done:
+            return "closed"
+        if self._reconnect:
+            return "replace"
+        await conn.reader
+        return "closed"
+
+    async def _reconnect_loop(self, refresh: Refresh) -> _Connection | None:
+        self._refresh(refresh)
+        delays = backoff(base=self._backoff[0], cap=self._backoff[1], rng=self._rng)
+        attempt = 0
+        while not self._closing:
+            try:
+                return await self._open()
+            except Exception as exc:  # every failure goes through the policy
+                attempt += 1
+                self._note_failure(exc)
+                decision = decide(exc, attempt=attempt)
+                if not decision.retry:
+                    self._terminal = exc
+                    self._closing = True
+                    self._connected.clear()
+                    self._events.put_nowait(_CLOSED)
+                    return None
+                self._refresh(decision.refresh)
+                await asyncio.sleep(next(delays))
+        return None

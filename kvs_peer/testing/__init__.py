@@ -1,0 +1,1 @@
+"""Test helpers for applications built on kvs-peer (pytest plugin, video assertions)."""
