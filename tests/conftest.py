@@ -7,5 +7,49 @@ CI machine can stretch them without editing tests.
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator, Callable
+
+import boto3
+import pytest
+
+from kvs_peer.channel import ChannelResolver
+from kvs_peer.emulator import EmulatorConfig, LocalKvs
 
 MS = 0.001 * float(os.environ.get("KVS_PEER_TEST_TIMEOUT_FACTOR", "1"))
+
+
+@pytest.fixture
+def emulator_config() -> EmulatorConfig:
+    """Override in a test module to change the emulator's knobs."""
+    return EmulatorConfig()
+
+
+@pytest.fixture
+async def kvs(emulator_config: EmulatorConfig) -> AsyncIterator[LocalKvs]:
+    """A local KVS emulator on 127.0.0.1 with a free port."""
+    async with LocalKvs(emulator_config) as emulator:
+        yield emulator
+
+
+def make_resolver(kvs: LocalKvs, **kwargs: object) -> ChannelResolver:
+    """A resolver pointed at ``kvs`` with its credentials (none from the environment)."""
+    session = boto3.Session(
+        aws_access_key_id=kvs.credentials.access_key,
+        aws_secret_access_key=kvs.credentials.secret_key,
+        region_name=kvs.region,
+    )
+    return ChannelResolver(
+        region=kvs.region, endpoint_url=kvs.endpoint_url, session=session, **kwargs
+    )
+
+
+@pytest.fixture
+def resolver_factory(kvs: LocalKvs) -> Callable[..., ChannelResolver]:
+    """``resolver_factory(**kwargs)`` -> a ChannelResolver for the emulator (close it)."""
+    return lambda **kwargs: make_resolver(kvs, **kwargs)
+
+
+@pytest.fixture
+async def resolver(kvs: LocalKvs) -> AsyncIterator[ChannelResolver]:
+    async with make_resolver(kvs) as r:
+        yield r
