@@ -16,6 +16,7 @@ import hmac
 import json
 import logging
 import re
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ from ..signing import validate_channel_name
 
 __all__ = [
     "OPERATIONS",
+    "OPERATION_PATHS",
     "ApiResult",
     "Channel",
     "ControlPlane",
@@ -178,6 +180,7 @@ class ControlPlane:
         self.endpoints: Endpoints | None = None
         """Set by the server once it knows its port."""
         self._by_arn: dict[str, Channel] = {}
+        self._forced: dict[str, deque[_ApiError]] = {}
         self._versions = 0
         self._last_millis = 0
         self._operations: dict[str, Callable[[Mapping[str, Any], float], dict[str, Any]]] = {
@@ -264,6 +267,29 @@ class ControlPlane:
         """Forget a channel (deletion is immediate: Describe answers 404 right away)."""
         self._by_arn.pop(arn, None)
 
+    def fail_next_calls(
+        self, operation: str, *, status: int, error_type: str, count: int = 1
+    ) -> None:
+        """Make the next ``count`` calls of ``operation`` fail (test hook).
+
+        Args:
+            operation: botocore name (``DescribeSignalingChannel``) or path.
+            status: HTTP status of the error.
+            error_type: the ``x-amzn-ErrorType`` code, e.g. ``ClientLimitExceededException``.
+            count: how many calls fail.
+
+        Raises:
+            InvalidArgument: unknown operation.
+        """
+        path = OPERATION_PATHS.get(operation, operation)
+        if path not in self._operations:
+            names = ", ".join(OPERATION_PATHS)
+            raise InvalidArgument(f"unknown operation {operation!r}: use one of {names}")
+        message = f"forced {error_type} (emulator test hook)"
+        self._forced.setdefault(path, deque()).extend(
+            _ApiError(status, error_type, message) for _ in range(count)
+        )
+
     # -- REST ----------------------------------------------------------------------------------
 
     def handle(self, path: str, body: bytes | str, *, now: float) -> ApiResult:
@@ -273,6 +299,10 @@ class ControlPlane:
             return ApiResult(
                 404, {"Message": f"unknown operation {path[:100]}"}, "UnknownOperationException"
             )
+        forced = self._forced.get(path)
+        if forced:
+            error = forced.popleft()
+            return ApiResult(error.status, {"Message": error.message}, error.code)
         try:
             payload = json.loads(body or b"{}")
         except (ValueError, RecursionError):
@@ -447,14 +477,17 @@ class ControlPlane:
         return {"IceServerList": servers}
 
 
-OPERATIONS = (
-    "/createSignalingChannel",
-    "/describeSignalingChannel",
-    "/listSignalingChannels",
-    "/deleteSignalingChannel",
-    "/updateSignalingChannel",
-    "/getSignalingChannelEndpoint",
-    "/describeMediaStorageConfiguration",
-    "/v1/get-ice-server-config",
-)
+OPERATION_PATHS = {
+    "CreateSignalingChannel": "/createSignalingChannel",
+    "DescribeSignalingChannel": "/describeSignalingChannel",
+    "ListSignalingChannels": "/listSignalingChannels",
+    "DeleteSignalingChannel": "/deleteSignalingChannel",
+    "UpdateSignalingChannel": "/updateSignalingChannel",
+    "GetSignalingChannelEndpoint": "/getSignalingChannelEndpoint",
+    "DescribeMediaStorageConfiguration": "/describeMediaStorageConfiguration",
+    "GetIceServerConfig": "/v1/get-ice-server-config",
+}
+"""botocore operation name -> POST path."""
+
+OPERATIONS = tuple(OPERATION_PATHS.values())
 """Every POST path the control plane answers."""

@@ -18,12 +18,12 @@ import socket
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
-from aiohttp import WSMsgType, hdrs, web
+from aiohttp import hdrs, web
 from botocore.credentials import Credentials
 
 from ..errors import ChannelNotFound, InvalidArgument, InvalidState, SignatureError
@@ -37,7 +37,8 @@ from ..signing import (
     verify_signed_request,
 )
 from .config import EmulatorConfig
-from .controlplane import OPERATIONS, ApiResult, ControlPlane, Endpoints
+from .connection import SignalingSocket
+from .controlplane import OPERATIONS, ApiResult, ControlPlane, Endpoints, IceServer
 from .routing import Action, Close, Deliver, Presence, Rejected, Role, Router
 from .tls import CertificateBundle, generate_certificate
 
@@ -48,16 +49,6 @@ logger = logging.getLogger(__name__)
 MASTER_PATH = "/signaling/master"
 VIEWER_PATH = "/signaling/viewer"
 _CLOSE_TIMEOUT = 2.0  # how long a close waits for the client's close frame
-_STOP = object()  # tells a socket writer to finish
-
-
-@dataclass(eq=False)
-class _Socket:
-    conn_id: int
-    label: str
-    ws: web.WebSocketResponse
-    outbox: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
-    done: bool = False
 
 
 class LocalKvs:
@@ -107,12 +98,12 @@ class LocalKvs:
         self._control = ControlPlane(
             region=self.config.region,
             account_id=self.config.account_id,
-            ice_servers=self.config.ice_servers,  # type: ignore[arg-type]  # normalized
+            ice_servers=[IceServer.from_value(s) for s in self.config.ice_servers],
             turn_secret=self.config.turn_secret,
         )
         self._router = Router(self.config.router_config(), message_ttl=self._control.message_ttl)
         self._secrets = {self.config.access_key_id: self.config.secret_access_key}
-        self._sockets: dict[int, _Socket] = {}
+        self._sockets: dict[int, SignalingSocket] = {}
         self._runner: web.AppRunner | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
@@ -148,6 +139,7 @@ class LocalKvs:
             sock.bind((self.host, self._port))
         except OSError as exc:
             sock.close()
+            self._remove_tls_files()
             raise InvalidArgument(
                 f"cannot listen on {self.host}:{self._port}: {exc.strerror}; pick another port "
                 "or 0 for any free one"
@@ -177,7 +169,7 @@ class LocalKvs:
         if runner is None:
             return
         for sock in list(self._sockets.values()):
-            self._send(sock, Close(sock.conn_id, 1001, "Going away"))
+            sock.send(Close(sock.conn_id, 1001, "Going away"))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_CLOSE_TIMEOUT + 1):
                 while self._sockets:
@@ -187,12 +179,15 @@ class LocalKvs:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
         await runner.cleanup()
-        if self._tmpdir is not None:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
-            self._tmpdir = None
+        self._remove_tls_files()
         assert self._stopped is not None
         self._stopped.set()
         logger.info("local KVS emulator on %s stopped", self._base)
+
+    def _remove_tls_files(self) -> None:
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
 
     async def serve_forever(self) -> None:
         """Start if needed and serve until :meth:`close` is called or the task is cancelled."""
@@ -309,15 +304,15 @@ class LocalKvs:
             raise ChannelNotFound(channel)
         return found.arn
 
-    def _targets_sent(self, actions: list[Action]) -> list[_Socket]:
+    def _targets_sent(self, actions: list[Action]) -> list[SignalingSocket]:
         self._execute(actions)
         return [self._sockets[a.conn_id] for a in actions if a.conn_id in self._sockets]
 
-    async def _flush(self, sockets: list[_Socket]) -> int:
+    async def _flush(self, sockets: list[SignalingSocket]) -> int:
         # Wait until the frames are written so a test can assert on them right away.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5.0):
-                await asyncio.gather(*(s.outbox.join() for s in sockets if not s.done))
+                await asyncio.gather(*(s.flush() for s in sockets))
         return len(sockets)
 
     async def send_go_away(
@@ -357,26 +352,50 @@ class LocalKvs:
             raise InvalidArgument("status must be an HTTP error (400-599) and count at least 1")
         self._router.fail_next_connects(self.channel_arn(channel), status, count)
 
+    def fail_next_api_calls(
+        self,
+        operation: str,
+        *,
+        error_type: str = "ClientLimitExceededException",
+        status: int = 400,
+        count: int = 1,
+    ) -> None:
+        """Make the next ``count`` REST calls of ``operation`` (``DescribeSignalingChannel``...)
+        fail with ``error_type``; boto3 raises the matching exception class."""
+        if not 400 <= status <= 599 or count < 1:
+            raise InvalidArgument("status must be an HTTP error (400-599) and count at least 1")
+        self._control.fail_next_calls(operation, status=status, error_type=error_type, count=count)
+
     def connected(self, channel: str) -> Presence:
         """Whether a master is connected to ``channel`` and which viewers are."""
         return self._router.presence(self.channel_arn(channel))
+
+    async def wait_presence(self, channel: str, predicate: Callable[[Presence], bool]) -> Presence:
+        """Wait until ``predicate(self.connected(channel))`` is true and return that presence.
+
+        Wrap it in ``asyncio.timeout()``: it waits for ever otherwise.
+        """
+        while True:
+            presence = self.connected(channel)
+            if predicate(presence):
+                return presence
+            await self._wait_change()
 
     async def wait_connected(
         self,
         channel: str,
         *,
         master: bool = False,
-        viewers: tuple[str, ...] | list[str] = (),
+        viewers: Iterable[str] = (),
     ) -> Presence:
         """Wait until the master (if ``master``) and every viewer in ``viewers`` are connected.
 
         Wrap it in ``asyncio.timeout()``: it waits for ever otherwise.
         """
-        while True:
-            presence = self.connected(channel)
-            if (presence.master or not master) and set(viewers) <= set(presence.viewers):
-                return presence
-            await self._wait_change()
+        wanted = set(viewers)
+        return await self.wait_presence(
+            channel, lambda p: (p.master or not master) and wanted <= set(p.viewers)
+        )
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -393,16 +412,12 @@ class LocalKvs:
         if self._wake is not None:
             self._wake.set()
 
-    def _send(self, sock: _Socket, item: str | Close) -> None:
-        if not sock.done:
-            sock.outbox.put_nowait(item)
-
     def _execute(self, actions: list[Action] | tuple[Action, ...]) -> None:
         for action in actions:
             sock = self._sockets.get(action.conn_id)
             if sock is None:
                 continue
-            self._send(sock, action.text if isinstance(action, Deliver) else action)
+            sock.send(action.text if isinstance(action, Deliver) else action)
 
     async def _tick_loop(self) -> None:
         assert self._wake is not None
@@ -521,7 +536,7 @@ class LocalKvs:
             logger.info("refused %s connect: %d %s", role.lower(), result.status, result.message)
             return self._refuse(result.status, result.error_type, result.message)
         label = "master" if role is Role.MASTER else f"viewer {client_id}"
-        sock = _Socket(result.conn_id, label, ws)
+        sock = SignalingSocket(result.conn_id, label, ws, close_timeout=_CLOSE_TIMEOUT)
         self._sockets[sock.conn_id] = sock
         self._execute(result.actions)
         self._poke()
@@ -533,65 +548,22 @@ class LocalKvs:
             sock.conn_id,
             f"{verified.signed_at:%Y%m%dT%H%M%SZ}",
         )
-        writer: asyncio.Task[None] | None = None
+
+        def on_frame(data: str | bytes) -> None:
+            self._execute(self._router.receive(sock.conn_id, data, now=time.monotonic()))
+            self._poke()
+
+        def on_activity() -> None:
+            self._router.activity(sock.conn_id, now=time.monotonic())
+            self._poke()
+
         try:
-            await ws.prepare(request)
-            writer = asyncio.create_task(self._write(sock), name=f"kvs-emulator-writer-{label}")
-            await self._read(sock)
+            await sock.serve(request, on_frame=on_frame, on_activity=on_activity)
         finally:
             self._sockets.pop(sock.conn_id, None)
             self._execute(self._router.disconnect(sock.conn_id, now=time.monotonic()))
             self._notify()
-            if writer is not None:
-                sock.outbox.put_nowait(_STOP)
-                try:
-                    async with asyncio.timeout(_CLOSE_TIMEOUT + 1):
-                        await writer
-                except TimeoutError:
-                    writer.cancel()
-            self._drain(sock)
             logger.info(
                 "%s disconnected (conn %d, close code %s)", label, sock.conn_id, ws.close_code
             )
         return ws
-
-    async def _read(self, sock: _Socket) -> None:
-        async for msg in sock.ws:
-            now = time.monotonic()
-            if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
-                self._execute(self._router.receive(sock.conn_id, msg.data, now=now))
-            elif msg.type is WSMsgType.PING:
-                self._router.activity(sock.conn_id, now=now)
-                await sock.ws.pong(msg.data)
-            elif msg.type is WSMsgType.PONG:
-                self._router.activity(sock.conn_id, now=now)
-            elif msg.type is WSMsgType.ERROR:
-                logger.info("%s: %s", sock.label, sock.ws.exception())
-                break
-            self._poke()
-
-    async def _write(self, sock: _Socket) -> None:
-        try:
-            while True:
-                item = await sock.outbox.get()
-                try:
-                    if item is _STOP:
-                        return
-                    if isinstance(item, Close):
-                        logger.info("closing %s: %d %s", sock.label, item.code, item.reason)
-                        await sock.ws.close(code=item.code, message=item.reason.encode())
-                        return
-                    await sock.ws.send_str(item)
-                finally:
-                    sock.outbox.task_done()
-        except (ConnectionError, RuntimeError) as exc:
-            logger.debug("%s: write failed: %s", sock.label, exc)
-        finally:
-            self._drain(sock)
-
-    @staticmethod
-    def _drain(sock: _Socket) -> None:
-        sock.done = True
-        while not sock.outbox.empty():
-            sock.outbox.get_nowait()
-            sock.outbox.task_done()

@@ -1,4 +1,4 @@
-"""Unmodified boto3 against the emulator's control plane and GetIceServerConfig (kvs-signaling.md 5).
+"""Unmodified boto3 against the emulator's control plane and GetIceServerConfig (spec section 5).
 
 boto3 blocks, so every call runs in a thread while the emulator keeps serving on this loop.
 """
@@ -352,3 +352,22 @@ async def test_configured_ice_servers_get_turn_rest_credentials() -> None:
     assert base64.b64decode(tail).decode() == f"v1:{arn}"
     digest = hmac.new(b"s3cret", minted["Username"].encode(), hashlib.sha1).digest()
     assert minted["Password"] == base64.b64encode(digest).decode()
+
+
+async def test_forced_api_errors_raise_the_modelled_classes(kvs: LocalKvs) -> None:
+    arn = kvs.create_channel("busy")
+    kv = await make_client("kinesisvideo", kvs)
+    signaling = await make_client("kinesis-video-signaling", kvs)
+    kvs.fail_next_api_calls("DescribeSignalingChannel", count=2)
+    kvs.fail_next_api_calls("GetIceServerConfig", error_type="SessionExpiredException")
+    for _ in range(2):
+        await expect_error(
+            kv, "ClientLimitExceededException", "describe_signaling_channel", ChannelARN=arn
+        )
+    await expect_error(
+        signaling, "SessionExpiredException", "get_ice_server_config", ChannelARN=arn
+    )
+    assert (await call(kv, "describe_signaling_channel", ChannelARN=arn))["ChannelInfo"]
+    assert (await call(signaling, "get_ice_server_config", ChannelARN=arn))["IceServerList"] == []
+    with pytest.raises(InvalidArgument, match="DescribeSignalingChannel"):
+        kvs.fail_next_api_calls("DescribeStream")
