@@ -167,6 +167,7 @@ class ChannelResolver:
         endpoint_ttl: seconds to cache channel ARNs and endpoints.
         timeout: connect/read timeout of each control-plane call, seconds.
         max_workers: threads for blocking boto3 calls.
+        verify: TLS verification for boto3 (a CA bundle path, or False); None = default.
 
     Use it as ``async with ChannelResolver(...) as resolver:`` or call :meth:`close`.
     """
@@ -181,8 +182,10 @@ class ChannelResolver:
         endpoint_ttl: float = DEFAULT_ENDPOINT_TTL,
         timeout: float = 10.0,
         max_workers: int = 4,
+        verify: str | bool | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._verify = verify
         self._session = session or boto3.Session(region_name=region)
         self.region = region or self._session.region_name
         if not self.region:
@@ -224,7 +227,11 @@ class ChannelResolver:
 
     def _client(self, service: str, endpoint_url: str | None) -> Any:
         return self._session.client(
-            service, region_name=self.region, endpoint_url=endpoint_url, config=self._config
+            service,
+            region_name=self.region,
+            endpoint_url=endpoint_url,
+            config=self._config,
+            verify=self._verify,
         )
 
     def _call(self, operation: str, fn: Callable[..., dict[str, Any]], **kwargs: Any) -> Any:

@@ -7,13 +7,20 @@ Heavy modules (aiortc, PyAV) are imported inside handlers so ``kvs-peer --help``
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Coroutine
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from .cli import add_connection_options
+from .protocol import Role
+
+if TYPE_CHECKING:
+    from .access import ChannelAccess
 
 Configure = Callable[[argparse.ArgumentParser], None]
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
@@ -122,9 +129,279 @@ async def _local(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- master / viewer ---------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def open_access(
+    args: argparse.Namespace, role: Role, client_id: str | None = None
+) -> AsyncIterator[ChannelAccess]:
+    """Channel access from the shared connection options (AWS credentials or a signer)."""
+    from .access import AwsAccess, SignerAccess
+    from .channel import ChannelResolver
+
+    if getattr(args, "signer", None):
+        yield SignerAccess(
+            args.signer,
+            args.channel,
+            role,
+            client_id=client_id,
+            token=args.token or _env_token(),
+        )
+        return
+    async with ChannelResolver(region=args.region, endpoint_url=args.endpoint_url) as resolver:
+        yield AwsAccess(
+            resolver, args.channel, role, client_id=client_id, create=args.create_channel
+        )
+
+
+def _add_peer_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--duration", type=float, help="stop after this many seconds (default: run until Ctrl+C)"
+    )
+    p.add_argument("--json", action="store_true", help="print machine-readable stats at the end")
+    p.add_argument(
+        "--loopback-candidates",
+        action="store_true",
+        help="also offer 127.0.0.1 ICE candidates (hosts whose only interface is loopback)",
+    )
+
+
+def _configure_master(p: argparse.ArgumentParser) -> None:
+    add_connection_options(p)
+    p.add_argument(
+        "--source",
+        default="testsrc",
+        help="testsrc, a media file, a camera index (0) or device (/dev/video0), or a URL "
+        "such as rtsp://... (default testsrc)",
+    )
+    p.add_argument("--audio", default="none", help="tone, a media file, a URL, or none")
+    p.add_argument("--width", type=int, help="video width (test pattern, cameras)")
+    p.add_argument("--height", type=int, help="video height")
+    p.add_argument("--fps", type=float, help="frames per second")
+    p.add_argument("--loop", action="store_true", help="loop a media file")
+    p.add_argument("--bitrate", type=int, default=1_000_000, help="video bit/s (default 1M)")
+    p.add_argument("--gop", type=int, default=60, help="keyframe interval in frames (default 60)")
+    p.add_argument("--max-viewers", type=int, default=10, help="viewers at once (default 10)")
+    _add_peer_options(p)
+
+
+async def _master(args: argparse.Namespace) -> int:
+    from .master import Master
+    from .media import open_audio_source, open_video_source
+    from .protocol import Role
+
+    video = open_video_source(
+        args.source, width=args.width, height=args.height, fps=args.fps, loop=args.loop
+    )
+    audio = open_audio_source(args.audio, loop=args.loop)
+    started = time.monotonic()
+    async with (
+        open_access(args, Role.MASTER) as access,
+        Master(
+            access,
+            video=video,
+            audio=audio,
+            max_viewers=args.max_viewers,
+            bitrate=args.bitrate,
+            gop=args.gop,
+            loopback_candidates=args.loopback_candidates,
+        ) as master,
+        StatusLine(lambda: _master_status(master), enabled=not args.json),
+    ):
+        _stderr(f"streaming {args.source} on channel {args.channel!r} as MASTER (Ctrl+C stops)")
+        await _wait(master.wait_closed(), args.duration)
+    if args.json:
+        stats = master.stats
+        print(
+            json.dumps(
+                {
+                    "ok": True,
+                    "role": "MASTER",
+                    "channel": args.channel,
+                    "duration": round(time.monotonic() - started, 3),
+                    "offers": stats.offers,
+                    "sessionsStarted": stats.sessions_started,
+                    "sessionsConnected": stats.sessions_connected,
+                    "sessionsFailed": stats.sessions_failed,
+                    "signalingReconnects": master.signaling.stats.reconnects,
+                }
+            )
+        )
+    return 0
+
+
+def _master_status(master: Any) -> str:
+    viewers = master.viewers
+    connected = sum(1 for s in viewers.values() if s.connected_at is not None)
+    return (
+        f"MASTER | signaling {'up' if master.signaling.connected else 'down'} | "
+        f"viewers {connected}/{len(viewers)} | offers {master.stats.offers}"
+    )
+
+
+def _configure_viewer(p: argparse.ArgumentParser) -> None:
+    add_connection_options(p)
+    p.add_argument("--client-id", help="stable viewer id (default: a generated one)")
+    p.add_argument("--record", help="record to this file (.mkv survives crashes; .mp4 does not)")
+    p.add_argument("--segment", type=float, help="start a new recording file every S seconds")
+    p.add_argument("--snapshot", help="save the last frame as PNG here at the end")
+    p.add_argument("--audio", action="store_true", help="also receive audio")
+    _add_peer_options(p)
+
+
+async def _viewer(args: argparse.Namespace) -> int:
+    from .media import Recorder, save_snapshot
+    from .protocol import Role
+    from .viewer import Viewer, new_client_id
+
+    client_id = args.client_id or new_client_id()
+    recorder = (
+        Recorder(args.record, segment_seconds=args.segment, audio=args.audio)
+        if args.record
+        else None
+    )
+    last: list[Any] = [None]
+    async with (
+        open_access(args, Role.VIEWER, client_id) as access,
+        Viewer(
+            access,
+            audio=args.audio,
+            recorder=recorder,
+            on_frame=lambda frame: last.__setitem__(0, frame),
+            loopback_candidates=args.loopback_candidates,
+        ) as viewer,
+        StatusLine(lambda: _viewer_status(viewer), enabled=not args.json),
+    ):
+        _stderr(f"viewing channel {args.channel!r} as {client_id} (Ctrl+C stops)")
+        await _wait(asyncio.Event().wait(), args.duration)
+    if args.snapshot and last[0] is not None:
+        save_snapshot(last[0], args.snapshot)
+    stats = viewer.stats
+    if args.json:
+        ttff = stats.time_to_first_frame
+        print(
+            json.dumps(
+                {
+                    "ok": stats.frames_received > 0,
+                    "role": "VIEWER",
+                    "channel": args.channel,
+                    "clientId": client_id,
+                    "timeToFirstFrame": round(ttff, 3) if ttff is not None else None,
+                    "framesReceived": stats.frames_received,
+                    "audioFramesReceived": stats.audio_frames_received,
+                    "fps": round(stats.fps(), 2),
+                    "width": stats.width,
+                    "height": stats.height,
+                    "duration": round(time.monotonic() - stats.started_at, 3),
+                    "recording": [str(f) for f in recorder.files] if recorder else [],
+                    "snapshot": args.snapshot if last[0] is not None else None,
+                }
+            )
+        )
+    return 0 if stats.frames_received > 0 or not args.duration else 2
+
+
+def _viewer_status(viewer: Any) -> str:
+    stats = viewer.stats
+    state = viewer.pc.connectionState if viewer.pc is not None else "new"
+    size = f"{stats.width}x{stats.height}" if stats.width else "-"
+    return (
+        f"VIEWER | {state} | frames {stats.frames_received} | "
+        f"{stats.fps(time.monotonic()):.1f} fps | {size}"
+    )
+
+
+async def _wait(aw: Awaitable[Any], duration: float | None) -> None:
+    try:
+        await asyncio.wait_for(aw, duration)
+    except TimeoutError:
+        pass
+
+
+class StatusLine:
+    """Rewrites one status line on stderr every second while a TTY is attached."""
+
+    def __init__(self, render: Callable[[], str], *, enabled: bool = True) -> None:
+        self._render = render
+        self._enabled = enabled and sys.stderr.isatty()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> StatusLine:
+        if self._enabled:
+            self._task = asyncio.create_task(self._loop())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            sys.stderr.write("\n")
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(1)
+            sys.stderr.write("\r\x1b[2K" + self._render())
+            sys.stderr.flush()
+
+
+# -- demo --------------------------------------------------------------------------------------
+
+
+def _configure_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--duration", type=float, default=5.0, help="seconds to stream (default 5)")
+    p.add_argument(
+        "--output", default="kvs-peer-demo", help="folder for the recording and snapshot"
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    result = await run_demo(duration=args.duration, output=args.output)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(_demo_text(result))
+    return 0 if result["ok"] else 1
+
+
+def _demo_text(r: dict[str, Any]) -> str:
+    v = r["video"]
+    rec = r["recording"]
+    lines = [
+        "kvs-peer demo: local KVS emulator + master (test pattern) + recording viewer",
+        f"  signaling emulator     {r['endpointUrl']} (channel {r['channel']!r})",
+        f"  time to first frame    {r['timeToFirstFrameMs']} ms",
+        f"  frames received        {v['frames']} in {r['duration']} s ({r['fps']} fps, "
+        f"{v['width']}x{v['height']})",
+        f"  frame counters         {v['firstCounter']} -> {v['lastCounter']} "
+        f"({v['countersBackwards']} backwards, {v['countersSkipped']} skipped)",
+        f"  latency (capture->decoded)  median {v['latencyMedianMs']} ms, "
+        f"p95 {v['latencyP95Ms']} ms",
+        f"  recording              {rec['path']} ({rec['framesDecoded']} frames decode)",
+        f"  snapshot               {r['snapshot']}",
+        f"  result                 {'OK' if r['ok'] else 'FAILED: ' + '; '.join(r['problems'])}",
+    ]
+    return "\n".join(lines)
+
+
 COMMANDS: dict[str, tuple[str, Configure, Handler]] = {
-    "url": ("print a presigned signaling URL for a channel", _configure_url, _url),
+    "demo": (
+        "stream a test pattern through a local emulator and record it",
+        _configure_demo,
+        _demo,
+    ),
+    "master": (
+        "stream a camera, file or test pattern to a channel as MASTER",
+        _configure_master,
+        _master,
+    ),
+    "viewer": ("join a channel as VIEWER: record, snapshot, stats", _configure_viewer, _viewer),
     "local": ("run a local KVS emulator (no AWS account needed)", _configure_local, _local),
+    "url": ("print a presigned signaling URL for a channel", _configure_url, _url),
 }
 
 

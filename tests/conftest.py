@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Callable
 
-import boto3
 import pytest
 
 from kvs_peer.channel import ChannelResolver
@@ -33,14 +32,7 @@ async def kvs(emulator_config: EmulatorConfig) -> AsyncIterator[LocalKvs]:
 
 def make_resolver(kvs: LocalKvs, **kwargs: object) -> ChannelResolver:
     """A resolver pointed at ``kvs`` with its credentials (none from the environment)."""
-    session = boto3.Session(
-        aws_access_key_id=kvs.credentials.access_key,
-        aws_secret_access_key=kvs.credentials.secret_key,
-        region_name=kvs.region,
-    )
-    return ChannelResolver(
-        region=kvs.region, endpoint_url=kvs.endpoint_url, session=session, **kwargs
-    )
+    return kvs.resolver(**kwargs)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import json
 import logging
 import shutil
 import socket
+import ssl
 import tempfile
 import time
 import uuid
@@ -23,9 +24,11 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
+import boto3
 from aiohttp import hdrs, web
 from botocore.credentials import Credentials
 
+from ..channel import ChannelResolver
 from ..errors import ChannelNotFound, InvalidArgument, InvalidState, SignatureError
 from ..protocol import MessageType, encode_event
 from ..signing import (
@@ -246,6 +249,29 @@ class LocalKvs:
         if self._tls:
             kwargs["verify"] = str(self.ca_cert_path)
         return kwargs
+
+    def resolver(self, **kwargs: Any) -> ChannelResolver:
+        """A :class:`~kvs_peer.channel.ChannelResolver` for this emulator.
+
+        It uses the emulator's credentials explicitly (nothing from the environment) and
+        trusts its certificate when serving TLS. Close it (``async with``) when done.
+        """
+        session = boto3.Session(
+            aws_access_key_id=self.config.access_key_id,
+            aws_secret_access_key=self.config.secret_access_key,
+            region_name=self.config.region,
+        )
+        if self._tls:
+            kwargs.setdefault("verify", str(self.ca_cert_path))
+        return ChannelResolver(
+            region=self.config.region, endpoint_url=self.endpoint_url, session=session, **kwargs
+        )
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A client TLS context trusting this emulator (None when serving plain HTTP)."""
+        if not self._tls:
+            return None
+        return ssl.create_default_context(cafile=str(self.ca_cert_path))
 
     @property
     def certificate(self) -> CertificateBundle | None:

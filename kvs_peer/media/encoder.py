@@ -21,7 +21,7 @@ Keyframes: a :class:`PacketTrack` queues nothing until its sender first calls ``
 is after DTLS), so no stale backlog builds up; that first ``recv()`` asks the encoder for an IDR
 and the track's queue starts at a keyframe. A viewer's PLI/FIR becomes a keyframe request
 through :func:`attach_keyframe_requests`. Forced keyframes are rate-limited (``min_keyframe_gap``)
-and coalesced; a periodic GOP (``keyframe_interval``) is the fallback.
+and coalesced; a periodic GOP (``gop`` frames) is the fallback.
 
 Cost of sharing: one bitrate for everyone (REMB from each viewer is ignored) and one viewer's
 join or loss forces an IDR for all.
@@ -45,9 +45,11 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from av.video.frame import PictureType
 
 from ..errors import InvalidArgument, InvalidState, MediaError
+from .fanout import AudioFanout
 from .sources import VIDEO_TIME_BASE
 
 __all__ = [
+    "AudioFanout",  # re-exported: the master imports its media plumbing from here
     "PacketTrack",
     "SharedVideoEncoder",
     "add_shared_video",
@@ -84,11 +86,13 @@ def force_h264(transceiver: RTCRtpTransceiver) -> None:
     transceiver.setCodecPreferences(h264_codec_preferences())
 
 
-def attach_keyframe_requests(sender: RTCRtpSender) -> bool:
+def attach_keyframe_requests(sender: RTCRtpSender, track: PacketTrack | None = None) -> bool:
     """Turn the remote's PLI/FIR for ``sender`` into a keyframe request to its encoder.
 
-    The request goes to whatever :class:`PacketTrack` the sender holds when the PLI arrives
-    (so ``replaceTrack`` keeps working); senders of other tracks are unaffected.
+    Args:
+        sender: the sender of a :class:`PacketTrack` (``transceiver.sender``).
+        track: where to send requests; by default whatever :class:`PacketTrack` the sender
+            holds when the PLI arrives (so ``replaceTrack`` keeps working).
 
     Returns:
         ``False`` if this aiortc version has no hook point; then viewers recover from loss only
@@ -102,13 +106,17 @@ def attach_keyframe_requests(sender: RTCRtpSender) -> bool:
         )
         return False
     sender_ref = weakref.ref(sender)
+    track_ref = weakref.ref(track) if track is not None else None
 
     def send_keyframe() -> None:
         original()
-        current = sender_ref()
-        track = current.track if current is not None else None
-        if isinstance(track, PacketTrack):
-            track.request_keyframe()
+        if track_ref is not None:
+            target = track_ref()
+        else:
+            current = sender_ref()
+            target = current.track if current is not None else None
+        if isinstance(target, PacketTrack):
+            target.request_keyframe()
 
     # aiortc (1.16) answers PLI/FIR in RTCRtpSender._handle_rtcp_packet by calling
     # self._send_keyframe(), which only sets a flag read by its own encode path; packets from
@@ -237,12 +245,12 @@ class SharedVideoEncoder:
         source: a video track producing frames (yuv420p preferred; other formats are converted
             inside the encoder).
         bitrate: target bits per second, shared by all viewers.
-        keyframe_interval: seconds between periodic keyframes, or ``None`` for keyframes only
-            on demand (joins, PLI/FIR, resyncs).
+        gop: frames between periodic keyframes (60 is 2 s at 30 fps), or ``None`` for
+            keyframes only on demand (joins, PLI/FIR, resyncs).
         min_keyframe_gap: seconds; forced keyframes closer than this are postponed (and
             coalesced) so many joins or PLIs do not flood the stream.
         preset: x264 speed preset (``ultrafast``, ``superfast``, ``veryfast``, ...).
-        fps: frame rate used for the GOP length and rate control; defaults to the source's
+        fps: frame rate used for rate control; defaults to the source's
             ``fps`` attribute, else 30.
         queue_size: packets buffered per viewer before it is considered too slow and resynced.
         close_source: stop ``source`` in :meth:`close`.
@@ -256,7 +264,7 @@ class SharedVideoEncoder:
         source: MediaStreamTrack,
         *,
         bitrate: int = 1_000_000,
-        keyframe_interval: float | None = 2.0,
+        gop: int | None = 60,
         min_keyframe_gap: float = 0.5,
         preset: str = "veryfast",
         fps: float | None = None,
@@ -267,15 +275,15 @@ class SharedVideoEncoder:
             raise InvalidArgument(f"SharedVideoEncoder needs a video track, got {source.kind}")
         if not 50_000 <= bitrate <= 50_000_000:
             raise InvalidArgument(f"bitrate must be within 50 kbit/s..50 Mbit/s, got {bitrate}")
-        if keyframe_interval is not None and keyframe_interval <= 0:
-            raise InvalidArgument("keyframe_interval must be positive or None")
+        if gop is not None and gop < 1:
+            raise InvalidArgument(f"gop must be at least 1 frame or None, got {gop}")
         if min_keyframe_gap < 0:
             raise InvalidArgument("min_keyframe_gap must be >= 0")
         if queue_size < 2:
             raise InvalidArgument("queue_size must be at least 2")
         self._source = source
         self.bitrate = bitrate
-        self.keyframe_interval = keyframe_interval
+        self.gop = gop
         self.min_keyframe_gap = min_keyframe_gap
         self.preset = preset
         self.fps = float(fps or getattr(source, "fps", None) or 30.0)
@@ -428,11 +436,8 @@ class SharedVideoEncoder:
         codec.time_base = VIDEO_TIME_BASE
         codec.framerate = fractions.Fraction(self.fps).limit_denominator(1001)
         codec.bit_rate = self.bitrate
-        codec.gop_size = (
-            max(1, round(self.keyframe_interval * self.fps))
-            if self.keyframe_interval is not None
-            else 1_000_000
-        )
+        # x264 caps keyint; "no periodic keyframe" is a GOP far longer than any session.
+        codec.gop_size = self.gop if self.gop is not None else 1 << 30
         codec.profile = "Baseline"  # x264 emits Constrained Baseline (42c0xx)
         # Level 3.1 covers 1280x720@30 (3600 macroblocks); larger frames need 4.0.
         macroblocks = ((width + 15) // 16) * ((height + 15) // 16)
@@ -441,6 +446,9 @@ class SharedVideoEncoder:
             "tune": "zerolatency",
             "level": "31" if macroblocks <= 3600 else "40",
             "forced-idr": "1",
+            # Keyframes only on schedule or on request: scene-cut IDRs would be bitrate
+            # spikes that no viewer asked for.
+            "x264-params": "scenecut=0",
             "maxrate": str(self.bitrate),
             "bufsize": str(self.bitrate),
         }

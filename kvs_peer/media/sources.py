@@ -60,7 +60,7 @@ AUDIO_FRAME_SAMPLES = 960  # 20 ms, what aiortc's Opus encoder packs per RTP pac
 # pause) restarts the schedule at "now" instead of bursting to catch up.
 _MAX_LATE = 0.25
 # Seconds stop() waits for a worker thread; threads are daemons, so exit never hangs.
-_JOIN_TIMEOUT = 2.0
+_JOIN_TIMEOUT = 1.0
 _LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "rtp", "srt", "udp", "tcp"})
 _TEST_PATTERN_NAMES = frozenset({"testsrc", "test", "testpattern"})
 
@@ -475,25 +475,31 @@ class PyAVVideoTrack(_ThreadedTrack):
         pacer = _ThreadPacer(stop, paced=not self.live)
         stream = self._container.streams.video[0]
         stream.thread_type = "AUTO"
-        offset = 0.0  # media time added per pass when looping
+        frame_time = 1.0 / (self.fps or 30.0)
+        offset = 0.0  # media time of the current pass's first frame, when looping
         while not stop.is_set():
-            last_time = None
-            frame_time = 1.0 / (self.fps or 30.0)
+            first_time: float | None = None
+            last_time = 0.0
             frames = 0
             for frame in self._container.decode(stream):
                 if stop.is_set():
                     return
-                media_time = None if frame.time is None else offset + frame.time
+                media_time = None
+                if frame.time is not None:
+                    if first_time is None:
+                        first_time = frame.time
+                    last_time = frame.time - first_time
+                    media_time = offset + last_time
+                # A frame straight from the decoder: nobody else holds it, so converting
+                # it here cannot race (see the package docstring, trap 2).
                 out = frame.reformat(width=self.width, height=self.height, format="yuv420p")
                 out.pts = pacer.wait(media_time)
                 out.time_base = VIDEO_TIME_BASE
                 emit(out)
                 frames += 1
-                if frame.time is not None:
-                    last_time = frame.time
             if not self._loop_file or frames == 0:
                 return
-            offset += (last_time or 0.0) + frame_time
+            offset += last_time + frame_time
             self._container.seek(0)
 
     def _release(self) -> None:

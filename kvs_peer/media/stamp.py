@@ -116,18 +116,24 @@ def read_stamp(image: Any) -> Stamp | None:
     """Read a stamp back.
 
     Args:
-        image: an ``av.VideoFrame`` (any format; 8-bit YUV and gray are read without
-            conversion), a 2-D ``uint8`` luma array, or a height x width x 3 array in BGR order
-            (OpenCV convention).
+        image: an ``av.VideoFrame`` (8-bit YUV, gray, bgr24 and rgb24 are read without
+            conversion; other formats are converted to gray), a 2-D ``uint8`` luma array, or
+            a height x width x 3 array in BGR order (OpenCV convention).
 
     Returns:
         The stamp, or ``None`` if the band is missing, damaged or the image is too small.
     """
     try:
         if hasattr(image, "planes"):
-            if image.format.name in _PLANAR_8BIT:
+            name = image.format.name
+            if name in _PLANAR_8BIT:
                 luma = _frame_luma(image, writable=False)
+            elif name in ("bgr24", "rgb24"):
+                packed = _plane_array(image.planes[0], channels=3)
+                luma = _luma_from_array(packed if name == "bgr24" else packed[..., ::-1])
             else:
+                # Converts through a converter cached on the frame: not while another thread
+                # converts the same frame.
                 luma = image.to_ndarray(format="gray")
         else:
             luma = _luma_from_array(image)
@@ -154,12 +160,13 @@ def _check_luma(array: Any) -> np.ndarray:
     return array
 
 
-def _plane_array(plane: Any) -> np.ndarray:
+def _plane_array(plane: Any, channels: int = 1) -> np.ndarray:
     # Planes are padded to line_size bytes per row; keep only the visible width.
     raw = np.frombuffer(plane, np.uint8)
-    return raw[: plane.line_size * plane.height].reshape(plane.height, plane.line_size)[
-        :, : plane.width
-    ]
+    rows = raw[: plane.line_size * plane.height].reshape(plane.height, plane.line_size)
+    if channels == 1:
+        return rows[:, : plane.width]
+    return rows[:, : plane.width * channels].reshape(plane.height, plane.width, channels)
 
 
 def _frame_luma(frame: Any, *, writable: bool) -> np.ndarray:

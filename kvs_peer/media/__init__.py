@@ -1,0 +1,139 @@
+"""Media for kvs-peer: sources, one shared H.264 encoder, audio fan-out, recording.
+
+Pipeline of a master (data flows one way)::
+
+    open_video_source("testsrc" | file | 0 | /dev/video0 | rtsp://...)   yuv420p, 90 kHz pts
+        -> SharedVideoEncoder (one libx264, worker thread)                 av.Packet, Annex-B
+            -> PacketTrack per viewer -> RTCRtpSender.pack() -> RTP        no re-encode
+    open_audio_source("tone" | file | none)                                s16, 48 kHz, 20 ms
+        -> AudioFanout -> track per viewer -> aiortc's own Opus encoder per sender
+
+Per viewer, before ``setRemoteDescription(offer)``: :func:`add_shared_video` (or
+``encoder.subscribe()`` + ``pc.addTransceiver(track, direction="sendonly")`` +
+:func:`force_h264` + :func:`attach_keyframe_requests`), then
+``pc.addTransceiver(fanout.subscribe(), direction="sendonly")`` for audio.
+
+A viewer hands decoded frames to :class:`Recorder` (Matroska in a worker thread),
+:func:`save_snapshot` (PNG) or :func:`frame_to_ndarray` (numpy/OpenCV).
+:mod:`kvs_peer.media.stamp` draws and reads a frame counter and capture time in the picture,
+which is how tests measure frame rate, order and latency end to end.
+
+Traps this package is built around (measured with aiortc 1.16 / PyAV 18, see
+``aiortc-measurements.md``):
+
+1. **One track object shared by N senders splits its frames** (each viewer gets 30/N fps):
+   every sender needs its own track. Hence :meth:`SharedVideoEncoder.subscribe` and
+   :meth:`AudioFanout.subscribe`.
+2. **Sharing a non-yuv420p video frame between threads that reformat it deadlocks or
+   segfaults PyAV 18** (``VideoFrame.reformat`` caches one converter on the frame and runs it
+   without the GIL). Sources convert to yuv420p once, on a frame nobody else holds; the
+   recorder and :func:`frame_to_ndarray` use private converters. Audio frames are safe to share
+   (aiortc's Opus path only reads them; tested).
+3. **Pre-encoded packets need H.264 forced before** ``setRemoteDescription``: aiortc picks the
+   answer's codec there and will happily send H.264 bytes labelled VP8. :func:`force_h264`.
+4. **Keyframes**: aiortc ignores PLI/FIR for packet tracks. A :class:`PacketTrack` queues
+   nothing until its sender's first ``recv()`` (after DTLS), which requests an IDR, and starts at
+   a keyframe; :func:`attach_keyframe_requests` forwards PLI/FIR through a per-sender hook;
+   requests are rate-limited and coalesced; a periodic GOP backs both up.
+5. **Backlog**: queues are bounded everywhere. A viewer that falls behind loses its queue and
+   resumes at the next keyframe without slowing the others; live sources drop their oldest
+   frames; the encoder stops reading its source when nobody is subscribed.
+6. **aiortc's MediaRecorder encodes on the event loop, and MP4 is unreadable after a crash**:
+   :class:`Recorder` encodes in a thread and writes Matroska with ``flush_packets=1``.
+
+Costs measured on the 2-core test VM at 640x480@30: the test pattern 0.017 core; pattern plus
+shared encoder (``veryfast``, zerolatency, 2.5 ms per frame) 0.11 core; a whole master process
+(pattern, encoder, aiortc peers) 0.12 core with 1 viewer and 0.13 with 3, all at 30 fps.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .encoder import (
+        PacketTrack,
+        SharedVideoEncoder,
+        add_shared_video,
+        attach_keyframe_requests,
+        force_h264,
+        h264_codec_preferences,
+    )
+    from .fanout import AudioFanout, AudioSubscriberTrack
+    from .recorder import Recorder, RecorderStats, frame_to_ndarray, save_snapshot
+    from .sources import (
+        CameraTrack,
+        FileAudioTrack,
+        PyAVVideoTrack,
+        TestPatternTrack,
+        ToneTrack,
+        open_audio_source,
+        open_video_source,
+    )
+    from .stamp import Stamp, read_stamp, write_stamp
+
+# Submodules load on first use, so ``import kvs_peer.media.stamp`` (numpy only, used by test
+# helpers) does not pull in aiortc and PyAV.
+_SUBMODULE = {
+    "PacketTrack": "encoder",
+    "SharedVideoEncoder": "encoder",
+    "add_shared_video": "encoder",
+    "attach_keyframe_requests": "encoder",
+    "force_h264": "encoder",
+    "h264_codec_preferences": "encoder",
+    "AudioFanout": "fanout",
+    "AudioSubscriberTrack": "fanout",
+    "Recorder": "recorder",
+    "RecorderStats": "recorder",
+    "frame_to_ndarray": "recorder",
+    "save_snapshot": "recorder",
+    "CameraTrack": "sources",
+    "FileAudioTrack": "sources",
+    "PyAVVideoTrack": "sources",
+    "TestPatternTrack": "sources",
+    "ToneTrack": "sources",
+    "open_audio_source": "sources",
+    "open_video_source": "sources",
+    "Stamp": "stamp",
+    "read_stamp": "stamp",
+    "write_stamp": "stamp",
+}
+
+__all__ = [
+    "AudioFanout",
+    "AudioSubscriberTrack",
+    "CameraTrack",
+    "FileAudioTrack",
+    "PacketTrack",
+    "PyAVVideoTrack",
+    "Recorder",
+    "RecorderStats",
+    "SharedVideoEncoder",
+    "Stamp",
+    "TestPatternTrack",
+    "ToneTrack",
+    "add_shared_video",
+    "attach_keyframe_requests",
+    "force_h264",
+    "frame_to_ndarray",
+    "h264_codec_preferences",
+    "open_audio_source",
+    "open_video_source",
+    "read_stamp",
+    "save_snapshot",
+    "write_stamp",
+]
+
+
+def __getattr__(name: str) -> Any:
+    submodule = _SUBMODULE.get(name)
+    if submodule is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{submodule}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_SUBMODULE])

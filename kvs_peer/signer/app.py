@@ -1,0 +1,125 @@
+"""The signer's aiohttp application: factory, routes, lifecycle, and a server context.
+
+::
+
+    resolver = ChannelResolver(region="eu-west-1")
+    app = create_app(load_config("signer.toml"), resolver)
+    async with serve(app, host="127.0.0.1", port=8080) as url:
+        ...  # GET {url}/kinesis-video-url?channel=cam-1&role=VIEWER
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from ..channel import ChannelResolver
+from ..errors import InvalidArgument
+from .auth import Authorizer
+from .config import SignerConfig
+from .keys import authorizer_key, clock_key, config_key, resolver_key
+from .middleware import create_cors_middleware, error_middleware
+from .views import healthz, kinesis_video_url
+
+__all__ = ["URL_PATH", "create_app", "serve"]
+
+logger = logging.getLogger(__name__)
+
+URL_PATH = "/kinesis-video-url"
+
+
+async def _resolver_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[config_key]
+    logger.info(
+        "signer ready: %d token(s), %d anonymous rule(s), create_channels=%s, region %s",
+        len(config.tokens),
+        len(config.anonymous),
+        config.create_channels,
+        app[resolver_key].region,
+    )
+    yield
+    # The app owns the resolver's worker threads from here on (close() is idempotent).
+    await app[resolver_key].close()
+
+
+def _setup_routes(app: web.Application, static_dir: Path | None) -> None:
+    app.router.add_get(URL_PATH, kinesis_video_url)
+    app.router.add_get("/healthz", healthz)
+    if static_dir is None:
+        return
+    if not static_dir.is_dir():
+        raise InvalidArgument(
+            f"static directory {str(static_dir)!r} does not exist: pass --static with a folder "
+            "such as examples/browser"
+        )
+    index = static_dir / "index.html"
+
+    async def index_page(request: web.Request) -> web.StreamResponse:
+        if not index.is_file():
+            raise web.HTTPNotFound()
+        return web.FileResponse(index)
+
+    app.router.add_get("/", index_page)
+    app.router.add_static("/", static_dir, follow_symlinks=False)
+
+
+def create_app(
+    config: SignerConfig,
+    resolver: ChannelResolver,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> web.Application:
+    """Build the signer application.
+
+    Args:
+        config: tokens, anonymous rules, CORS origins and signing options.
+        resolver: the shared, caching control-plane resolver; the application closes it on
+            cleanup.
+        clock: monotonic clock for rate limits.
+
+    Raises:
+        InvalidArgument: ``config.static_dir`` is set but is not a directory.
+    """
+    app = web.Application(
+        middlewares=[create_cors_middleware(config.cors_origins), error_middleware]
+    )
+    app[config_key] = config
+    app[resolver_key] = resolver
+    app[authorizer_key] = Authorizer.from_config(config)
+    app[clock_key] = clock
+    app.cleanup_ctx.append(_resolver_ctx)
+    _setup_routes(app, config.static_dir)
+    return app
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    app: web.Application, *, host: str = "127.0.0.1", port: int = 8080
+) -> AsyncIterator[str]:
+    """Serve ``app`` on ``host:port`` (0 picks a free port); yields the base URL.
+
+    Raises:
+        InvalidArgument: the address cannot be bound.
+    """
+    # No aiohttp access log: it would duplicate the views' log lines, which say who got what.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise InvalidArgument(
+                f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port "
+                "(0 picks any free one)"
+            ) from None
+        bound_host, bound_port = runner.addresses[0][:2]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        yield f"http://{shown}:{bound_port}"
+    finally:
+        await runner.cleanup()

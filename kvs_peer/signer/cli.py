@@ -1,0 +1,156 @@
+"""``kvs-peer signer``: run the signer service, or hash a token for its config file.
+
+::
+
+    kvs-peer signer --config signer.toml [--host 127.0.0.1] [--port 8080]
+                    [--region R] [--endpoint-url URL] [--static DIR]
+    kvs-peer signer hash-token [--generate] [--name NAME]   # token read from stdin
+
+Register with ``configure(parser)`` and ``run(args)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import getpass
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from ..errors import InvalidArgument
+
+__all__ = ["MIN_TOKEN_LENGTH", "configure", "run"]
+
+MIN_TOKEN_LENGTH = 16
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the signer's options and its ``hash-token`` sub-action to ``parser``."""
+    parser.add_argument("--config", type=Path, help="signer TOML file (format: docs/signer.md)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks one)")
+    parser.add_argument(
+        "--region", help="AWS region (default: config file, AWS_REGION, ~/.aws/config)"
+    )
+    parser.add_argument(
+        "--endpoint-url",
+        help="control-plane endpoint, e.g. a local emulator (default: config file, "
+        "env KVS_PEER_ENDPOINT_URL)",
+    )
+    parser.add_argument(
+        "--static",
+        type=Path,
+        help="also serve this folder at / (e.g. examples/browser), so a page and the API "
+        "share an origin",
+    )
+    actions = parser.add_subparsers(dest="signer_action", metavar="ACTION")
+    hash_parser = actions.add_parser(
+        "hash-token",
+        help="print the sha256 of a token (read from stdin) for the config file",
+        description="Read a token from stdin (or a prompt) and print the sha256 value that goes "
+        "in the signer config; with --generate, make a new random token.",
+    )
+    hash_parser.add_argument(
+        "--generate", action="store_true", help="generate a new random token and print it too"
+    )
+    hash_parser.add_argument(
+        "--name", default="NAME", help="token name for the printed [[tokens]] snippet"
+    )
+
+
+def _read_token() -> str:
+    if sys.stdin.isatty():
+        return getpass.getpass("token: ")
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def _hash_token(args: argparse.Namespace) -> int:
+    from .auth import hash_token, valid_token_syntax
+
+    if args.generate:
+        token = secrets.token_urlsafe(32)
+    else:
+        token = _read_token()
+        if not valid_token_syntax(token):
+            raise InvalidArgument(
+                "the token must be one line of letters, digits and - . _ ~ + / (optionally "
+                "ending in =): a bearer token cannot carry anything else"
+            )
+        if len(token) < MIN_TOKEN_LENGTH:
+            raise InvalidArgument(
+                f"the token is shorter than {MIN_TOKEN_LENGTH} characters: use "
+                "'kvs-peer signer hash-token --generate' for a strong one"
+            )
+    digest = hash_token(token)
+    lines = []
+    if args.generate:
+        lines += [
+            f"token:  {token}",
+            "        (give it to the device or user, e.g. as KVS_PEER_SIGNER_TOKEN; it is not "
+            "stored anywhere)",
+        ]
+    lines += [
+        f"sha256: {digest}",
+        "",
+        "[[tokens]]",
+        f'name = "{args.name}"',
+        f'sha256 = "{digest}"',
+        'channels = ["CHANNEL"]',
+        'roles = ["VIEWER"]',
+    ]
+    print("\n".join(lines), flush=True)
+    return 0
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Run the signer until cancelled (or hash a token); returns the exit code.
+
+    Raises:
+        InvalidArgument: no or bad config, unusable --static, port in use.
+        ChannelError: no region could be determined.
+    """
+    if getattr(args, "signer_action", None) == "hash-token":
+        return _hash_token(args)
+
+    from ..channel import ChannelResolver
+    from .app import create_app, serve
+    from .config import load_config
+
+    if args.config is None:
+        raise InvalidArgument(
+            "--config is required: the signer needs a TOML file listing its tokens "
+            "(see docs/signer.md; 'kvs-peer signer hash-token --generate' makes a token)"
+        )
+    config = load_config(args.config)
+    config = dataclasses.replace(
+        config,
+        region=args.region or config.region,
+        endpoint_url=args.endpoint_url
+        or config.endpoint_url
+        or os.environ.get("KVS_PEER_ENDPOINT_URL"),
+        static_dir=args.static or config.static_dir,
+    )
+    if not config.tokens and not config.anonymous:
+        raise InvalidArgument(
+            f"{args.config} grants nothing: add a [[tokens]] table (or [[anonymous]] for "
+            "viewers) as shown in docs/signer.md"
+        )
+    resolver = ChannelResolver(region=config.region, endpoint_url=config.endpoint_url)
+    try:
+        app = create_app(config, resolver)
+    except BaseException:
+        await resolver.close()
+        raise
+    async with serve(app, host=args.host, port=args.port) as url:
+        print(f"kvs-peer signer listening on {url}", flush=True)
+        print(f"  GET {url}/kinesis-video-url?channel=NAME&role=VIEWER", flush=True)
+        if config.static_dir is not None:
+            print(f"  page: {url}/ (from {config.static_dir})", flush=True)
+        print("Press Ctrl+C to stop.", flush=True)
+        await asyncio.Event().wait()
+    return 0  # pragma: no cover  (cancelled above)

@@ -1,0 +1,385 @@
+"""Signer service settings: the TOML file format, parsed and validated. Pure.
+
+A complete file (every key but ``[[tokens]]`` is optional)::
+
+    region = "eu-west-1"                 # else --region, AWS_REGION, ~/.aws/config
+    endpoint_url = "http://127.0.0.1:4577"   # control-plane override (a local emulator)
+    create_channels = false              # create unknown channels instead of answering 404
+    url_expires = 299                    # seconds a signed URL stays valid (10-3600)
+    cors_origins = ["https://app.example.com"]   # exact browser origins allowed to call
+    trusted_proxies = ["127.0.0.1", "10.0.0.0/8"] # peers whose X-Forwarded-For is believed
+    static_dir = "../examples/browser"   # serve these files at / (relative to this file)
+
+    [[tokens]]
+    name = "garage-camera"               # shown in logs instead of the token
+    sha256 = "<64 hex digits>"           # kvs-peer signer hash-token
+    channels = ["garage", "cam-*"]       # fnmatch globs over exact channel names
+    roles = ["MASTER"]                   # MASTER and/or VIEWER
+    rate_per_minute = 20                 # optional request limit for this token
+    burst = 5                            # optional; defaults to rate_per_minute
+
+    [[anonymous]]                        # viewer access without a token; off when absent
+    channels = ["lobby-*"]
+    rate_per_minute = 30                 # per client address; default 60
+
+Unknown keys are errors, so a typo never silently disables a limit.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import math
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..errors import InvalidArgument
+from ..protocol import Role
+from ..signing import validate_channel_name
+
+__all__ = [
+    "DEFAULT_ANONYMOUS_RATE",
+    "AnonymousRule",
+    "IpNetwork",
+    "SignerConfig",
+    "TokenRule",
+    "channel_allowed",
+    "load_config",
+    "parse_config",
+]
+
+DEFAULT_ANONYMOUS_RATE = 60.0
+"""Requests per minute per client address when an ``[[anonymous]]`` rule sets no limit."""
+MIN_URL_EXPIRES = 10
+MAX_URL_EXPIRES = 3600  # a signed URL is a bearer credential for the channel: keep it short
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_PATTERN_RE = re.compile(r"[a-zA-Z0-9_.\-*?\[\]!]{1,256}")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_NAME_RE = re.compile(r"[a-zA-Z0-9_.@:\-]{1,64}")
+
+
+def channel_allowed(patterns: Sequence[str], channel: str) -> bool:
+    """Whether ``channel`` matches one of the glob ``patterns`` (case-sensitive, anchored).
+
+    Names that are not valid channel names never match, whatever the pattern: ``cam-*``
+    matches ``cam-1`` but not ``cam-1/../x``.
+    """
+    try:
+        validate_channel_name(channel)
+    except InvalidArgument:
+        return False
+    return any(fnmatch.fnmatchcase(channel, pattern) for pattern in patterns)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRule:
+    """One bearer token and what it may do."""
+
+    name: str
+    """Shown in logs and error messages instead of the token."""
+    digest: bytes
+    """SHA-256 of the token's UTF-8 bytes."""
+    channels: tuple[str, ...]
+    """Glob patterns over channel names."""
+    roles: frozenset[Role]
+    rate_per_minute: float | None = None
+    """Requests per minute; None means no limit."""
+    burst: float | None = None
+    """Largest burst of requests; defaults to ``rate_per_minute``."""
+
+
+@dataclass(frozen=True, slots=True)
+class AnonymousRule:
+    """Viewer access without a token for channels matching ``channels``."""
+
+    channels: tuple[str, ...]
+    rate_per_minute: float = DEFAULT_ANONYMOUS_RATE
+    """Requests per minute per client address."""
+    burst: float | None = None
+
+
+@dataclass(frozen=True)
+class SignerConfig:
+    """Everything the signer service needs besides AWS credentials.
+
+    Build it with :func:`load_config` (TOML file) or :func:`parse_config` (a mapping), or
+    directly in code.
+    """
+
+    tokens: tuple[TokenRule, ...] = ()
+    anonymous: tuple[AnonymousRule, ...] = ()
+    region: str | None = None
+    endpoint_url: str | None = None
+    create_channels: bool = False
+    url_expires: int = 299
+    """X-Amz-Expires of the URLs handed out, in seconds."""
+    cors_origins: frozenset[str] = field(default_factory=frozenset)
+    trusted_proxies: tuple[IpNetwork, ...] = ()
+    static_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not MIN_URL_EXPIRES <= self.url_expires <= MAX_URL_EXPIRES:
+            raise InvalidArgument(
+                f"url_expires must be from {MIN_URL_EXPIRES} to {MAX_URL_EXPIRES} seconds, got "
+                f"{self.url_expires}"
+            )
+        digests = [t.digest for t in self.tokens]
+        if len(set(digests)) != len(digests):
+            raise InvalidArgument("two tokens have the same sha256: give every token its own")
+        names = [t.name for t in self.tokens]
+        if len(set(names)) != len(names):
+            raise InvalidArgument("two tokens have the same name: names must be unique")
+
+
+# -- parsing -----------------------------------------------------------------------------------
+
+_TOP_KEYS = {
+    "region",
+    "endpoint_url",
+    "create_channels",
+    "url_expires",
+    "cors_origins",
+    "trusted_proxies",
+    "static_dir",
+    "tokens",
+    "anonymous",
+}
+_TOKEN_KEYS = {"name", "sha256", "channels", "roles", "rate_per_minute", "burst"}
+_ANONYMOUS_KEYS = {"channels", "rate_per_minute", "burst"}
+
+
+def _fail(where: str, message: str) -> InvalidArgument:
+    return InvalidArgument(f"{where}: {message}")
+
+
+def _check_keys(where: str, table: Any, allowed: set[str]) -> Mapping[str, Any]:
+    if not isinstance(table, Mapping):
+        raise _fail(where, "must be a table")
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise _fail(
+            where,
+            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+            f"(allowed: {', '.join(sorted(allowed))})",
+        )
+    return table
+
+
+def _string_list(where: str, value: Any, *, allow_empty: bool = False) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _fail(where, "must be a list of strings")
+    if not value and not allow_empty:
+        raise _fail(where, "must not be empty")
+    return value
+
+
+def _patterns(where: str, value: Any) -> tuple[str, ...]:
+    patterns = _string_list(where, value)
+    for pattern in patterns:
+        if not _PATTERN_RE.fullmatch(pattern):
+            raise _fail(
+                where,
+                f"{pattern!r} is not a channel glob: use channel-name characters "
+                "(a-z, A-Z, 0-9, '_', '.', '-') and the wildcards * ? [...]",
+            )
+    return tuple(patterns)
+
+
+def _rate(where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(where, "must be a number")
+    if not math.isfinite(value) or value <= 0:
+        raise _fail(where, "must be a positive number (remove the key to disable the limit)")
+    return float(value)
+
+
+def _burst(where: str, value: Any) -> float:
+    burst = _rate(where, value)
+    if burst < 1:
+        raise _fail(where, "must be at least 1")
+    return burst
+
+
+def _token(where: str, table: Any) -> TokenRule:
+    table = _check_keys(where, table, _TOKEN_KEYS)
+    for key in ("name", "sha256", "channels", "roles"):
+        if key not in table:
+            raise _fail(where, f"missing {key!r}")
+    name = table["name"]
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise _fail(
+            f"{where}.name",
+            "use 1-64 characters from a-z, A-Z, 0-9, '_', '.', '@', ':', '-'",
+        )
+    sha = table["sha256"]
+    if not isinstance(sha, str) or not _SHA256_RE.fullmatch(sha.lower()):
+        raise _fail(
+            f"{where}.sha256",
+            "must be the 64 hex digits of the token's SHA-256 "
+            "(kvs-peer signer hash-token prints it); never put the token itself in the file",
+        )
+    roles = _string_list(f"{where}.roles", table["roles"])
+    try:
+        parsed_roles = frozenset(Role.parse(r) for r in roles)
+    except InvalidArgument as exc:
+        raise _fail(f"{where}.roles", str(exc)) from None
+    rate = table.get("rate_per_minute")
+    burst = table.get("burst")
+    if burst is not None and rate is None:
+        raise _fail(f"{where}.burst", "only makes sense with rate_per_minute")
+    return TokenRule(
+        name=name,
+        digest=bytes.fromhex(sha.lower()),
+        channels=_patterns(f"{where}.channels", table["channels"]),
+        roles=parsed_roles,
+        rate_per_minute=None if rate is None else _rate(f"{where}.rate_per_minute", rate),
+        burst=None if burst is None else _burst(f"{where}.burst", burst),
+    )
+
+
+def _anonymous(where: str, table: Any) -> AnonymousRule:
+    if isinstance(table, Mapping) and "roles" in table:
+        raise _fail(
+            f"{where}.roles",
+            "anonymous access is VIEWER only and a MASTER always needs a token: remove 'roles'",
+        )
+    table = _check_keys(where, table, _ANONYMOUS_KEYS)
+    if "channels" not in table:
+        raise _fail(where, "missing 'channels'")
+    rate = table.get("rate_per_minute", DEFAULT_ANONYMOUS_RATE)
+    burst = table.get("burst")
+    return AnonymousRule(
+        channels=_patterns(f"{where}.channels", table["channels"]),
+        rate_per_minute=_rate(f"{where}.rate_per_minute", rate),
+        burst=None if burst is None else _burst(f"{where}.burst", burst),
+    )
+
+
+def _origin(value: str) -> str:
+    where = "cors_origins"
+    if value == "*" or "*" in value:
+        raise _fail(
+            where,
+            "wildcards are not allowed: list every browser origin exactly "
+            "(e.g. 'https://app.example.com')",
+        )
+    parts = urlsplit(value)
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.path
+        or parts.query
+        or parts.fragment
+        or parts.username
+    ):
+        raise _fail(
+            where,
+            f"{value!r} is not an origin: use scheme://host[:port] with no path or trailing "
+            "slash, e.g. 'https://app.example.com'",
+        )
+    return f"{parts.scheme}://{parts.netloc.lower()}"
+
+
+def _network(value: Any) -> IpNetwork:
+    try:
+        return ipaddress.ip_network(value, strict=False)
+    except (TypeError, ValueError):
+        raise _fail(
+            "trusted_proxies", f"{value!r} is not an IP address or network (e.g. '10.0.0.0/8')"
+        ) from None
+
+
+def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> SignerConfig:
+    """Validate a parsed TOML document (or any mapping) into a :class:`SignerConfig`.
+
+    Args:
+        data: the document.
+        base_dir: directory relative ``static_dir`` paths start from (the config file's).
+
+    Raises:
+        InvalidArgument: naming the key that is wrong and how to fix it.
+    """
+    data = _check_keys("config", data, _TOP_KEYS)
+    tokens_value = data.get("tokens", [])
+    if not isinstance(tokens_value, list):
+        raise _fail("tokens", "must be an array of tables: write each one as [[tokens]]")
+    anonymous_value = data.get("anonymous", [])
+    if not isinstance(anonymous_value, list):
+        raise _fail("anonymous", "must be an array of tables: write each one as [[anonymous]]")
+    tokens = tuple(_token(f"tokens[{i}]", t) for i, t in enumerate(tokens_value))
+    anonymous = tuple(_anonymous(f"anonymous[{i}]", a) for i, a in enumerate(anonymous_value))
+
+    region = data.get("region")
+    if region is not None and (not isinstance(region, str) or not region):
+        raise _fail("region", "must be a region name such as 'us-west-2'")
+    endpoint_url = data.get("endpoint_url")
+    if endpoint_url is not None and (
+        not isinstance(endpoint_url, str) or not endpoint_url.startswith(("http://", "https://"))
+    ):
+        raise _fail("endpoint_url", "must start with http:// or https://")
+    create = data.get("create_channels", False)
+    if not isinstance(create, bool):
+        raise _fail("create_channels", "must be true or false")
+    expires = data.get("url_expires", 299)
+    if isinstance(expires, bool) or not isinstance(expires, int):
+        raise _fail("url_expires", "must be a whole number of seconds")
+    origins = frozenset(
+        _origin(o)
+        for o in _string_list("cors_origins", data.get("cors_origins", []), allow_empty=True)
+    )
+    proxies_value = data.get("trusted_proxies", [])
+    proxies = tuple(
+        _network(p) for p in _string_list("trusted_proxies", proxies_value, allow_empty=True)
+    )
+    static = data.get("static_dir")
+    static_dir = None
+    if static is not None:
+        if not isinstance(static, str) or not static:
+            raise _fail("static_dir", "must be a directory path")
+        static_dir = Path(static)
+        if base_dir is not None and not static_dir.is_absolute():
+            static_dir = base_dir / static_dir
+    return SignerConfig(
+        tokens=tokens,
+        anonymous=anonymous,
+        region=region,
+        endpoint_url=endpoint_url,
+        create_channels=create,
+        url_expires=expires,
+        cors_origins=origins,
+        trusted_proxies=proxies,
+        static_dir=static_dir,
+    )
+
+
+def load_config(path: str | Path) -> SignerConfig:
+    """Read and validate a signer TOML file.
+
+    Raises:
+        InvalidArgument: the file is missing, not TOML, or has a wrong key (the message names
+            the file and the key).
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise InvalidArgument(
+            f"signer config {str(path)!r} not found: pass --config with the path of a TOML file "
+            "(format in docs/signer.md)"
+        ) from None
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read signer config {str(path)!r}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidArgument(f"signer config {str(path)!r} is not valid TOML: {exc}") from None
+    try:
+        return parse_config(data, base_dir=path.parent)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"signer config {str(path)!r}: {exc}") from None

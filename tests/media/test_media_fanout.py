@@ -1,0 +1,102 @@
+"""AudioFanout: one tone to several real aiortc viewers, and shared frames are safe to encode."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import av
+import numpy as np
+import pytest
+from aiortc.codecs.opus import OpusEncoder
+from media_peers import connect
+
+from kvs_peer.errors import InvalidArgument, InvalidState
+from kvs_peer.media import AudioFanout, TestPatternTrack, ToneTrack
+
+
+async def count_audio(track, seconds: float) -> int:
+    await track.recv()
+    end, frames = time.perf_counter() + seconds, 0
+    while time.perf_counter() < end:
+        await asyncio.wait_for(track.recv(), 1.0)
+        frames += 1
+    return frames
+
+
+async def test_three_viewers_each_hear_the_whole_tone() -> None:
+    source = ToneTrack(440)
+    async with AudioFanout(source) as fanout:
+        links = [await connect(fanout=fanout) for _ in range(3)]
+        try:
+            counts = await asyncio.gather(*(count_audio(link.audio, 1.5) for link in links))
+        finally:
+            for link in links:
+                await link.close()
+    print(f"audio frames per viewer in 1.5 s: {counts}, source frames read {fanout.frames_read}")
+    # 20 ms frames: 75 in 1.5 s for each viewer, not 75 split three ways.
+    assert all(60 <= count <= 90 for count in counts), counts
+    # One read of the source per frame, whatever the number of viewers.
+    assert fanout.frames_read < sum(counts) / 2
+
+
+def test_one_frame_encoded_by_several_opus_encoders_at_once() -> None:
+    """What aiortc does with a fanned-out frame: each sender's encoder reads it in a thread."""
+    rng = np.random.default_rng(1)
+    frames = [audio_frame(rng.integers(-8000, 8000, 1920, dtype=np.int16), i) for i in range(150)]
+    reference = OpusEncoder()
+    expected = [
+        reference.encode(audio_frame(f.to_ndarray()[0], i))[0] for i, f in enumerate(frames)
+    ]
+
+    results: list[list] = [[] for _ in range(3)]
+    start = threading.Barrier(3)
+
+    def run(slot: int) -> None:
+        encoder = OpusEncoder()
+        start.wait()
+        for frame in frames:
+            results[slot].append(encoder.encode(frame)[0])
+
+    threads = [threading.Thread(target=run, args=(slot,)) for slot in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    # Same bytes as encoding private copies one after the other: no interference.
+    assert all(result == expected for result in results)
+
+
+def audio_frame(samples: np.ndarray, index: int) -> av.AudioFrame:
+    frame = av.AudioFrame.from_ndarray(samples[None, :], format="s16", layout="stereo")
+    frame.sample_rate, frame.pts = 48000, index * 960
+    return frame
+
+
+async def test_subscribers_start_on_first_read_and_stalled_ones_stay_bounded() -> None:
+    source = ToneTrack(440)
+    async with AudioFanout(source, queue_size=5) as fanout:
+        idle = fanout.subscribe()
+        reader, stalled = fanout.subscribe(), fanout.subscribe()
+        await stalled.recv()
+        frames = [await reader.recv() for _ in range(25)]
+        assert len(idle._queue) == 0  # never read: nothing queued for it
+        assert len(stalled._queue) <= 5 and stalled.frames_dropped > 0
+        pts = [f.pts for f in frames]
+        assert pts == list(range(pts[0], pts[0] + 25 * 960, 960))
+        reader.stop()
+        stalled.stop()
+        await asyncio.sleep(0.1)
+        read = fanout.frames_read
+        await asyncio.sleep(0.2)
+        assert fanout.frames_read == read  # nobody reading: the source is left alone
+        assert fanout.subscribers == 1
+    assert source.readyState == "ended"
+    with pytest.raises(InvalidState):
+        fanout.subscribe()
+
+
+def test_video_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match="audio track"):
+        AudioFanout(TestPatternTrack())
