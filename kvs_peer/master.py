@@ -345,8 +345,11 @@ class Master:
                 if self._on_message is not None:
                     self._deliver(client_id, message)
 
+        kinds = _offered_kinds(offer.sdp)
         try:
-            if self._encoder is not None:
+            # Only add what the viewer asked for: aiortc cannot answer with a transceiver
+            # that matches no m-line of the offer.
+            if self._encoder is not None and "video" in kinds:
                 track = self._encoder.subscribe()
                 session._tracks.append(track)
                 transceiver = pc.addTransceiver(track, direction="sendonly")
@@ -354,7 +357,7 @@ class Master:
                 # there, and our packets are H.264 whatever the viewer prefers.
                 force_h264(transceiver)
                 attach_keyframe_requests(transceiver.sender, track)
-            if self._audio is not None:
+            if self._audio is not None and "audio" in kinds:
                 audio = self._audio.subscribe()
                 session._tracks.append(audio)
                 pc.addTransceiver(audio, direction="sendonly")
@@ -368,7 +371,7 @@ class Master:
             if self._loopback:
                 enable_loopback_candidates(pc)
             answer = await pc.createAnswer()
-            if self._encoder is not None and "H264" not in answer.sdp:
+            if self._encoder is not None and "video" in kinds and "H264" not in answer.sdp:
                 raise SessionError(
                     client_id,
                     f"viewer {client_id} did not offer H.264 video, which kvs-peer sends",
@@ -407,3 +410,8 @@ class Master:
             logger.info("viewer %s removed: %s", session.client_id, why)
         await session.close()
         await self._notify()
+
+
+def _offered_kinds(sdp: str) -> set[str]:
+    """Media kinds with an m-line in an SDP (``video``, ``audio``, ``application``)."""
+    return {line[2:].split(" ", 1)[0] for line in sdp.splitlines() if line.startswith("m=")}

@@ -1,0 +1,201 @@
+"""Master and viewers end to end: real aiortc peers through the emulator on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+
+from kvs_peer.access import AwsAccess
+from kvs_peer.channel import ChannelResolver
+from kvs_peer.emulator import LocalKvs
+from kvs_peer.errors import InvalidArgument
+from kvs_peer.master import Master
+from kvs_peer.media import Recorder, TestPatternTrack, ToneTrack
+from kvs_peer.protocol import Role
+from kvs_peer.testing.video import VideoCheck
+from kvs_peer.viewer import Viewer
+
+CHANNEL = "e2e"
+
+
+@pytest.fixture
+async def channel(kvs: LocalKvs) -> str:
+    kvs.create_channel(CHANNEL)
+    return CHANNEL
+
+
+def viewer_for(resolver: ChannelResolver, client_id: str, **kwargs: Any) -> Viewer:
+    return Viewer(AwsAccess(resolver, CHANNEL, Role.VIEWER, client_id=client_id), **kwargs)
+
+
+@pytest.fixture
+async def master(resolver: ChannelResolver, channel: str) -> AsyncIterator[Master]:
+    async with Master(
+        AwsAccess(resolver, channel, Role.MASTER),
+        video=TestPatternTrack(320, 240, 30),
+        connect_timeout=10,
+    ) as m:
+        yield m
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
+async def test_viewer_receives_advancing_frames(master: Master, resolver: ChannelResolver) -> None:
+    check = VideoCheck()
+    async with viewer_for(resolver, "v1", on_frame=check.add) as viewer:
+        ttff = await viewer.wait_first_frame(timeout=15)
+        await wait_until(lambda: check.frames >= 30)
+    check.assert_ok(min_frames=30, size=(320, 240), max_gap_s=1.0)
+    assert check.counters_advanced >= 25
+    assert ttff < 5.0
+    assert master.stats.sessions_connected == 1
+
+
+async def test_three_viewers_share_one_encoder(master: Master, resolver: ChannelResolver) -> None:
+    checks = [VideoCheck() for _ in range(3)]
+    viewers = [viewer_for(resolver, f"v{i}", on_frame=c.add) for i, c in enumerate(checks)]
+    for v in viewers:
+        await v.start()
+    try:
+        await master.wait_for_viewers(3, timeout=15)
+        await wait_until(lambda: all(c.frames >= 30 for c in checks), timeout=15)
+        encoded = master._encoder.frames_encoded
+        await asyncio.sleep(1.0)
+        per_second = master._encoder.frames_encoded - encoded
+    finally:
+        for v in viewers:
+            await v.close()
+    for c in checks:
+        c.assert_ok(min_frames=30)
+    # one encoder for everyone: ~30 encoded frames per second, not 3 x 30
+    assert 20 <= per_second <= 40
+
+
+async def test_viewer_that_leaves_frees_its_session(
+    master: Master, resolver: ChannelResolver
+) -> None:
+    async with viewer_for(resolver, "leaver") as viewer:
+        await viewer.wait_first_frame(timeout=15)
+        assert set(master.viewers) == {"leaver"}
+    await wait_until(lambda: "leaver" not in master.viewers, timeout=15)
+
+
+async def test_same_client_id_reoffer_replaces_session(
+    master: Master, resolver: ChannelResolver
+) -> None:
+    async with viewer_for(resolver, "twin") as first:
+        await first.wait_first_frame(timeout=15)
+        old = master.viewers["twin"]
+        async with viewer_for(resolver, "twin") as second:
+            await second.wait_first_frame(timeout=15)
+            assert master.viewers["twin"] is not old
+            assert master.stats.sessions_replaced == 1
+            assert len(master.viewers) == 1
+
+
+async def test_recording_decodes_with_expected_frames(
+    master: Master, resolver: ChannelResolver, tmp_path: Path
+) -> None:
+    path = tmp_path / "rec.mkv"
+    recorder = Recorder(path)
+    async with viewer_for(resolver, "rec", recorder=recorder) as viewer:
+        await viewer.wait_first_frame(timeout=15)
+        await wait_until(lambda: viewer.stats.frames_received >= 45)
+    received = viewer.stats.frames_received
+    with av.open(str(path)) as container:
+        frames = list(container.decode(video=0))
+    assert abs(len(frames) - received) <= 2, (len(frames), received)
+    assert (frames[0].width, frames[0].height) == (320, 240)
+    check = VideoCheck()
+    for frame in frames:
+        check.add(frame)
+    check.assert_ok(min_frames=40, max_gap_s=None)
+
+
+async def test_data_channel_round_trip(resolver: ChannelResolver, channel: str) -> None:
+    from_viewers: list[tuple[str, Any]] = []
+    from_master: list[Any] = []
+    async with Master(
+        AwsAccess(resolver, channel, Role.MASTER),
+        video=TestPatternTrack(320, 240, 15),
+        on_message=lambda cid, msg: from_viewers.append((cid, msg)),
+    ) as master:
+        async with viewer_for(
+            resolver, "chat", data_channel=True, on_message=from_master.append
+        ) as viewer:
+            await viewer.wait_connected(timeout=15)
+            await wait_until(lambda: viewer.channel.readyState == "open")
+            await viewer.send("ping")
+            await wait_until(lambda: from_viewers == [("chat", "ping")])
+            assert await master.send("pong", client_id="chat") == 1
+            await wait_until(lambda: from_master == ["pong"])
+            assert await master.send(b"\x00\x01") == 1
+            await wait_until(lambda: from_master == ["pong", b"\x00\x01"])
+
+
+async def test_audio_arrives(resolver: ChannelResolver, channel: str) -> None:
+    async with (
+        Master(
+            AwsAccess(resolver, channel, Role.MASTER),
+            video=TestPatternTrack(320, 240, 15),
+            audio=ToneTrack(),
+        ),
+        viewer_for(resolver, "ears", audio=True) as viewer,
+    ):
+        await viewer.wait_first_frame(timeout=15)
+        await wait_until(lambda: viewer.stats.audio_frames_received >= 25)
+
+
+async def test_audio_only_viewer_and_data_only_viewer(
+    master: Master, resolver: ChannelResolver
+) -> None:
+    async with viewer_for(resolver, "data", video=False, data_channel=True) as viewer:
+        await viewer.wait_connected(timeout=15)
+    with pytest.raises(InvalidArgument):
+        viewer_for(resolver, "none", video=False)
+
+
+async def test_streams_survive_signaling_go_away(
+    kvs: LocalKvs, master: Master, resolver: ChannelResolver
+) -> None:
+    check = VideoCheck()
+    async with viewer_for(resolver, "steady", on_frame=check.add) as viewer:
+        await viewer.wait_first_frame(timeout=15)
+        await kvs.send_go_away(CHANNEL, master=True)
+        await kvs.send_go_away(CHANNEL, client_id="steady")
+        await wait_until(lambda: master.signaling.stats.reconnects >= 1)
+        await wait_until(lambda: viewer.signaling.stats.reconnects >= 1)
+        before = check.frames
+        await asyncio.sleep(1.0)
+        assert check.frames - before >= 20  # media kept flowing
+        assert viewer.stats.offers_sent == 1  # no renegotiation needed
+    check.assert_ok(max_gap_s=1.0)
+
+
+async def test_max_viewers_refuses_extra_offers(resolver: ChannelResolver, channel: str) -> None:
+    async with Master(
+        AwsAccess(resolver, channel, Role.MASTER),
+        video=TestPatternTrack(320, 240, 15),
+        max_viewers=1,
+    ) as master:
+        async with viewer_for(resolver, "first") as first:
+            await first.wait_first_frame(timeout=15)
+            async with viewer_for(resolver, "second", connect_timeout=60):
+                await wait_until(lambda: master.stats.refused_over_limit >= 1)
+                assert set(master.viewers) == {"first"}
+
+
+def test_roles_are_checked(resolver: ChannelResolver) -> None:
+    with pytest.raises(InvalidArgument):
+        Master(AwsAccess(resolver, CHANNEL, Role.VIEWER, client_id="x"))
+    with pytest.raises(InvalidArgument):
+        Viewer(AwsAccess(resolver, CHANNEL, Role.MASTER))
