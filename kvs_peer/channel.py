@@ -13,6 +13,7 @@ import asyncio
 import datetime as dt
 import email.utils
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -186,6 +187,8 @@ class ChannelResolver:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._verify = verify
+        # AWS_REGION is what most AWS SDKs read; botocore only reads AWS_DEFAULT_REGION.
+        region = region or os.environ.get("AWS_REGION") or None
         self._session = session or boto3.Session(region_name=region)
         self.region = region or self._session.region_name
         if not self.region:

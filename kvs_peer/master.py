@@ -364,19 +364,17 @@ class Master:
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
             except Exception as exc:
+                if self._encoder is not None and "video" in kinds and "H264" not in offer.sdp:
+                    reason = "it offers no H.264 video, which kvs-peer sends"
+                else:
+                    reason = str(exc)
                 raise SessionError(
-                    client_id, f"viewer {client_id} sent an unusable offer: {exc}"
+                    client_id, f"viewer {client_id} sent an unusable offer: {reason}"
                 ) from exc
             await session._remote_description_set()
             if self._loopback:
                 enable_loopback_candidates(pc)
-            answer = await pc.createAnswer()
-            if self._encoder is not None and "video" in kinds and "H264" not in answer.sdp:
-                raise SessionError(
-                    client_id,
-                    f"viewer {client_id} did not offer H.264 video, which kvs-peer sends",
-                )
-            await pc.setLocalDescription(answer)
+            await pc.setLocalDescription(await pc.createAnswer())
             await self.signaling.send_answer(pc.localDescription.sdp, recipient_client_id=client_id)
             self.stats.last_answer_time = time.monotonic() - started
             logger.info(

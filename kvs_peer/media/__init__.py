@@ -52,6 +52,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .capture import CameraTrack, FileAudioTrack, PyAVVideoTrack
     from .encoder import (
         PacketTrack,
         SharedVideoEncoder,
@@ -63,9 +64,6 @@ if TYPE_CHECKING:
     from .fanout import AudioFanout, AudioSubscriberTrack
     from .recorder import Recorder, RecorderStats, frame_to_ndarray, save_snapshot
     from .sources import (
-        CameraTrack,
-        FileAudioTrack,
-        PyAVVideoTrack,
         TestPatternTrack,
         ToneTrack,
         open_audio_source,
@@ -88,9 +86,9 @@ _SUBMODULE = {
     "RecorderStats": "recorder",
     "frame_to_ndarray": "recorder",
     "save_snapshot": "recorder",
-    "CameraTrack": "sources",
-    "FileAudioTrack": "sources",
-    "PyAVVideoTrack": "sources",
+    "CameraTrack": "capture",
+    "FileAudioTrack": "capture",
+    "PyAVVideoTrack": "capture",
     "TestPatternTrack": "sources",
     "ToneTrack": "sources",
     "open_audio_source": "sources",

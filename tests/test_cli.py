@@ -1,0 +1,176 @@
+"""The kvs-peer command line, run as users run it: real processes against the emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import av
+import pytest
+
+from kvs_peer.cli import build_parser, main
+from kvs_peer.emulator import LocalKvs
+from kvs_peer.signing import verify_presigned_url
+
+KVS_PEER = [sys.executable, "-m", "kvs_peer"]
+
+
+def emulator_env(kvs: LocalKvs) -> dict[str, str]:
+    """Environment of a device pointed at the emulator (nothing else from AWS)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        AWS_ACCESS_KEY_ID=kvs.credentials.access_key,
+        AWS_SECRET_ACCESS_KEY=kvs.credentials.secret_key,
+        AWS_REGION=kvs.region,
+        AWS_CONFIG_FILE="/nonexistent",
+        AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
+        KVS_PEER_ENDPOINT_URL=kvs.endpoint_url,
+    )
+    return env
+
+
+async def run(*args: str, env: dict[str, str], timeout: float = 60) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *KVS_PEER, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("demo", "master", "viewer", "local", "url"):
+        assert command in out
+    parser = build_parser()
+    assert parser.parse_args(["viewer", "--channel", "c"]).record is None
+
+
+async def test_url_prints_a_verifiable_signed_url(kvs: LocalKvs) -> None:
+    kvs.create_channel("cli")
+    code, out, err = await run(
+        "url",
+        "--channel",
+        "cli",
+        "--role",
+        "VIEWER",
+        "--client-id",
+        "cli-1",
+        "-vv",
+        env=emulator_env(kvs),
+    )
+    assert code == 0, err
+    url = out.strip()
+    verified = verify_presigned_url(
+        url, secrets={kvs.credentials.access_key: kvs.credentials.secret_key}
+    )
+    assert verified.params["X-Amz-ClientId"] == "cli-1"
+    # debug logs are on (-vv) but never show the signature, credential or full URL
+    signature = url.split("X-Amz-Signature=")[1].split("&")[0]
+    assert signature not in err
+    assert kvs.credentials.secret_key not in err
+    assert url not in err
+
+
+async def test_url_errors_are_clear(kvs: LocalKvs) -> None:
+    env = emulator_env(kvs)
+    code, _, err = await run("url", "--channel", "missing", "--client-id", "x", env=env)
+    assert code == 1
+    assert "not found" in err and "--create-channel" in err
+    code, _, err = await run("url", "--channel", "c", "--role", "VIEWER", env=env)
+    assert code == 1 and "--client-id is required" in err
+    code, _, err = await run("url", "--channel", "bad name", "--client-id", "x", env=env)
+    assert code == 1 and "invalid channel name" in err
+
+
+async def test_master_and_viewer_commands_stream_and_record(kvs: LocalKvs, tmp_path: Path) -> None:
+    kvs.create_channel("cam")
+    env = emulator_env(kvs)
+    master = await asyncio.create_subprocess_exec(
+        *KVS_PEER,
+        "master",
+        "--channel",
+        "cam",
+        "--source",
+        "testsrc",
+        "--width",
+        "320",
+        "--height",
+        "240",
+        "--json",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(30):
+            await kvs.wait_connected("cam", master=True)
+        record = tmp_path / "out.mkv"
+        snapshot = tmp_path / "last.png"
+        code, out, err = await run(
+            "viewer",
+            "--channel",
+            "cam",
+            "--duration",
+            "3",
+            "--json",
+            "--record",
+            str(record),
+            "--snapshot",
+            str(snapshot),
+            env=env,
+        )
+        assert code == 0, err
+        report = json.loads(out)
+        assert report["ok"] and report["framesReceived"] >= 40
+        assert report["timeToFirstFrame"] < 5
+        assert (report["width"], report["height"]) == (320, 240)
+        assert snapshot.read_bytes().startswith(b"\x89PNG")
+        with av.open(str(record)) as container:
+            assert sum(1 for _ in container.decode(video=0)) >= 0.9 * report["framesReceived"]
+    finally:
+        master.send_signal(signal.SIGINT)  # clean shutdown, exit code 0
+        out, err = await asyncio.wait_for(master.communicate(), 20)
+    assert master.returncode == 0, err.decode()
+    summary = json.loads(out.decode())
+    assert summary["sessionsConnected"] == 1
+
+
+async def test_master_with_a_missing_file_fails_clearly(kvs: LocalKvs) -> None:
+    kvs.create_channel("cam")
+    code, _, err = await run(
+        "master",
+        "--channel",
+        "cam",
+        "--source",
+        "/nonexistent/video.mp4",
+        env=emulator_env(kvs),
+    )
+    assert code == 1
+    assert "/nonexistent/video.mp4" in err
+
+
+async def test_demo_json(tmp_path: Path) -> None:
+    code, out, err = await run(
+        "demo",
+        "--duration",
+        "2",
+        "--json",
+        "--output",
+        str(tmp_path / "demo"),
+        env=dict(os.environ),
+        timeout=90,
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["ok"], result["problems"]
+    assert result["video"]["countersAdvanced"] >= 40
+    assert result["recording"]["framesDecoded"] >= 40
+    assert Path(result["snapshot"]).exists()
