@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .cli import add_connection_options
 from .protocol import Role
+from .signer import cli as signer_cli
 
 if TYPE_CHECKING:
     from .access import ChannelAccess
@@ -120,9 +121,8 @@ async def _local(args: argparse.Namespace) -> int:
             f"  export AWS_REGION={config.region}",
             f"  export KVS_PEER_ENDPOINT_URL={kvs.endpoint_url}",
         ]
-        cert = getattr(kvs, "tls_cert_path", None)
-        if cert:
-            lines.append(f"TLS certificate (trust it in clients): {cert}")
+        if kvs.certificate is not None:
+            lines.append(f"TLS CA certificate (trust it in clients): {kvs.ca_cert_path}")
         lines.append("Press Ctrl+C to stop.")
         print("\n".join(lines), flush=True)
         await asyncio.Event().wait()
@@ -402,6 +402,11 @@ COMMANDS: dict[str, tuple[str, Configure, Handler]] = {
     "viewer": ("join a channel as VIEWER: record, snapshot, stats", _configure_viewer, _viewer),
     "local": ("run a local KVS emulator (no AWS account needed)", _configure_local, _local),
     "url": ("print a presigned signaling URL for a channel", _configure_url, _url),
+    "signer": (
+        "run the signer service: signed URLs for devices and browsers without AWS credentials",
+        signer_cli.configure,
+        signer_cli.run,
+    ),
 }
 
 

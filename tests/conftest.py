@@ -7,6 +7,7 @@ CI machine can stretch them without editing tests.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -45,3 +46,19 @@ def resolver_factory(kvs: LocalKvs) -> Callable[..., ChannelResolver]:
 async def resolver(kvs: LocalKvs) -> AsyncIterator[ChannelResolver]:
     async with make_resolver(kvs) as r:
         yield r
+
+
+@pytest.fixture
+def device_env(kvs: LocalKvs) -> dict[str, str]:
+    """Environment of a device process pointed at ``kvs`` (no other AWS settings leak in)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        AWS_ACCESS_KEY_ID=kvs.credentials.access_key,
+        AWS_SECRET_ACCESS_KEY=kvs.credentials.secret_key,
+        AWS_REGION=kvs.region,
+        AWS_CONFIG_FILE="/nonexistent",
+        AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
+        KVS_PEER_ENDPOINT_URL=kvs.endpoint_url,
+        PYTHONPATH=os.pathsep.join(sys.path),
+    )
+    return env

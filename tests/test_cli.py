@@ -19,20 +19,6 @@ from kvs_peer.signing import verify_presigned_url
 KVS_PEER = [sys.executable, "-m", "kvs_peer"]
 
 
-def emulator_env(kvs: LocalKvs) -> dict[str, str]:
-    """Environment of a device pointed at the emulator (nothing else from AWS)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(
-        AWS_ACCESS_KEY_ID=kvs.credentials.access_key,
-        AWS_SECRET_ACCESS_KEY=kvs.credentials.secret_key,
-        AWS_REGION=kvs.region,
-        AWS_CONFIG_FILE="/nonexistent",
-        AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
-        KVS_PEER_ENDPOINT_URL=kvs.endpoint_url,
-    )
-    return env
-
-
 async def run(*args: str, env: dict[str, str], timeout: float = 60) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         *KVS_PEER, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
@@ -53,7 +39,9 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert parser.parse_args(["viewer", "--channel", "c"]).record is None
 
 
-async def test_url_prints_a_verifiable_signed_url(kvs: LocalKvs) -> None:
+async def test_url_prints_a_verifiable_signed_url(
+    kvs: LocalKvs, device_env: dict[str, str]
+) -> None:
     kvs.create_channel("cli")
     code, out, err = await run(
         "url",
@@ -64,7 +52,7 @@ async def test_url_prints_a_verifiable_signed_url(kvs: LocalKvs) -> None:
         "--client-id",
         "cli-1",
         "-vv",
-        env=emulator_env(kvs),
+        env=device_env,
     )
     assert code == 0, err
     url = out.strip()
@@ -79,8 +67,8 @@ async def test_url_prints_a_verifiable_signed_url(kvs: LocalKvs) -> None:
     assert url not in err
 
 
-async def test_url_errors_are_clear(kvs: LocalKvs) -> None:
-    env = emulator_env(kvs)
+async def test_url_errors_are_clear(kvs: LocalKvs, device_env: dict[str, str]) -> None:
+    env = device_env
     code, _, err = await run("url", "--channel", "missing", "--client-id", "x", env=env)
     assert code == 1
     assert "not found" in err and "--create-channel" in err
@@ -90,9 +78,11 @@ async def test_url_errors_are_clear(kvs: LocalKvs) -> None:
     assert code == 1 and "invalid channel name" in err
 
 
-async def test_master_and_viewer_commands_stream_and_record(kvs: LocalKvs, tmp_path: Path) -> None:
+async def test_master_and_viewer_commands_stream_and_record(
+    kvs: LocalKvs, device_env: dict[str, str], tmp_path: Path
+) -> None:
     kvs.create_channel("cam")
-    env = emulator_env(kvs)
+    env = device_env
     master = await asyncio.create_subprocess_exec(
         *KVS_PEER,
         "master",
@@ -143,7 +133,9 @@ async def test_master_and_viewer_commands_stream_and_record(kvs: LocalKvs, tmp_p
     assert summary["sessionsConnected"] == 1
 
 
-async def test_master_with_a_missing_file_fails_clearly(kvs: LocalKvs) -> None:
+async def test_master_with_a_missing_file_fails_clearly(
+    kvs: LocalKvs, device_env: dict[str, str]
+) -> None:
     kvs.create_channel("cam")
     code, _, err = await run(
         "master",
@@ -151,7 +143,7 @@ async def test_master_with_a_missing_file_fails_clearly(kvs: LocalKvs) -> None:
         "cam",
         "--source",
         "/nonexistent/video.mp4",
-        env=emulator_env(kvs),
+        env=device_env,
     )
     assert code == 1
     assert "/nonexistent/video.mp4" in err

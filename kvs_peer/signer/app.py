@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -47,6 +47,33 @@ async def _resolver_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[resolver_key].close()
 
 
+# Web assets only: a static folder next to a config file must never serve the config
+# (TOML), notes, archives or dotfiles.
+STATIC_SUFFIXES = frozenset(
+    {".html", ".js", ".mjs", ".css", ".map", ".png", ".jpg", ".jpeg", ".gif", ".svg", ".ico"}
+)
+
+
+def _static_handler(static_dir: Path) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    root = static_dir.resolve()
+
+    async def static_file(request: web.Request) -> web.StreamResponse:
+        relative = request.match_info["path"] or "index.html"
+        parts = Path(relative).parts
+        # resolve() follows symlinks, so a link pointing outside the folder is refused too.
+        target = (root / relative).resolve()
+        if (
+            any(part.startswith(".") for part in parts)
+            or target.suffix.lower() not in STATIC_SUFFIXES
+            or not target.is_relative_to(root)
+            or not target.is_file()
+        ):
+            raise web.HTTPNotFound()
+        return web.FileResponse(target)
+
+    return static_file
+
+
 def _setup_routes(app: web.Application, static_dir: Path | None) -> None:
     app.router.add_get(URL_PATH, kinesis_video_url)
     app.router.add_get("/healthz", healthz)
@@ -57,15 +84,7 @@ def _setup_routes(app: web.Application, static_dir: Path | None) -> None:
             f"static directory {str(static_dir)!r} does not exist: pass --static with a folder "
             "such as examples/browser"
         )
-    index = static_dir / "index.html"
-
-    async def index_page(request: web.Request) -> web.StreamResponse:
-        if not index.is_file():
-            raise web.HTTPNotFound()
-        return web.FileResponse(index)
-
-    app.router.add_get("/", index_page)
-    app.router.add_static("/", static_dir, follow_symlinks=False)
+    app.router.add_get("/{path:.*}", _static_handler(static_dir))
 
 
 def create_app(

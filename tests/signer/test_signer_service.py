@@ -9,6 +9,7 @@ import socket
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import boto3
 import pytest
 import yarl
 from signer_helpers import (
@@ -16,7 +17,6 @@ from signer_helpers import (
     OTHER_TOKEN,
     UNKNOWN_TOKEN,
     VIEWER_TOKEN,
-    emulator_resolver,
     signer_stack,
     standard_tokens,
     token,
@@ -299,10 +299,15 @@ def _closed_port() -> int:
 
 async def test_unreachable_control_plane_is_503_without_internals() -> None:
     def unreachable(kvs: LocalKvs) -> ChannelResolver:
+        session = boto3.Session(
+            aws_access_key_id=kvs.credentials.access_key,
+            aws_secret_access_key=kvs.credentials.secret_key,
+            region_name=kvs.region,
+        )
         return ChannelResolver(
             region=kvs.region,
             endpoint_url=f"http://127.0.0.1:{_closed_port()}",
-            session=emulator_resolver(kvs)._session,
+            session=session,
             timeout=2.0,
         )
 
@@ -315,8 +320,6 @@ async def test_unreachable_control_plane_is_503_without_internals() -> None:
 
 
 async def test_rejected_signer_credentials_are_502_without_internals() -> None:
-    import boto3
-
     def wrong_secret(kvs: LocalKvs) -> ChannelResolver:
         session = boto3.Session(
             aws_access_key_id=kvs.credentials.access_key,
@@ -434,6 +437,9 @@ async def test_static_dir_serves_the_page_next_to_the_api(tmp_path: Path) -> Non
     (web / "index.html").write_text("<title>viewer</title>")
     (web / "viewer.js").write_text("console.log(1)")
     (tmp_path / "signer.toml").write_text("secret")
+    (web / "signer.toml").write_text("secret")
+    (web / ".env").write_text("secret")
+    (web / "notes.js").symlink_to(tmp_path / "signer.toml")
     config = {"tokens": standard_tokens(), "static_dir": str(web)}
     async with signer_stack(config) as stack:
         index = await stack.request("GET", "/")
@@ -443,7 +449,11 @@ async def test_static_dir_serves_the_page_next_to_the_api(tmp_path: Path) -> Non
         api = await stack.get_url(bearer=VIEWER_TOKEN)
         assert api.status == 200
         missing = await stack.request("GET", "/nothing.js")
-        assert missing.status == 404
+        assert (missing.status, missing.body["error"]) == (404, "not_found")
+        # Only web assets inside the folder: never a config, a dotfile or a link outside.
+        for path in ("/signer.toml", "/.env", "/notes.js"):
+            hidden = await stack.request("GET", path)
+            assert hidden.status == 404, path
         for path in ("/%2e%2e/signer.toml", "/..%2fsigner.toml"):
             outside = await stack.http.get(yarl.URL(stack.url + path, encoded=True))
             assert outside.status in (403, 404)

@@ -1,0 +1,72 @@
+"""Stream a Raspberry Pi / USB camera (or any source) to a KVS signaling channel as master.
+
+Usage (real AWS, credentials from the default chain)::
+
+    python examples/camera_master.py --channel my-camera --source /dev/video0
+
+or without AWS credentials on the device, through a signer service::
+
+    KVS_PEER_SIGNER_TOKEN=... python examples/camera_master.py --channel my-camera \\
+        --signer https://signer.example.com --source /dev/video0
+
+``--source`` accepts a V4L2 device (``/dev/video0``: USB webcams, and the Pi camera through
+``libcamerify`` or the bcm2835 V4L2 driver), an OpenCV camera index (``0``), a file, an
+``rtsp://`` URL, or ``testsrc``. On a Pi, 640x480 at 15-30 fps keeps one core comfortable:
+the picture is encoded once with libx264 however many viewers join.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+
+from kvs_peer.access import AwsAccess, SignerAccess
+from kvs_peer.channel import ChannelResolver
+from kvs_peer.master import Master
+from kvs_peer.media import open_audio_source, open_video_source
+from kvs_peer.protocol import Role
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--channel", required=True)
+    parser.add_argument("--source", default="/dev/video0")
+    parser.add_argument("--audio", default="none", help="tone, a file/URL, or none")
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--fps", type=float, default=30)
+    parser.add_argument("--bitrate", type=int, default=800_000)
+    parser.add_argument("--region", help="AWS region (default from the environment)")
+    parser.add_argument("--endpoint-url", default=os.environ.get("KVS_PEER_ENDPOINT_URL"))
+    parser.add_argument("--signer", help="signer service URL (no AWS credentials needed)")
+    parser.add_argument("--duration", type=float, help="stop after S seconds")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    video = open_video_source(args.source, width=args.width, height=args.height, fps=args.fps)
+    audio = open_audio_source(args.audio)
+    if args.signer:
+        token = os.environ.get("KVS_PEER_SIGNER_TOKEN")
+        access = SignerAccess(args.signer, args.channel, Role.MASTER, token=token)
+        await run(access, video, audio, args)
+    else:
+        async with ChannelResolver(region=args.region, endpoint_url=args.endpoint_url) as r:
+            await run(AwsAccess(r, args.channel, Role.MASTER, create=True), video, audio, args)
+
+
+async def run(access, video, audio, args: argparse.Namespace) -> None:
+    async with Master(access, video=video, audio=audio, bitrate=args.bitrate) as master:
+        print(f"streaming {args.source} on {args.channel!r}; Ctrl+C to stop", flush=True)
+        try:
+            await asyncio.wait_for(master.wait_closed(), args.duration)
+        except TimeoutError:
+            pass
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
