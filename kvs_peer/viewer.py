@@ -262,7 +262,9 @@ class Viewer:
             if state == "connected":
                 self.stats.connected_at = time.monotonic()
                 self._connected_event.set()
-            elif state == "failed" and self._reconnect and not self._closed:
+            elif state in ("failed", "closed") and self._reconnect and not self._closed:
+                # "closed" here means the master ended the session (DTLS close), e.g. it
+                # restarted: offer again so a new master picks us up.
                 self.stats.peer_reconnects += 1
                 self._spawn(self._offer(), "reoffer")
 

@@ -199,3 +199,23 @@ def test_roles_are_checked(resolver: ChannelResolver) -> None:
         Master(AwsAccess(resolver, CHANNEL, Role.VIEWER, client_id="x"))
     with pytest.raises(InvalidArgument):
         Viewer(AwsAccess(resolver, CHANNEL, Role.MASTER))
+
+
+async def test_viewer_offers_again_when_the_master_restarts(
+    resolver: ChannelResolver, channel: str
+) -> None:
+    check = VideoCheck()
+
+    def new_master() -> Master:
+        return Master(AwsAccess(resolver, channel, Role.MASTER), video=TestPatternTrack(320, 240))
+
+    async with viewer_for(resolver, "loyal", on_frame=check.add) as viewer:
+        async with new_master():
+            await viewer.wait_first_frame(timeout=15)
+        # the old master closed every session; a new one comes up
+        async with new_master() as second:
+            await second.wait_for_viewers(1, timeout=20)
+            before = check.frames
+            await wait_until(lambda: check.frames >= before + 15, timeout=10)
+        assert viewer.stats.offers_sent >= 2
+        assert viewer.stats.peer_reconnects >= 1
