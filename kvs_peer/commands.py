@@ -207,7 +207,7 @@ async def _master(args: argparse.Namespace) -> int:
             gop=args.gop,
             loopback_candidates=args.loopback_candidates,
         ) as master,
-        StatusLine(lambda: _master_status(master), enabled=not args.json),
+        StatusLine(lambda meter: _master_status(master, meter), enabled=not args.json),
     ):
         _stderr(f"streaming {args.source} on channel {args.channel!r} as MASTER (Ctrl+C stops)")
         await _wait(master.wait_closed(), args.duration)
@@ -231,12 +231,19 @@ async def _master(args: argparse.Namespace) -> int:
     return 0
 
 
-def _master_status(master: Any) -> str:
+async def _master_status(master: Any, meter: _Meter) -> str:
+    from .session import link_stats
+
     viewers = master.viewers
-    connected = sum(1 for s in viewers.values() if s.connected_at is not None)
+    connected = [s for s in viewers.values() if s.connected_at is not None]
+    links = [await link_stats(s.pc) for s in connected]
+    rtts = [link.round_trip_time for link in links if link.round_trip_time is not None]
+    rate = meter.rate(sum(link.bytes_sent for link in links))
+    rtt = f"{max(rtts) * 1000:.0f} ms" if rtts else "-"
     return (
         f"MASTER | signaling {'up' if master.signaling.connected else 'down'} | "
-        f"viewers {connected}/{len(viewers)} | offers {master.stats.offers}"
+        f"viewers {len(connected)}/{len(viewers)} | {rate * 8 / 1e6:.2f} Mbit/s out | "
+        f"RTT max {rtt}"
     )
 
 
@@ -271,7 +278,7 @@ async def _viewer(args: argparse.Namespace) -> int:
             on_frame=lambda frame: last.__setitem__(0, frame),
             loopback_candidates=args.loopback_candidates,
         ) as viewer,
-        StatusLine(lambda: _viewer_status(viewer), enabled=not args.json),
+        StatusLine(lambda meter: _viewer_status(viewer, meter), enabled=not args.json),
     ):
         _stderr(f"viewing channel {args.channel!r} as {client_id} (Ctrl+C stops)")
         await _wait(asyncio.Event().wait(), args.duration)
@@ -302,13 +309,18 @@ async def _viewer(args: argparse.Namespace) -> int:
     return 0 if stats.frames_received > 0 or not args.duration else 2
 
 
-def _viewer_status(viewer: Any) -> str:
+async def _viewer_status(viewer: Any, meter: _Meter) -> str:
+    from .session import link_stats
+
     stats = viewer.stats
-    state = viewer.pc.connectionState if viewer.pc is not None else "new"
+    pc = viewer.pc
+    state = pc.connectionState if pc is not None else "new"
+    received = (await link_stats(pc)).bytes_received if pc is not None else 0
     size = f"{stats.width}x{stats.height}" if stats.width else "-"
     return (
         f"VIEWER | {state} | frames {stats.frames_received} | "
-        f"{stats.fps(time.monotonic()):.1f} fps | {size}"
+        f"{stats.fps(time.monotonic()):.1f} fps | {size} | "
+        f"{meter.rate(received) * 8 / 1e6:.2f} Mbit/s in"
     )
 
 
@@ -319,10 +331,24 @@ async def _wait(aw: Awaitable[Any], duration: float | None) -> None:
         pass
 
 
+class _Meter:
+    """Turns a growing byte counter into a rate between successive calls."""
+
+    def __init__(self) -> None:
+        self._last: tuple[float, int] | None = None
+
+    def rate(self, total: int) -> float:
+        now = time.monotonic()
+        last, self._last = self._last, (now, total)
+        if last is None or now <= last[0] or total < last[1]:
+            return 0.0
+        return (total - last[1]) / (now - last[0])
+
+
 class StatusLine:
     """Rewrites one status line on stderr every second while a TTY is attached."""
 
-    def __init__(self, render: Callable[[], str], *, enabled: bool = True) -> None:
+    def __init__(self, render: Callable[[_Meter], Awaitable[str]], *, enabled: bool = True) -> None:
         self._render = render
         self._enabled = enabled and sys.stderr.isatty()
         self._task: asyncio.Task[None] | None = None
@@ -340,9 +366,14 @@ class StatusLine:
             sys.stderr.write("\n")
 
     async def _loop(self) -> None:
+        meter = _Meter()
         while True:
             await asyncio.sleep(1)
-            sys.stderr.write("\r\x1b[2K" + self._render())
+            try:
+                line = await self._render(meter)
+            except Exception as exc:  # a status line must never take the command down
+                line = f"(status unavailable: {exc})"
+            sys.stderr.write("\r\x1b[2K" + line)
             sys.stderr.flush()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiortc import RTCConfiguration, RTCIceCandidate, RTCIceServer, RTCPeerConnection
@@ -17,9 +18,11 @@ from aiortc.sdp import candidate_from_sdp, candidate_to_sdp
 from .channel import IceServer
 
 __all__ = [
+    "LinkStats",
     "candidate_from_json",
     "candidate_to_json",
     "enable_loopback_candidates",
+    "link_stats",
     "rtc_configuration",
 ]
 
@@ -138,3 +141,33 @@ def enable_loopback_candidates(pc: RTCPeerConnection) -> None:
 
         connection.get_component_candidates = with_loopback
         connection._kvs_peer_loopback = True
+
+
+@dataclass(frozen=True, slots=True)
+class LinkStats:
+    """Totals of one peer connection."""
+
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    packets_lost: int = 0
+    round_trip_time: float | None = None
+    """Seconds, from the remote's RTCP receiver reports (sending side only in aiortc)."""
+
+
+async def link_stats(pc: RTCPeerConnection) -> LinkStats:
+    """Byte counters of ``pc``'s transports, packets lost, and the worst round-trip time."""
+    sent = received = lost = 0
+    rtts: list[float] = []
+    report = await pc.getStats()
+    for stat in report.values():
+        kind = getattr(stat, "type", "")
+        if kind == "transport":
+            # aiortc's inbound-rtp stats carry no byte count; the transport's include
+            # RTCP and data channels too, which is what a bandwidth figure should show.
+            sent += stat.bytesSent
+            received += stat.bytesReceived
+        elif kind == "inbound-rtp":
+            lost += max(stat.packetsLost, 0)
+        elif kind == "remote-inbound-rtp" and stat.roundTripTime is not None:
+            rtts.append(stat.roundTripTime)
+    return LinkStats(sent, received, lost, max(rtts) if rtts else None)

@@ -166,3 +166,38 @@ async def test_demo_json(tmp_path: Path) -> None:
     assert result["video"]["countersAdvanced"] >= 40
     assert result["recording"]["framesDecoded"] >= 40
     assert Path(result["snapshot"]).exists()
+
+
+async def test_local_prints_what_to_export_and_stops_cleanly() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *KVS_PEER,
+        "local",
+        "--port",
+        "0",
+        "--channel",
+        "demo",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    lines: list[str] = []
+    async with asyncio.timeout(30):
+        while not lines or "Ctrl+C" not in lines[-1]:
+            lines.append((await proc.stdout.readline()).decode())
+    text = "".join(lines)
+    endpoint = text.split("KVS_PEER_ENDPOINT_URL=")[1].split()[0]
+    assert "AWS_ACCESS_KEY_ID=AKIALOCALKVSPEER0000" in text
+    # the printed endpoint really is a KVS control plane with the channel created
+    import boto3
+
+    kv = boto3.client(
+        "kinesisvideo",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="AKIALOCALKVSPEER0000",
+        aws_secret_access_key="kvs-peer-local-secret",
+    )
+    info = await asyncio.to_thread(kv.describe_signaling_channel, ChannelName="demo")
+    assert info["ChannelInfo"]["ChannelName"] == "demo"
+    proc.send_signal(signal.SIGINT)
+    await asyncio.wait_for(proc.wait(), 20)
+    assert proc.returncode == 0

@@ -219,3 +219,17 @@ async def test_viewer_offers_again_when_the_master_restarts(
             await wait_until(lambda: check.frames >= before + 15, timeout=10)
         assert viewer.stats.offers_sent >= 2
         assert viewer.stats.peer_reconnects >= 1
+
+
+async def test_link_stats_count_bytes_and_rtt(master: Master, resolver: ChannelResolver) -> None:
+    from kvs_peer.session import link_stats
+
+    async with viewer_for(resolver, "stats") as viewer:
+        await viewer.wait_first_frame(timeout=15)
+        await asyncio.sleep(1.5)  # a few RTCP reports
+        assert viewer.pc is not None
+        received = await link_stats(viewer.pc)
+        sent = await link_stats(master.viewers["stats"].pc)
+    assert received.bytes_received > 10_000
+    assert sent.bytes_sent > 10_000
+    assert sent.round_trip_time is not None and sent.round_trip_time < 1.0
