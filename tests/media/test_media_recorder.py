@@ -86,11 +86,11 @@ async def test_a_writer_behind_drops_and_counts_instead_of_growing(tmp_path: Pat
 
 
 async def test_segments_rotate_by_duration(tmp_path: Path) -> None:
-    async with Recorder(tmp_path / "seg.mkv", segment_seconds=1.0) as recorder:
+    # A queue larger than the burst: on a loaded machine the writer may lag, and dropping
+    # is tested elsewhere; here every frame must land in the right segment.
+    async with Recorder(tmp_path / "seg.mkv", segment_seconds=1.0, queue_size=128) as recorder:
         for counter in range(105):  # 3.5 s at 30 fps
-            recorder.write_video(video_frame(counter))
-            if counter % 20 == 0:
-                await asyncio.sleep(0.01)  # let the writer keep up
+            assert recorder.write_video(video_frame(counter))
     names = [p.name for p in recorder.files]
     assert names == ["seg-0000.mkv", "seg-0001.mkv", "seg-0002.mkv", "seg-0003.mkv"]
     everything: list[int | None] = []
