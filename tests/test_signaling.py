@@ -312,14 +312,18 @@ async def test_closed_client_ends_iteration_and_refuses_sends(
         await client.send_answer("v=0", recipient_client_id="v")
 
 
+@pytest.mark.parametrize(
+    "emulator_config", [EmulatorConfig(max_connection_duration=0.5, go_away_grace=None)]
+)
 async def test_no_reconnect_mode_ends_with_signaling_closed(
-    kvs: LocalKvs, channel: str, client_factory: Callable[..., SignalingClient]
+    client_factory: Callable[..., SignalingClient],
 ) -> None:
     async with client_factory(Role.MASTER, reconnect=False) as m:
-        await kvs.send_go_away(channel, master=True)
-        kvs_closed = asyncio.ensure_future(next_of(m, Disconnected, timeout=5))
-        # With reconnect disabled the GO_AWAY grace close ends the stream for good.
-        with pytest.raises((SignalingClosed, TimeoutError)):
-            await kvs_closed
-            async for _ in m:
-                pass
+        events = []
+        with pytest.raises(SignalingClosed) as info:
+            async with asyncio.timeout(5):
+                async for event in m:
+                    events.append(event)
+        assert info.value.code == 1001
+        assert events[-1] == Disconnected(1001, "Going away", will_reconnect=False)
+        assert not m.connected
