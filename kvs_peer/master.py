@@ -37,7 +37,7 @@ from .protocol import (
     StatusResponse,
 )
 from .reconnect import Refresh
-from .session import candidate_from_json, enable_loopback_candidates, rtc_configuration
+from .session import RemoteCandidates, enable_loopback_candidates, rtc_configuration
 from .signaling import Connected, Disconnected, SignalingClient
 
 __all__ = ["Master", "MasterStats", "ViewerSession"]
@@ -57,40 +57,24 @@ class ViewerSession:
     connected_at: float | None = None
     channel: Any = None
     """The viewer's data channel, once it opened one."""
-    _remote_set: bool = False
-    _pending: list[IceCandidate] = field(default_factory=list)
+    candidates: RemoteCandidates = field(init=False)
     _tracks: list[MediaStreamTrack] = field(default_factory=list)
     _closed: bool = False
+
+    def __post_init__(self) -> None:
+        self.candidates = RemoteCandidates(self.pc, label=f"viewer {self.client_id}")
 
     @property
     def state(self) -> str:
         """aiortc's connection state: new, connecting, connected, failed or closed."""
         return self.pc.connectionState
 
-    async def add_candidate(self, event: IceCandidate) -> None:
-        """Apply a trickled candidate now, or hold it until the offer is applied."""
-        if not self._remote_set:
-            self._pending.append(event)
-            return
-        candidate = candidate_from_json(event.candidate, event.sdp_mid, event.sdp_mline_index)
-        if candidate is None:
-            return  # end-of-candidates or unparsable: aiortc keeps checking what it has
-        try:
-            await self.pc.addIceCandidate(candidate)
-        except Exception as exc:  # remote input: one bad candidate must not end the session
-            logger.debug("viewer %s: candidate refused: %s", self.client_id, exc)
-
-    async def _remote_description_set(self) -> None:
-        self._remote_set = True
-        pending, self._pending = self._pending, []
-        for event in pending:
-            await self.add_candidate(event)
-
     async def close(self) -> None:
         """Close the peer connection and release this viewer's tracks. Idempotent."""
         if self._closed:
             return
         self._closed = True
+        await self.candidates.close()
         for track in self._tracks:
             track.stop()
         with contextlib.suppress(Exception):
@@ -273,7 +257,7 @@ class Master:
                 case IceCandidate(sender_client_id=sender) if sender is not None:
                     session = self._sessions.get(sender)
                     if session is not None:
-                        await session.add_candidate(event)
+                        session.candidates.add(event)
                 case ReconnectIceServer():
                     logger.info("RECONNECT_ICE_SERVER: refreshing ICE servers for new sessions")
                     self.access.invalidate(Refresh.ENDPOINT)
@@ -371,7 +355,7 @@ class Master:
                 raise SessionError(
                     client_id, f"viewer {client_id} sent an unusable offer: {reason}"
                 ) from exc
-            await session._remote_description_set()
+            session.candidates.remote_description_set()
             if self._loopback:
                 enable_loopback_candidates(pc)
             await pc.setLocalDescription(await pc.createAnswer())

@@ -7,6 +7,8 @@ the ICE configuration aiortc can actually use, and an opt-in for loopback host c
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -16,9 +18,11 @@ from aiortc import RTCConfiguration, RTCIceCandidate, RTCIceServer, RTCPeerConne
 from aiortc.sdp import candidate_from_sdp, candidate_to_sdp
 
 from .channel import IceServer
+from .protocol import IceCandidate
 
 __all__ = [
     "LinkStats",
+    "RemoteCandidates",
     "candidate_from_json",
     "candidate_to_json",
     "enable_loopback_candidates",
@@ -171,3 +175,53 @@ async def link_stats(pc: RTCPeerConnection) -> LinkStats:
         elif kind == "remote-inbound-rtp" and stat.roundTripTime is not None:
             rtts.append(stat.roundTripTime)
     return LinkStats(sent, received, lost, max(rtts) if rtts else None)
+
+
+class RemoteCandidates:
+    """Applies a peer's trickled candidates to one RTCPeerConnection.
+
+    Candidates that arrive before the remote description are held; afterwards each is
+    applied in its own task, because aioice resolves a browser's mDNS ``.local`` candidate
+    inside ``addIceCandidate`` (up to 1 s each): awaiting them in line would delay the answer
+    and every other message behind them.
+    """
+
+    def __init__(self, pc: RTCPeerConnection, *, label: str = "peer") -> None:
+        self._pc = pc
+        self._label = label
+        self._ready = False
+        self._pending: list[IceCandidate] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def add(self, event: IceCandidate) -> None:
+        """Apply ``event`` now (in the background) or once the remote description is set."""
+        if not self._ready:
+            self._pending.append(event)
+            return
+        candidate = candidate_from_json(event.candidate, event.sdp_mid, event.sdp_mline_index)
+        if candidate is None:
+            return  # end-of-candidates or unparsable: aioice keeps checking what it has
+        task = asyncio.ensure_future(self._apply(candidate))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _apply(self, candidate: RTCIceCandidate) -> None:
+        try:
+            await self._pc.addIceCandidate(candidate)
+        except Exception as exc:  # remote input: one bad candidate must not end anything
+            logger.debug("%s: candidate refused: %s", self._label, exc)
+
+    def remote_description_set(self) -> None:
+        """The remote SDP is applied: release held candidates."""
+        self._ready = True
+        pending, self._pending = self._pending, []
+        for event in pending:
+            self.add(event)
+
+    async def close(self) -> None:
+        """Cancel candidates still being applied (e.g. mDNS lookups). Idempotent."""
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

@@ -32,7 +32,7 @@ from .access import ChannelAccess
 from .errors import InvalidArgument, InvalidState, SessionError
 from .protocol import GoAway, IceCandidate, ReconnectIceServer, Role, SdpAnswer, StatusResponse
 from .reconnect import Refresh
-from .session import candidate_from_json, enable_loopback_candidates, rtc_configuration
+from .session import RemoteCandidates, enable_loopback_candidates, rtc_configuration
 from .signaling import Connected, SignalingClient
 
 __all__ = ["Viewer", "ViewerStats", "new_client_id"]
@@ -139,8 +139,7 @@ class Viewer:
         )
         self.pc: RTCPeerConnection | None = None
         self.channel: Any = None
-        self._remote_set = False
-        self._pending: list[IceCandidate] = []
+        self._candidates: RemoteCandidates | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -226,7 +225,10 @@ class Viewer:
 
     async def _close_pc(self) -> None:
         pc, self.pc = self.pc, None
+        candidates, self._candidates = self._candidates, None
         self.channel = None
+        if candidates is not None:
+            await candidates.close()
         if pc is not None:
             with contextlib.suppress(Exception):
                 await pc.close()
@@ -240,8 +242,7 @@ class Viewer:
             rtc_configuration(ice.servers, transport_policy=ice.transport_policy)
         )
         self.pc = pc
-        self._remote_set = False
-        self._pending = []
+        self._candidates = RemoteCandidates(pc, label=f"viewer {self.client_id}")
         if self._want_video:
             pc.addTransceiver("video", direction="recvonly")
         if self._want_audio:
@@ -314,21 +315,8 @@ class Viewer:
             await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
         except Exception as exc:
             raise SessionError(None, f"the master's answer was refused: {exc}") from exc
-        self._remote_set = True
-        pending, self._pending = self._pending, []
-        for event in pending:
-            await self._on_candidate(event)
-
-    async def _on_candidate(self, event: IceCandidate) -> None:
-        if self.pc is None:
-            return
-        if not self._remote_set:
-            self._pending.append(event)
-            return
-        candidate = candidate_from_json(event.candidate, event.sdp_mid, event.sdp_mline_index)
-        if candidate is not None:
-            with contextlib.suppress(Exception):
-                await self.pc.addIceCandidate(candidate)
+        if self._candidates is not None:
+            self._candidates.remote_description_set()
 
     async def _run(self) -> None:
         async for event in self.signaling:
@@ -342,7 +330,8 @@ class Viewer:
                     case SdpAnswer():
                         await self._on_answer(event)
                     case IceCandidate():
-                        await self._on_candidate(event)
+                        if self._candidates is not None:
+                            self._candidates.add(event)
                     case ReconnectIceServer():
                         self.access.invalidate(Refresh.ENDPOINT)
                     case GoAway():

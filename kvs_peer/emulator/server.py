@@ -44,6 +44,7 @@ from .connection import SignalingSocket
 from .controlplane import OPERATIONS, ApiResult, ControlPlane, Endpoints, IceServer
 from .routing import Action, Close, Deliver, Presence, Rejected, Role, Router
 from .tls import CertificateBundle, generate_certificate
+from .webpage import WebPage
 
 __all__ = ["MASTER_PATH", "VIEWER_PATH", "LocalKvs"]
 
@@ -120,6 +121,7 @@ class LocalKvs:
             self.app.router.add_post(path, self._handle_api)
         self.app.router.add_get(MASTER_PATH, self._handle_master)
         self.app.router.add_get(VIEWER_PATH, self._handle_viewer)
+        WebPage(self, self._control).add_routes(self.app)  # GET / and /_kvs/...
         self.app.on_response_prepare.append(self._stamp_headers)
 
     # -- lifecycle -----------------------------------------------------------------------------
