@@ -196,6 +196,10 @@ class ControlPlane:
 
     # -- registry ------------------------------------------------------------------------------
 
+    def channels(self) -> list[Channel]:
+        """Every channel, in creation order."""
+        return list(self._by_arn.values())
+
     def find(self, name_or_arn: str) -> Channel | None:
         """The channel with this ARN or name, or None."""
         if name_or_arn in self._by_arn:

@@ -129,7 +129,7 @@ class WebPage:
         # ControlPlane has no public listing besides handle("/listSignalingChannels"), which
         # would also consume failures injected with fail_next_api_calls() for the app under
         # test; the registry is read directly instead.
-        return list(self._control._by_arn.values())
+        return self._control.channels()
 
     async def _channels(self, request: web.Request) -> web.Response:
         refused = self._refusal(request)
