@@ -15,6 +15,9 @@ import pytest
 from kvs_peer.channel import ChannelResolver
 from kvs_peer.emulator import EmulatorConfig, LocalKvs
 
+# Tests never look for credentials on an instance metadata service (a network call).
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+
 MS = 0.001 * float(os.environ.get("KVS_PEER_TEST_TIMEOUT_FACTOR", "1"))
 
 

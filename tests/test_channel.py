@@ -11,7 +11,7 @@ import pytest
 
 from kvs_peer.channel import ChannelResolver, regional_stun_url
 from kvs_peer.emulator import EmulatorConfig, LocalKvs
-from kvs_peer.errors import AccessDenied, ChannelNotFound, InvalidArgument
+from kvs_peer.errors import AccessDenied, ChannelError, ChannelNotFound, InvalidArgument, Throttled
 from kvs_peer.protocol import Role
 from kvs_peer.signing import verify_presigned_url
 
@@ -179,3 +179,44 @@ def test_missing_region_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> Non
     with pytest.raises(InvalidArgument) as info:
         ChannelResolver()
     assert "--region" in str(info.value)
+
+
+async def test_throttling_is_a_typed_error(kvs: LocalKvs, resolver: ChannelResolver) -> None:
+    kvs.create_channel("busy")
+    kvs.fail_next_api_calls("GetSignalingChannelEndpoint", count=5)
+    with pytest.raises(Throttled) as info:
+        await resolver.resolve("busy", Role.MASTER)
+    assert info.value.code == "ClientLimitExceededException"
+    assert "slow down" in str(info.value)
+
+
+async def test_other_service_errors_keep_their_code(
+    kvs: LocalKvs, resolver: ChannelResolver
+) -> None:
+    kvs.create_channel("odd")
+    kvs.fail_next_api_calls("DescribeSignalingChannel", error_type="InvalidArgumentException")
+    with pytest.raises(ChannelError) as info:
+        await resolver.resolve("odd", Role.MASTER)
+    assert info.value.code == "InvalidArgumentException"
+    assert (await resolver.resolve("odd", Role.MASTER)).name == "odd"  # not cached
+
+
+async def test_unreachable_endpoint_is_a_clear_error() -> None:
+    session = boto3.Session(aws_access_key_id="AKIAX", aws_secret_access_key="s")
+    async with ChannelResolver(
+        region="us-east-1", endpoint_url="http://127.0.0.1:9", timeout=2, session=session
+    ) as resolver:
+        with pytest.raises(ChannelError) as info:
+            await resolver.resolve("x", Role.MASTER)
+    assert "could not reach" in str(info.value)
+
+
+async def test_missing_credentials_are_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    async with ChannelResolver(region="us-east-1", endpoint_url="http://127.0.0.1:9") as r:
+        with pytest.raises(AccessDenied) as info:
+            await r.resolve("x", Role.MASTER)
+    assert "--signer" in str(info.value)
