@@ -226,44 +226,13 @@ async def test_link_stats_count_bytes_and_rtt(master: Master, resolver: ChannelR
 
     async with viewer_for(resolver, "stats") as viewer:
         await viewer.wait_first_frame(timeout=15)
-        await asyncio.sleep(1.5)  # a few RTCP reports
         assert viewer.pc is not None
+        session = master.viewers["stats"]
+        # RTT needs a receiver report back from the viewer: aiortc sends them every ~1 s
+        async with asyncio.timeout(10):
+            while (sent := await link_stats(session.pc)).round_trip_time is None:
+                await asyncio.sleep(0.2)
         received = await link_stats(viewer.pc)
-        sent = await link_stats(master.viewers["stats"].pc)
     assert received.bytes_received > 10_000
     assert sent.bytes_sent > 10_000
-    assert sent.round_trip_time is not None and sent.round_trip_time < 1.0
-
-
-async def test_browser_mdns_candidates_do_not_delay_the_answer(
-    master: Master, resolver: ChannelResolver
-) -> None:
-    """A browser trickles ``.local`` candidates; resolving them must not hold the answer."""
-    import time
-
-    from aiortc import RTCConfiguration, RTCPeerConnection
-
-    from kvs_peer.protocol import SdpAnswer
-    from kvs_peer.signaling import SignalingClient
-
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTransceiver("video", direction="recvonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    access = AwsAccess(resolver, CHANNEL, Role.VIEWER, client_id="browser-like")
-    try:
-        async with SignalingClient(access, role=Role.VIEWER, client_id="browser-like") as sc:
-            started = time.monotonic()
-            await sc.send_offer(pc.localDescription.sdp)
-            for i in range(3):  # never resolvable here: aioice waits 1 s for each
-                await sc.send_ice_candidate(
-                    f"candidate:{i} 1 udp 2122260223 {i}aa-bb.local 5000{i} typ host",
-                    sdp_mid="0",
-                    sdp_mline_index=0,
-                )
-            async with asyncio.timeout(10):
-                async for event in sc:
-                    if isinstance(event, SdpAnswer):
-                        break
-            assert time.monotonic() - started < 0.8
-    finally:
-        await pc.close()
+    assert sent.round_trip_time < 1.0

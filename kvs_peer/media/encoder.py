@@ -7,6 +7,10 @@ sender only packetizes them (``H264Encoder.pack``). :class:`SharedVideoEncoder` 
     source track -> SharedVideoEncoder (one libx264, in a worker thread)
                  -> PacketTrack per viewer -> RTCRtpSender.pack -> RTP
 
+The subscriber lifecycle (idle until the first ``recv()``, source read only while someone
+reads, bounded queues) is :mod:`kvs_peer.media.broadcast`'s; this module adds the encoding and
+the keyframe gating.
+
 What a master must do per viewer (or call :func:`add_shared_video`), **before**
 ``setRemoteDescription(offer)``, because aiortc fixes the answer's codecs inside
 ``setRemoteDescription`` from the transceiver's preferences::
@@ -35,16 +39,16 @@ import fractions
 import logging
 import time
 import weakref
-from collections import deque
 from typing import Any
 
 import av
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from av.video.frame import PictureType
 
-from ..errors import InvalidArgument, InvalidState, MediaError
+from ..errors import InvalidArgument, MediaError
+from .broadcast import Broadcast, BroadcastTrack
 from .fanout import AudioFanout
 from .timing import VIDEO_TIME_BASE
 
@@ -143,7 +147,7 @@ def add_shared_video(pc: RTCPeerConnection, encoder: SharedVideoEncoder) -> RTCR
     return transceiver
 
 
-class PacketTrack(MediaStreamTrack):
+class PacketTrack(BroadcastTrack[av.Packet]):
     """One viewer's view of a :class:`SharedVideoEncoder`: ``recv()`` returns ``av.Packet``.
 
     Created by :meth:`SharedVideoEncoder.subscribe`; ``stop()`` unsubscribes (aiortc stops a
@@ -159,23 +163,14 @@ class PacketTrack(MediaStreamTrack):
     kind = "video"
 
     def __init__(self, encoder: SharedVideoEncoder, queue_size: int) -> None:
-        super().__init__()
+        super().__init__(encoder, queue_size)
         self._encoder = encoder
-        self._queue: deque[av.Packet] = deque()
-        self._queue_size = queue_size
-        self._ready = asyncio.Event()
-        self._active = False
         self._waiting_keyframe = True
         self._ask_on_recv = False
         self.packets_delivered = 0
         self.packets_dropped = 0
         self.resyncs = 0
         self.keyframe_requests = 0
-
-    @property
-    def active(self) -> bool:
-        """Whether the sender has started reading (packets are queued only then)."""
-        return self._active
 
     def request_keyframe(self) -> None:
         """Ask the shared encoder for a keyframe (rate-limited there)."""
@@ -188,32 +183,19 @@ class PacketTrack(MediaStreamTrack):
         Raises:
             MediaStreamError: the track was stopped or the encoder's source ended.
         """
-        if self.readyState != "live":
-            raise MediaStreamError
-        if not self._active:
-            self._active = True
+        packet = await super().recv()
+        self.packets_delivered += 1
+        return packet
+
+    def _on_recv(self, first: bool) -> None:
+        if first:
             self._waiting_keyframe = True
             self.request_keyframe()
-            self._encoder._activate(self)
         elif self._ask_on_recv:
             # Asked here rather than at overflow: a viewer that has stopped reading must not
             # keep forcing keyframes on everyone.
             self._ask_on_recv = False
             self.request_keyframe()
-        while not self._queue:
-            if self.readyState != "live":
-                raise MediaStreamError
-            self._ready.clear()
-            await self._ready.wait()
-        self.packets_delivered += 1
-        return self._queue.popleft()
-
-    def stop(self) -> None:
-        """Unsubscribe from the encoder (idempotent)."""
-        super().stop()
-        self._queue.clear()
-        self._ready.set()
-        self._encoder._unsubscribe(self)
 
     def _offer(self, packet: av.Packet) -> None:
         if self._waiting_keyframe:
@@ -232,11 +214,10 @@ class PacketTrack(MediaStreamTrack):
                 self._ask_on_recv = True
                 self.packets_dropped += 1
                 return
-        self._queue.append(packet)
-        self._ready.set()
+        self._put(packet)
 
 
-class SharedVideoEncoder:
+class SharedVideoEncoder(Broadcast[PacketTrack]):
     """One libx264 encoder for one source, fanned out to any number of :class:`PacketTrack`.
 
     The encoder reads its source only while at least one subscriber is active (its sender
@@ -284,114 +265,43 @@ class SharedVideoEncoder:
             raise InvalidArgument("min_keyframe_gap must be >= 0")
         if queue_size < 2:
             raise InvalidArgument("queue_size must be at least 2")
-        self._source = source
+        super().__init__(
+            source, queue_size=queue_size, close_source=close_source, name="the shared encoder"
+        )
         self.bitrate = bitrate
         self.gop = gop
         self.min_keyframe_gap = min_keyframe_gap
         self.preset = preset
         self.fps = float(fps or getattr(source, "fps", None) or 30.0)
-        self._queue_size = queue_size
-        self._close_source = close_source
-        self._subscribers: set[PacketTrack] = set()
-        self._active: set[PacketTrack] = set()
-        self._task: asyncio.Task[None] | None = None
-        self._stopping: set[asyncio.Task[None]] = set()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._codec: Any = None
         self._last_pts = -1
         self._keyframe_wanted = False
         self._last_keyframe = -float("inf")
-        self._closed = False
-        self._ended = False
         self.frames_encoded = 0
         self.keyframes = 0
         self.forced_keyframes = 0
         self.encoder_contexts = 0
         self.encode_seconds = 0.0
 
-    async def __aenter__(self) -> SharedVideoEncoder:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    @property
-    def subscribers(self) -> int:
-        """Subscribed tracks, started or not."""
-        return len(self._subscribers)
-
-    @property
-    def active_subscribers(self) -> int:
-        """Tracks whose senders are reading."""
-        return len(self._active)
-
-    @property
-    def running(self) -> bool:
-        """Whether the encoder is currently reading its source."""
-        return self._task is not None and not self._task.done()
-
-    def subscribe(self) -> PacketTrack:
-        """A new track for one viewer. It stays idle until its first ``recv()``.
-
-        Raises:
-            InvalidState: the encoder is closed or its source has ended.
-        """
-        if self._closed or self._ended:
-            raise InvalidState("the shared encoder is closed or its source has ended")
-        track = PacketTrack(self, self._queue_size)
-        self._subscribers.add(track)
-        return track
-
     def request_keyframe(self) -> None:
         """Make the next frame a keyframe, or the first one ``min_keyframe_gap`` allows."""
         self._keyframe_wanted = True
 
-    async def close(self) -> None:
-        """Stop encoding, end every subscriber, release the encoder thread (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
-        for track in list(self._subscribers):
-            track.stop()
-        await self._stop_pump()
+    def _new_track(self) -> PacketTrack:
+        return PacketTrack(self, self._queue_size)
+
+    def _on_start(self) -> None:
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="kvs-h264"
+            )
+
+    async def _release(self) -> None:
         if self._executor is not None:
             executor, self._executor = self._executor, None
             await asyncio.get_running_loop().run_in_executor(None, executor.shutdown, True)
         self._codec = None
-        if self._close_source:
-            self._source.stop()
-
-    def _activate(self, track: PacketTrack) -> None:
-        if self._closed or self._ended or track.readyState != "live":
-            return
-        self._active.add(track)
-        if not self.running:
-            if self._executor is None:
-                self._executor = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=1, thread_name_prefix="kvs-h264"
-                )
-            self._task = asyncio.get_running_loop().create_task(self._pump())
-
-    def _unsubscribe(self, track: PacketTrack) -> None:
-        self._subscribers.discard(track)
-        self._active.discard(track)
-        if not self._active and self._task is not None:
-            # Nobody is reading: stop pulling the source so no backlog is built for nobody.
-            task, self._task = self._task, None
-            if not task.done() and task is not asyncio.current_task():
-                task.cancel()
-                self._stopping.add(task)
-                task.add_done_callback(self._stopping.discard)
-
-    async def _stop_pump(self) -> None:
-        tasks = set(self._stopping)
-        if self._task is not None:
-            tasks.add(self._task)
-            self._task = None
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
 
     def _take_keyframe_request(self) -> bool:
         if not self._keyframe_wanted:
@@ -401,35 +311,18 @@ class SharedVideoEncoder:
         self._keyframe_wanted = False
         return True
 
-    async def _pump(self) -> None:
+    async def _produce(self, frame: av.VideoFrame) -> list[av.Packet]:
+        force = self._take_keyframe_request()
+        assert self._executor is not None
         loop = asyncio.get_running_loop()
-        try:
-            while self._active:
-                frame = await self._source.recv()
-                force = self._take_keyframe_request()
-                assert self._executor is not None
-                packets = await loop.run_in_executor(self._executor, self._encode, frame, force)
-                for packet in packets:
-                    if packet.is_keyframe:
-                        self.keyframes += 1
-                        self._last_keyframe = time.monotonic()
-                        # Whoever asked is served by any keyframe sent after the request.
-                        self._keyframe_wanted = False
-                    for track in list(self._active):
-                        track._offer(packet)
-        except asyncio.CancelledError:
-            raise
-        except MediaStreamError:
-            logger.info("video source ended; ending %d viewer track(s)", len(self._subscribers))
-            self._end()
-        except Exception as exc:
-            logger.error("shared H.264 encoder failed: %s", exc, exc_info=True)
-            self._end()
-
-    def _end(self) -> None:
-        self._ended = True
-        for track in list(self._subscribers):
-            track.stop()
+        packets = await loop.run_in_executor(self._executor, self._encode, frame, force)
+        for packet in packets:
+            if packet.is_keyframe:
+                self.keyframes += 1
+                self._last_keyframe = time.monotonic()
+                # Whoever asked is served by any keyframe sent after the request.
+                self._keyframe_wanted = False
+        return packets
 
     def _open_codec(self, width: int, height: int) -> Any:
         codec = av.CodecContext.create("libx264", "w")

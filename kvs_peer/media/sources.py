@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 _LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "rtp", "srt", "udp", "tcp"})
 _TEST_PATTERN_NAMES = frozenset({"testsrc", "test", "testpattern"})
+_URL_PATTERN = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+://")
 
 
 class TestPatternTrack(MediaStreamTrack):
@@ -293,42 +294,9 @@ def open_video_source(
         return PyAVVideoTrack(
             container, description=f"camera {spec}", width=width, height=height, live=True
         )
-    scheme = urlsplit(spec).scheme.lower() if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]+://", spec) else ""
-    if scheme and scheme != "file":
-        live = scheme in _LIVE_SCHEMES
-        ffmpeg_options = {"rtsp_transport": "tcp"} if scheme.startswith("rtsp") else {}
-        ffmpeg_options.update(options or {})
-        shown = describe_url(spec)
-        container = _open_container(
-            spec,
-            f"video URL {shown}",
-            format=None,
-            options=ffmpeg_options,
-            timeout=timeout,
-            kind="video",
-            missing=f"video URL {shown} not found: check the address",
-        )
-        return PyAVVideoTrack(
-            container,
-            description=f"video URL {shown}",
-            width=width,
-            height=height,
-            live=live,
-            loop=loop,
-        )
-    path = urlsplit(spec).path if scheme == "file" else spec
-    _check_file(path, "video")
-    container = _open_container(
-        path,
-        f"video file {path!r}",
-        format=None,
-        options=options,
-        timeout=None,
-        kind="video",
-        missing=f"video file {path!r} not found",
-    )
+    container, description, live = _open_input(spec, "video", options=options, timeout=timeout)
     return PyAVVideoTrack(
-        container, description=f"video file {path!r}", width=width, height=height, loop=loop
+        container, description=description, width=width, height=height, live=live, loop=loop
     )
 
 
@@ -370,35 +338,8 @@ def open_audio_source(
         except ValueError:
             raise InvalidArgument(f"bad tone frequency in {spec!r}: use e.g. 'tone:440'") from None
         return ToneTrack(freq)
-    scheme = urlsplit(spec).scheme.lower() if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]+://", spec) else ""
-    if scheme and scheme != "file":
-        shown = describe_url(spec)
-        ffmpeg_options = {"rtsp_transport": "tcp"} if scheme.startswith("rtsp") else {}
-        ffmpeg_options.update(options or {})
-        container = _open_container(
-            spec,
-            f"audio URL {shown}",
-            format=None,
-            options=ffmpeg_options,
-            timeout=timeout,
-            kind="audio",
-            missing=f"audio URL {shown} not found: check the address",
-        )
-        return FileAudioTrack(
-            container, description=f"audio URL {shown}", live=scheme in _LIVE_SCHEMES, loop=loop
-        )
-    path = urlsplit(spec).path if scheme == "file" else spec
-    _check_file(path, "audio")
-    container = _open_container(
-        path,
-        f"audio file {path!r}",
-        format=None,
-        options=options,
-        timeout=None,
-        kind="audio",
-        missing=f"audio file {path!r} not found",
-    )
-    return FileAudioTrack(container, description=f"audio file {path!r}", loop=loop)
+    container, description, live = _open_input(spec, "audio", options=options, timeout=timeout)
+    return FileAudioTrack(container, description=description, live=live, loop=loop)
 
 
 def describe_url(url: str) -> str:
@@ -451,6 +392,45 @@ def _open_opencv_camera(
     if fps:
         capture.set(cv2.CAP_PROP_FPS, fps)
     return CameraTrack(capture, description=f"camera {index}", width=width, height=height)
+
+
+def _open_input(
+    spec: str, kind: str, *, options: Mapping[str, str] | None, timeout: float
+) -> tuple[Any, str, bool]:
+    """Open a URL (``scheme://...``, not ``file://``) or a media file for its ``kind`` stream.
+
+    Returns:
+        The container, its description for logs and errors, and whether it is live (a
+        streaming scheme: not paced, newest frames kept).
+    """
+    scheme = urlsplit(spec).scheme.lower() if _URL_PATTERN.match(spec) else ""
+    if scheme and scheme != "file":
+        ffmpeg_options = {"rtsp_transport": "tcp"} if scheme.startswith("rtsp") else {}
+        ffmpeg_options.update(options or {})
+        description = f"{kind} URL {describe_url(spec)}"
+        container = _open_container(
+            spec,
+            description,
+            format=None,
+            options=ffmpeg_options,
+            timeout=timeout,
+            kind=kind,
+            missing=f"{description} not found: check the address",
+        )
+        return container, description, scheme in _LIVE_SCHEMES
+    path = urlsplit(spec).path if scheme == "file" else spec
+    _check_file(path, kind)
+    description = f"{kind} file {path!r}"
+    container = _open_container(
+        path,
+        description,
+        format=None,
+        options=options,
+        timeout=None,
+        kind=kind,
+        missing=f"{description} not found",
+    )
+    return container, description, False
 
 
 def _open_container(

@@ -10,6 +10,7 @@ import av
 import numpy as np
 import pytest
 from aiortc.codecs.opus import OpusEncoder
+from aiortc.mediastreams import MediaStreamError
 from media_peers import connect
 
 from kvs_peer.errors import InvalidArgument, InvalidState
@@ -100,3 +101,58 @@ async def test_subscribers_start_on_first_read_and_stalled_ones_stay_bounded() -
 def test_video_is_refused() -> None:
     with pytest.raises(InvalidArgument, match="audio track"):
         AudioFanout(TestPatternTrack())
+
+
+class FailingTone(ToneTrack):
+    """A tone whose source breaks (not ends) after ``frames`` frames."""
+
+    def __init__(self, frames: int) -> None:
+        super().__init__(440)
+        self.left = frames
+
+    async def recv(self) -> av.AudioFrame:
+        if self.left == 0:
+            raise OSError("device unplugged")
+        self.left -= 1
+        return await super().recv()
+
+
+async def drain_until_ended(track) -> int:
+    frames = 0
+    with pytest.raises(MediaStreamError):
+        for _ in range(200):
+            await asyncio.wait_for(track.recv(), 1.0)
+            frames += 1
+    return frames
+
+
+@pytest.mark.parametrize("failure", ["source stopped", "source raised"])
+async def test_source_end_or_failure_ends_every_subscriber(failure: str) -> None:
+    source = ToneTrack(440) if failure == "source stopped" else FailingTone(frames=5)
+    async with AudioFanout(source) as fanout:
+        tracks = [fanout.subscribe() for _ in range(2)]
+        await asyncio.gather(*(t.recv() for t in tracks))
+        assert fanout.running and fanout.active_subscribers == 2
+        if failure == "source stopped":
+            source.stop()
+        counts = await asyncio.gather(*(drain_until_ended(t) for t in tracks))
+        assert all(count < 10 for count in counts), counts
+        assert all(t.readyState == "ended" for t in tracks)
+        assert not fanout.running and fanout.subscribers == 0
+        with pytest.raises(InvalidState, match="audio fan-out"):
+            fanout.subscribe()
+
+
+async def test_a_new_subscriber_restarts_reading_after_everyone_left() -> None:
+    source = ToneTrack(440)
+    async with AudioFanout(source) as fanout:
+        first = fanout.subscribe()
+        await first.recv()
+        first.stop()
+        await asyncio.sleep(0.1)
+        assert not fanout.running and fanout.active_subscribers == 0
+        read = fanout.frames_read
+        again = fanout.subscribe()
+        frames = [await again.recv() for _ in range(3)]
+        assert fanout.running and fanout.frames_read >= read + 3
+        assert frames[1].pts - frames[0].pts == 960

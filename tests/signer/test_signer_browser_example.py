@@ -2,8 +2,9 @@
 
 Node runs the page's script with the real ``kvs-webrtc.min.js`` bundle and a scripted
 RTCPeerConnection (Node has none); the master is kvs-peer's SignalingClient behind
-SignerAccess. Needs Node >= 20 and the SDK bundle, which is not in the repository: set
-KVS_PEER_JS_SDK to its path or copy it to examples/browser/ (see the README there).
+SignerAccess. Needs Node >= 20 and the SDK bundle, which is not in the repository: it is
+fetched (pinned, checksummed) by ``tests/js_sdk.py``, or taken from ``KVS_PEER_JS_SDK``.
+Missing pieces skip the test locally and fail it when ``KVS_PEER_REQUIRE_BROWSER=1`` (CI).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import MS
+from js_sdk import SdkUnavailable, ensure_sdk
 from signer_helpers import MASTER_TOKEN, VIEWER_TOKEN, signer_stack, standard_tokens
 
 from kvs_peer.access import SignerAccess
@@ -28,21 +30,28 @@ HARNESS = Path(__file__).with_name("viewer_harness.js")
 ANSWER = "v=0\r\no=- 2 2 IN IP4 0.0.0.0\r\ns=kvs-peer\r\nt=0 0\r\n"
 
 
-def _sdk() -> Path | None:
+def _sdk() -> Path:
     candidate = os.environ.get("KVS_PEER_JS_SDK")
-    path = Path(candidate) if candidate else EXAMPLE / "kvs-webrtc.min.js"
-    return path if path.is_file() else None
+    if candidate:
+        return Path(candidate)
+    return ensure_sdk()
 
 
-def _node() -> str | None:
-    return shutil.which("node")
-
-
-pytestmark = pytest.mark.skipif(
-    _sdk() is None or _node() is None,
-    reason="needs node and the KVS WebRTC SDK bundle (set KVS_PEER_JS_SDK or copy "
-    "kvs-webrtc.min.js to examples/browser/)",
-)
+@pytest.fixture(scope="module")
+def sdk_and_node() -> tuple[Path, str]:
+    problem = None
+    try:
+        sdk = _sdk()
+    except SdkUnavailable as exc:
+        problem = f"the KVS WebRTC SDK bundle is unavailable: {exc}"
+    node = shutil.which("node")
+    if node is None:
+        problem = "node is not installed"
+    if problem is not None:
+        if os.environ.get("KVS_PEER_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"KVS_PEER_REQUIRE_BROWSER=1 but {problem}", pytrace=False)
+        pytest.skip(problem)
+    return sdk, node
 
 
 async def _answer_first_offer(
@@ -58,7 +67,10 @@ async def _answer_first_offer(
 
 
 @pytest.mark.parametrize("bearer", [None, VIEWER_TOKEN], ids=["anonymous", "token"])
-async def test_example_viewer_gets_the_masters_answer(bearer: str | None) -> None:
+async def test_example_viewer_gets_the_masters_answer(
+    bearer: str | None, sdk_and_node: tuple[Path, str]
+) -> None:
+    sdk, node = sdk_and_node
     config = {"tokens": standard_tokens(), "anonymous": [{"channels": ["cam-*"]}]}
     async with signer_stack(config) as stack:
         access = SignerAccess(stack.url, "cam-1", Role.MASTER, token=MASTER_TOKEN)
@@ -66,9 +78,9 @@ async def test_example_viewer_gets_the_masters_answer(bearer: str | None) -> Non
             seen: dict = {}
             candidate_seen = asyncio.Event()
             answering = asyncio.create_task(_answer_first_offer(master, seen, candidate_seen))
-            args = [str(_sdk()), str(EXAMPLE / "viewer.js"), stack.url, "cam-1"]
+            args = [str(sdk), str(EXAMPLE / "viewer.js"), stack.url, "cam-1"]
             process = await asyncio.create_subprocess_exec(
-                str(_node()),
+                node,
                 "--experimental-websocket",
                 "--no-warnings",
                 str(HARNESS),

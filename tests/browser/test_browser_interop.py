@@ -1,0 +1,311 @@
+"""Interop with the official KVS JS SDK (``SignalingClient``) in real headless Chromium.
+
+kvs-peer's master and viewer on one side, a browser page built on the SDK on the other, both
+through the local emulator's ``wss://`` signaling. What a browser user would see is checked in
+the browser (frames presented, stamped counters advancing, data-channel messages), and what
+kvs-peer records is decoded with PyAV.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+from browser_page import (
+    PAGE_PATH,
+    BrowserPeer,
+    add_page_routes,
+    chromium_args,
+    find_chromium,
+    page_options,
+    require_network_interface,
+    unavailable,
+    wait_until,
+)
+from conftest import MS
+from js_sdk import SdkUnavailable, ensure_sdk
+
+from kvs_peer.access import AwsAccess
+from kvs_peer.channel import ChannelResolver
+from kvs_peer.emulator import CertificateBundle, EmulatorConfig, LocalKvs, generate_certificate
+from kvs_peer.master import Master
+from kvs_peer.media import Recorder, TestPatternTrack
+from kvs_peer.media.stamp import read_stamp
+from kvs_peer.protocol import Role
+from kvs_peer.viewer import Viewer, new_client_id
+
+try:
+    from playwright.async_api import Error as PlaywrightError
+    from playwright.async_api import async_playwright
+except ImportError:  # the open_page fixture skips (or fails, in CI) with the reason
+    async_playwright = None
+    PlaywrightError = Exception
+
+pytestmark = pytest.mark.browser
+
+CHANNEL = "browser-interop"
+BROWSER_VIEWER = "browser-viewer"
+
+OpenPage = Callable[..., Awaitable[BrowserPeer]]
+
+
+@pytest.fixture(scope="module")
+def sdk_bundle() -> Path:
+    """The verified ``kvs-webrtc.min.js`` (fetched once into tests/browser/vendor/)."""
+    try:
+        return ensure_sdk()
+    except SdkUnavailable as exc:
+        unavailable(str(exc))
+
+
+@pytest.fixture(scope="module")
+def chromium_executable() -> str:
+    require_network_interface()
+    return find_chromium()
+
+
+@pytest.fixture(scope="module")
+def certificate() -> CertificateBundle:
+    """One certificate per module, so every emulator matches Chromium's SPKI allowance."""
+    return generate_certificate()
+
+
+@pytest.fixture
+async def kvs(
+    emulator_config: EmulatorConfig, certificate: CertificateBundle, sdk_bundle: Path
+) -> AsyncIterator[LocalKvs]:
+    """The emulator over TLS, also serving the test page (overrides tests/conftest.py)."""
+    emulator = LocalKvs(emulator_config, tls=certificate)
+    add_page_routes(emulator.app, sdk_bundle)
+    async with emulator:
+        emulator.create_channel(CHANNEL)
+        yield emulator
+
+
+@pytest.fixture
+async def open_page(
+    chromium_executable: str, certificate: CertificateBundle, kvs: LocalKvs
+) -> AsyncIterator[OpenPage]:
+    """``await open_page(hide_host_ips=False)`` -> the loaded test page in a fresh Chromium.
+
+    A browser per page keeps per-test launch flags (mDNS on/off) simple; a launch costs about
+    0.3 s. Everything is closed at teardown.
+    """
+    if async_playwright is None:
+        unavailable("Playwright for Python is not installed (pip install -e '.[test]')")
+
+    async with async_playwright() as playwright:
+        browsers = []
+
+        async def open_page(*, hide_host_ips: bool = False) -> BrowserPeer:
+            browser = await playwright.chromium.launch(
+                executable_path=chromium_executable,
+                headless=True,
+                args=chromium_args(certificate.spki_sha256, hide_host_ips=hide_host_ips),
+            )
+            browsers.append(browser)
+            page = await (await browser.new_context()).new_page()
+            peer = BrowserPeer(page)
+            page.on("console", lambda m: peer.console.append(f"{m.type}: {m.text}"))
+            page.on("pageerror", lambda e: peer.console.append(f"pageerror: {e}"))
+            await page.goto(kvs.endpoint_url + PAGE_PATH)
+            await page.wait_for_function("() => window.kvsTest !== undefined", timeout=5000)
+            return peer
+
+        try:
+            yield open_page
+        finally:
+            for browser in browsers:
+                await browser.close()
+
+
+def _is_mdns(candidate: str) -> bool:
+    # candidate:<foundation> <component> <transport> <priority> <address> <port> typ <type> ...
+    parts = candidate.split()
+    return len(parts) > 4 and parts[4].endswith(".local")
+
+
+def _print(capsys: pytest.CaptureFixture[str], text: str) -> None:
+    # Measurements go to the terminal even when output is captured.
+    with capsys.disabled():
+        print(f"\n  {text}")
+
+
+def _event_times(state: dict[str, Any]) -> dict[str, int]:
+    """First time (ms since start) of each page event."""
+    times: dict[str, int] = {}
+    for ms, name, _ in state["events"]:
+        times.setdefault(name, ms)
+    return times
+
+
+async def _stream_to_browser(
+    kvs: LocalKvs, resolver: ChannelResolver, peer: BrowserPeer, **viewer_options: Any
+) -> tuple[dict[str, Any], list[tuple[Any, dict[str, Any], tuple[int, ...]]]]:
+    """kvs-peer master -> browser viewer; returns the page state and three grabbed frames."""
+    access = AwsAccess(resolver, CHANNEL, Role.MASTER)
+    async with Master(
+        access, video=TestPatternTrack(640, 480, 30), signaling={"ssl": kvs.ssl_context()}
+    ):
+        options = await page_options(kvs, resolver, CHANNEL, Role.VIEWER, client_id=BROWSER_VIEWER)
+        await peer.start_viewer({**options, **viewer_options})
+        await peer.wait_for("s.firstFrameMs !== null", 10_000 * MS)
+        state = await peer.state()
+        grabs = []
+        for _ in range(3):
+            image, counts = await peer.grab_frame()
+            grabs.append((read_stamp(image), counts, image.shape))
+            await asyncio.sleep(200 * MS)
+        await peer.close()
+    return state, grabs
+
+
+@pytest.mark.parametrize(
+    ("hide_ips", "trickle"),
+    [(True, True), (False, True), (False, False)],
+    ids=["trickle-mdns-candidates", "trickle-raw-ip-candidates", "non-trickle-raw-ip-candidates"],
+)
+async def test_kvs_master_to_browser_viewer(hide_ips, trickle, kvs, resolver, open_page, capsys):
+    peer = await open_page(hide_host_ips=hide_ips)
+    state, grabs = await _stream_to_browser(kvs, resolver, peer, trickle=trickle)
+
+    stamps = [g[0] for g in grabs]
+    assert all(s is not None for s in stamps), f"unreadable stamp in a browser frame: {stamps}"
+    counters = [s.counter for s in stamps]
+    assert counters == sorted(set(counters)), f"stamped counters did not advance: {counters}"
+    presented = [g[1]["presentedFrames"] for g in grabs]
+    decoded = [g[1]["totalVideoFrames"] for g in grabs]
+    assert presented[0] < presented[-1] and decoded[0] < decoded[-1], (presented, decoded)
+    assert all(g[2] == (480, 640, 3) for g in grabs)
+    assert not state["errors"], state["errors"]
+
+    host = [c for c in state["localCandidates"] if " typ host" in c]
+    assert host, f"the browser gathered no host candidates: {state['localCandidates']}"
+    mdns = [c for c in host if _is_mdns(c)]
+    # The point of the parametrization: the browser really sent what the test is named after.
+    assert len(mdns) == (len(host) if hide_ips else 0), host
+
+    times = _event_times(state)
+    _print(
+        capsys,
+        f"browser viewer, {'trickle' if trickle else 'non-trickle'}, "
+        f"{'mDNS host candidates' if hide_ips else 'raw host IPs'}: "
+        f"TTFF {state['firstFrameMs']} ms (offer sent at {times['sdp-offer-sent']} ms, "
+        f"answer at {times['sdp-answer']} ms, connected at {times['connection-connected']} ms)",
+    )
+
+
+async def test_early_mdns_candidates_do_not_delay_the_answer(kvs, resolver, open_page, capsys):
+    # A viewer whose candidates all arrive right behind its offer (gathering was done before
+    # it offered) reaches the master while it is still applying the offer. aioice resolves each
+    # "<uuid>.local" name inside addIceCandidate with a 1 s timeout; applied in line before the
+    # answer, two such candidates delayed it by 2.0 s (measured before RemoteCandidates).
+    peer = await open_page(hide_host_ips=True)
+    state, grabs = await _stream_to_browser(kvs, resolver, peer, holdCandidates=True)
+    assert all(g[0] is not None for g in grabs), "video did not flow"
+    mdns = [c for c in state["localCandidates"] if _is_mdns(c)]
+    assert mdns, f"expected mDNS candidates: {state['localCandidates']}"
+    times = _event_times(state)
+    answer_ms = times["sdp-answer"] - times["sdp-offer-sent"]
+    _print(
+        capsys,
+        f"browser viewer, {len(mdns)} mDNS candidates right behind the offer: answer after "
+        f"{answer_ms} ms, TTFF {state['firstFrameMs']} ms",
+    )
+    assert answer_ms / 1000 < 500 * MS, f"answer {answer_ms} ms after the offer: {state['events']}"
+
+
+async def test_browser_master_to_recording_kvs_viewer(kvs, resolver, open_page, tmp_path, capsys):
+    peer = await open_page()
+    await peer.start_master(await page_options(kvs, resolver, CHANNEL, Role.MASTER))
+    camera = (await peer.state())["camera"]
+    assert (camera["width"], camera["height"]) == (640, 480), camera
+
+    path = tmp_path / "browser-camera.mkv"
+    received: list[str | bytes] = []
+    access = AwsAccess(resolver, CHANNEL, Role.VIEWER, client_id=new_client_id("kvs-viewer"))
+    async with Viewer(
+        access,
+        recorder=Recorder(path, fps=camera["frameRate"]),
+        data_channel=True,
+        on_message=received.append,
+        signaling={"ssl": kvs.ssl_context()},
+    ) as viewer:
+        ttff = await viewer.wait_first_frame(timeout=10_000 * MS)
+        # Data channel, kvs-peer viewer -> browser master -> back.
+        await wait_until(
+            lambda: viewer.channel is not None and viewer.channel.readyState == "open",
+            5_000 * MS,
+            "the viewer's data channel to open",
+        )
+        await viewer.send("ping from kvs-peer")
+        await peer.wait_for("s.messages.includes('ping from kvs-peer')", 5_000 * MS)
+        assert await peer.send("pong from the browser") == 1
+        await wait_until(lambda: received, 5_000 * MS, "the browser's reply")
+        await wait_until(
+            lambda: viewer.stats.frames_received >= 20, 5_000 * MS, "20 frames from the browser"
+        )
+        stats = viewer.stats
+        state = await peer.state()
+        await peer.close()
+
+    assert received == ["pong from the browser"]
+    assert (stats.width, stats.height) == (640, 480)
+    assert not state["errors"], state["errors"]
+    with av.open(str(path)) as container:
+        frames = list(container.decode(video=0))
+    # Chromium's fake camera has no stamp; the recording must hold what the viewer received.
+    assert len(frames) >= 0.9 * stats.frames_received, (len(frames), stats.frames_received)
+    assert {(f.width, f.height) for f in frames} == {(640, 480)}
+    _print(capsys, f"kvs-peer viewer TTFF from the browser master: {ttff * 1000:.0f} ms")
+
+
+async def test_data_channel_browser_viewer_with_kvs_master(kvs, resolver, open_page):
+    peer = await open_page()
+    received: list[tuple[str, str | bytes]] = []
+    access = AwsAccess(resolver, CHANNEL, Role.MASTER)
+    async with Master(
+        access,
+        video=TestPatternTrack(320, 240, 15),
+        on_message=lambda client_id, message: received.append((client_id, message)),
+        signaling={"ssl": kvs.ssl_context()},
+    ) as master:
+        options = await page_options(
+            kvs, resolver, CHANNEL, Role.VIEWER, client_id=BROWSER_VIEWER, data_channel=True
+        )
+        await peer.start_viewer(options)
+        await peer.wait_for("s.openChannels === 1", 10_000 * MS)
+        assert await peer.send("hello from the browser") == 1
+        await wait_until(lambda: received, 5_000 * MS, "the browser's message at the master")
+        assert await master.send("hello from kvs-peer") == 1
+        await peer.wait_for("s.messages.length > 0", 5_000 * MS)
+        state = await peer.state()
+        await peer.close()
+
+    assert received == [(BROWSER_VIEWER, "hello from the browser")]
+    assert state["messages"] == ["hello from kvs-peer"]
+    assert not state["errors"], state["errors"]
+
+
+async def test_sdk_reports_a_tampered_signed_url(kvs, resolver, open_page, caplog):
+    caplog.set_level(logging.INFO, logger="kvs_peer.emulator.server")
+    peer = await open_page()
+    options = await page_options(kvs, resolver, CHANNEL, Role.VIEWER, client_id=BROWSER_VIEWER)
+    # Another client id than the one signed: the signature no longer matches the query.
+    options["signedUrl"] = options["signedUrl"].replace(
+        f"X-Amz-ClientId={BROWSER_VIEWER}", "X-Amz-ClientId=someone-else"
+    )
+    assert "someone-else" in options["signedUrl"]
+    options["clientId"] = "someone-else"
+    with pytest.raises(PlaywrightError, match="signaling error"):
+        await peer.start_viewer(options)
+    await peer.wait_for("s.events.some((e) => e[1] === 'signaling-close')", 5_000 * MS)
+    refusals = [
+        r.getMessage() for r in caplog.records if "refused viewer connect" in r.getMessage()
+    ]
+    assert len(refusals) == 1 and "signature" in refusals[0].lower(), refusals
