@@ -37,7 +37,12 @@ from .protocol import (
     StatusResponse,
 )
 from .reconnect import Refresh
-from .session import RemoteCandidates, enable_loopback_candidates, rtc_configuration
+from .session import (
+    RemoteCandidates,
+    enable_loopback_candidates,
+    rtc_configuration,
+    split_mdns_candidates,
+)
 from .signaling import Connected, Disconnected, SignalingClient
 
 __all__ = ["Master", "MasterStats", "ViewerSession"]
@@ -345,8 +350,11 @@ class Master:
                 audio = self._audio.subscribe()
                 session._tracks.append(audio)
                 pc.addTransceiver(audio, direction="sendonly")
+            sdp, mdns_candidates = split_mdns_candidates(offer.sdp)
+            for event in mdns_candidates:
+                session.candidates.add(event)  # held until the offer is applied
             try:
-                await pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
+                await pc.setRemoteDescription(RTCSessionDescription(sdp, "offer"))
             except Exception as exc:
                 if self._encoder is not None and "video" in kinds and "H264" not in offer.sdp:
                     reason = "it offers no H.264 video, which kvs-peer sends"

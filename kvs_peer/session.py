@@ -28,6 +28,7 @@ __all__ = [
     "enable_loopback_candidates",
     "link_stats",
     "rtc_configuration",
+    "split_mdns_candidates",
 ]
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,39 @@ def candidate_from_json(
         # aiortc needs one of them; KVS SDKs assume BUNDLE on the first m-line.
         parsed.sdpMLineIndex = 0
     return parsed
+
+
+def split_mdns_candidates(sdp: str) -> tuple[str, list[IceCandidate]]:
+    """Take browser mDNS (``.local``) candidates out of a remote SDP.
+
+    aiortc resolves each one inside ``setRemoteDescription`` (up to 1 s apiece), which would
+    hold up the answer of a non-trickle offer. Returned as trickle events instead, they are
+    resolved in the background by :class:`RemoteCandidates` while negotiation goes on.
+
+    Returns:
+        The SDP without those lines, and the candidates with their m-line index and mid.
+    """
+    kept: list[str] = []
+    found: list[tuple[int, str]] = []
+    mids: dict[int, str] = {}
+    index = -1
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            index += 1
+        elif line.startswith("a=mid:") and index >= 0:
+            mids[index] = line[len("a=mid:") :].strip()
+        elif line.startswith("a=candidate:") and index >= 0:
+            fields = line.split()
+            if len(fields) > 4 and fields[4].lower().endswith(".local"):
+                found.append((index, line[2:]))
+                continue
+        kept.append(line)
+    if not found:
+        return sdp, []
+    events = [
+        IceCandidate(candidate=line, sdp_mid=mids.get(i), sdp_mline_index=i) for i, line in found
+    ]
+    return "\r\n".join(kept) + "\r\n", events
 
 
 def candidate_to_json(candidate: RTCIceCandidate) -> str:

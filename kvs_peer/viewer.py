@@ -32,7 +32,12 @@ from .access import ChannelAccess
 from .errors import InvalidArgument, InvalidState, SessionError
 from .protocol import GoAway, IceCandidate, ReconnectIceServer, Role, SdpAnswer, StatusResponse
 from .reconnect import Refresh
-from .session import RemoteCandidates, enable_loopback_candidates, rtc_configuration
+from .session import (
+    RemoteCandidates,
+    enable_loopback_candidates,
+    rtc_configuration,
+    split_mdns_candidates,
+)
 from .signaling import Connected, SignalingClient
 
 __all__ = ["Viewer", "ViewerStats", "new_client_id"]
@@ -311,8 +316,12 @@ class Viewer:
         if pc is None or pc.signalingState != "have-local-offer":
             logger.debug("ignoring an answer with no offer outstanding")
             return
+        sdp, mdns_candidates = split_mdns_candidates(answer.sdp)
+        if self._candidates is not None:
+            for event in mdns_candidates:
+                self._candidates.add(event)  # held until the answer is applied
         try:
-            await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
+            await pc.setRemoteDescription(RTCSessionDescription(sdp, "answer"))
         except Exception as exc:
             raise SessionError(None, f"the master's answer was refused: {exc}") from exc
         if self._candidates is not None:

@@ -236,3 +236,36 @@ async def test_link_stats_count_bytes_and_rtt(master: Master, resolver: ChannelR
     assert received.bytes_received > 10_000
     assert sent.bytes_sent > 10_000
     assert sent.round_trip_time < 1.0
+
+
+async def test_mdns_candidates_inside_a_non_trickle_offer_do_not_delay_the_answer(
+    master: Master, resolver: ChannelResolver
+) -> None:
+    import time
+
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    from kvs_peer.protocol import SdpAnswer
+    from kvs_peer.signaling import SignalingClient
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("video", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    # what Chromium sends without trickle: its host candidates as mDNS names in the SDP
+    fake = "".join(
+        f"a=candidate:9{i} 1 udp 2122260223 {i}f00-ba4.local 6000{i} typ host\r\n" for i in range(3)
+    )
+    offer = pc.localDescription.sdp.replace("a=end-of-candidates", fake + "a=end-of-candidates")
+    assert offer.count(".local") == 3
+    access = AwsAccess(resolver, CHANNEL, Role.VIEWER, client_id="non-trickle")
+    try:
+        async with SignalingClient(access, role=Role.VIEWER, client_id="non-trickle") as sc:
+            started = time.monotonic()
+            await sc.send_offer(offer)
+            async with asyncio.timeout(10):
+                async for event in sc:
+                    if isinstance(event, SdpAnswer):
+                        break
+            assert time.monotonic() - started < 0.8
+    finally:
+        await pc.close()

@@ -118,3 +118,25 @@ async def test_loopback_candidates_are_gathered_on_request() -> None:
     finally:
         await plain.close()
         await looped.close()
+
+
+def test_split_mdns_candidates_moves_only_local_hosts() -> None:
+    from kvs_peer.session import split_mdns_candidates
+
+    sdp = (
+        "v=0\r\ns=-\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"
+        "a=candidate:1 1 udp 2122260223 abcd-1234.local 50000 typ host\r\n"
+        "a=candidate:2 1 udp 2122260223 192.0.2.9 50001 typ host\r\n"
+        "a=mid:0\r\n"
+        "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:data\r\n"
+        "a=candidate:3 1 udp 2122260223 EFGH.LOCAL 50002 typ host\r\n"
+    )
+    kept, moved = split_mdns_candidates(sdp)
+    assert ".local" not in kept.lower()
+    assert "192.0.2.9 50001" in kept and kept.endswith("\r\n")
+    assert [(c.candidate.split()[4], c.sdp_mid, c.sdp_mline_index) for c in moved] == [
+        ("abcd-1234.local", "0", 0),
+        ("EFGH.LOCAL", "data", 1),
+    ]
+    assert all(c.candidate.startswith("candidate:") for c in moved)
+    assert split_mdns_candidates("v=0\r\nm=audio 9 x 0\r\n") == ("v=0\r\nm=audio 9 x 0\r\n", [])
