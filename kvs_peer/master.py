@@ -74,6 +74,11 @@ class ViewerSession:
         """aiortc's connection state: new, connecting, connected, failed or closed."""
         return self.pc.connectionState
 
+    @property
+    def tracks(self) -> tuple[MediaStreamTrack, ...]:
+        """This viewer's own tracks (a ``PacketTrack`` for video, one for audio)."""
+        return tuple(self._tracks)
+
     async def close(self) -> None:
         """Close the peer connection and release this viewer's tracks. Idempotent."""
         if self._closed:
@@ -204,6 +209,11 @@ class Master:
                 await asyncio.shield(self._runner)
 
     # -- viewers -----------------------------------------------------------------------------
+
+    @property
+    def encoder(self) -> SharedVideoEncoder | None:
+        """The shared video encoder (counters such as ``frames_encoded``), None without video."""
+        return self._encoder
 
     @property
     def viewers(self) -> Mapping[str, ViewerSession]:

@@ -68,9 +68,9 @@ async def test_three_viewers_share_one_encoder(master: Master, resolver: Channel
     try:
         await master.wait_for_viewers(3, timeout=15)
         await wait_until(lambda: all(c.frames >= 30 for c in checks), timeout=15)
-        encoded = master._encoder.frames_encoded
+        encoded = master.encoder.frames_encoded
         await asyncio.sleep(1.0)
-        per_second = master._encoder.frames_encoded - encoded
+        per_second = master.encoder.frames_encoded - encoded
     finally:
         for v in viewers:
             await v.close()

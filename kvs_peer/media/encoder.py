@@ -277,7 +277,7 @@ class SharedVideoEncoder(Broadcast[PacketTrack]):
         self._codec: Any = None
         self._last_pts = -1
         self._keyframe_wanted = False
-        self._last_keyframe = -float("inf")
+        self._last_forced = -float("inf")
         self.frames_encoded = 0
         self.keyframes = 0
         self.forced_keyframes = 0
@@ -306,9 +306,13 @@ class SharedVideoEncoder(Broadcast[PacketTrack]):
     def _take_keyframe_request(self) -> bool:
         if not self._keyframe_wanted:
             return False
-        if time.monotonic() - self._last_keyframe < self.min_keyframe_gap:
+        # Measured from the last *forced* keyframe: a periodic one just before a join must
+        # not make the joining viewer wait out the gap (it never saw that keyframe).
+        now = time.monotonic()
+        if now - self._last_forced < self.min_keyframe_gap:
             return False
         self._keyframe_wanted = False
+        self._last_forced = now
         return True
 
     async def _produce(self, frame: av.VideoFrame) -> list[av.Packet]:
@@ -319,7 +323,6 @@ class SharedVideoEncoder(Broadcast[PacketTrack]):
         for packet in packets:
             if packet.is_keyframe:
                 self.keyframes += 1
-                self._last_keyframe = time.monotonic()
                 # Whoever asked is served by any keyframe sent after the request.
                 self._keyframe_wanted = False
         return packets

@@ -264,3 +264,22 @@ async def test_bad_arguments_are_refused() -> None:
         SharedVideoEncoder(TestPatternTrack(), gop=0)
     with pytest.raises(InvalidArgument, match="queue_size"):
         SharedVideoEncoder(TestPatternTrack(), queue_size=1)
+
+
+async def test_join_right_after_a_periodic_keyframe_is_served_at_once() -> None:
+    """The keyframe rate limit counts forced keyframes only: a viewer that joins just after a
+    periodic keyframe (which it never saw) gets its own keyframe without waiting."""
+    encoder = SharedVideoEncoder(TestPatternTrack(320, 240, 30), gop=20, min_keyframe_gap=0.5)
+    async with encoder:
+        first = encoder.subscribe()
+        assert (await first.recv()).is_keyframe  # forced on activation
+        while not (await first.recv()).is_keyframe:  # the periodic one, ~0.67 s later
+            pass
+        started = time.monotonic()
+        joiner = encoder.subscribe()
+        packet = await asyncio.wait_for(joiner.recv(), 2)
+        waited = time.monotonic() - started
+        first.stop()
+        joiner.stop()
+    assert packet.is_keyframe
+    assert waited < 0.25, f"joiner waited {waited:.3f} s for its keyframe"
