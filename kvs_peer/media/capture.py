@@ -12,6 +12,7 @@ Build them with :func:`kvs_peer.media.sources.open_video_source` /
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 import threading
@@ -107,8 +108,9 @@ class _ThreadedTrack(MediaStreamTrack):
         """Frames a live source threw away because nobody read them in time."""
         return self._handoff.dropped if self._handoff else 0
 
+    @abc.abstractmethod
     def _produce(self, emit: Callable[[Any], None], stop: threading.Event) -> None:
-        raise NotImplementedError
+        """Read frames until ``stop`` is set, passing each to ``emit``; runs on the worker."""
 
     def _release(self) -> None:
         """Close the underlying container or device; runs on the worker thread."""
