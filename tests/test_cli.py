@@ -201,3 +201,15 @@ async def test_local_prints_what_to_export_and_stops_cleanly() -> None:
     proc.send_signal(signal.SIGINT)
     await asyncio.wait_for(proc.wait(), 20)
     assert proc.returncode == 0
+
+
+def test_package_root_exports_load_lazily() -> None:
+    import subprocess
+
+    code = (
+        "import sys, kvs_peer; assert 'aiortc' not in sys.modules;"
+        "from kvs_peer import Master, Viewer, Role, AwsAccess, ChannelResolver, LocalKvs;"
+        "assert Master.__module__ == 'kvs_peer.master'; print(sorted(kvs_peer.__all__)[:3])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
