@@ -346,6 +346,8 @@ class Master:
 
         kinds = _offered_kinds(offer.sdp)
         try:
+            if not kinds:
+                raise SessionError(client_id, f"viewer {client_id} sent an offer with no media")
             # Only add what the viewer asked for: aiortc cannot answer with a transceiver
             # that matches no m-line of the offer.
             if self._encoder is not None and "video" in kinds:

@@ -269,3 +269,23 @@ async def test_mdns_candidates_inside_a_non_trickle_offer_do_not_delay_the_answe
             assert time.monotonic() - started < 0.8
     finally:
         await pc.close()
+
+
+async def test_a_bad_viewer_does_not_hurt_the_others(
+    master: Master, resolver: ChannelResolver
+) -> None:
+    from kvs_peer.signaling import SignalingClient
+
+    check = VideoCheck()
+    async with viewer_for(resolver, "good", on_frame=check.add) as good:
+        await good.wait_first_frame(timeout=15)
+        bad_access = AwsAccess(resolver, CHANNEL, Role.VIEWER, client_id="bad")
+        async with SignalingClient(bad_access, role=Role.VIEWER, client_id="bad") as bad:
+            await bad.send_offer("v=0\r\nthis is not an SDP\r\n")
+            await bad.send_ice_candidate("candidate:garbage", sdp_mid="0", sdp_mline_index=0)
+            await wait_until(lambda: master.stats.sessions_failed >= 1)
+        before = check.frames
+        await asyncio.sleep(1.0)
+        assert check.frames - before >= 20
+        assert set(master.viewers) == {"good"}
+    check.assert_ok(max_gap_s=1.0)
