@@ -58,11 +58,16 @@ async def main() -> None:
     detector = MotionDetector(args.threshold)
     events = 0
 
+    def analyse_frame(frame: object) -> tuple[np.ndarray, float]:
+        bgr = frame_to_ndarray(frame)
+        return bgr, detector(bgr)
+
     async def analyse(viewer: Viewer) -> None:
         nonlocal events
         async for frame in viewer.frames():
-            bgr = frame_to_ndarray(frame)
-            changed = await asyncio.to_thread(detector, bgr)
+            # Conversion and analysis both run in a worker thread (frame_to_ndarray is
+            # thread-safe), so the event loop only hands frames over.
+            bgr, changed = await asyncio.to_thread(analyse_frame, frame)
             if changed >= args.threshold:
                 events += 1
                 print(f"motion: {changed:.1%} of the picture changed", flush=True)

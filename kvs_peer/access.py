@@ -96,10 +96,11 @@ class AwsAccess:
 
     async def __call__(self) -> str:
         resolved = await self.resolve()
-        return self.resolver.sign(resolved, client_id=self.client_id)
+        return await self.resolver.presign(resolved, client_id=self.client_id)
 
     def invalidate(self, refresh: Refresh) -> None:
-        self.resolver.invalidate(self.channel, ice_only=refresh is Refresh.URL)
+        if refresh is not Refresh.URL:
+            self.resolver.invalidate(self.channel, ice_only=refresh is Refresh.ICE)
 
     async def ice_config(self) -> IceConfig:
         resolved = await self.resolve()
@@ -184,12 +185,8 @@ class SignerAccess:
         if not isinstance(url, str):
             raise SignerError(200, "signer response has no 'url'")
         configuration = body.get("configuration") or {}
-        servers = []
-        for entry in configuration.get("iceServers", []):
-            urls = entry.get("urls")
-            urls = (urls,) if isinstance(urls, str) else tuple(urls or ())
-            if urls:
-                servers.append(IceServer(urls, entry.get("username"), entry.get("credential")))
+        parsed = (IceServer.from_json(e) for e in configuration.get("iceServers", []))
+        servers = [server for server in parsed if server is not None]
         expires = body.get("iceExpiresAt") or body.get("expiresAt")
         self._ice = IceConfig(
             tuple(servers),

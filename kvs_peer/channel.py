@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import email.utils
+import functools
 import logging
 import os
 import time
@@ -26,7 +27,13 @@ import botocore.exceptions
 
 from .errors import AccessDenied, ChannelError, ChannelNotFound, InvalidArgument, Throttled
 from .protocol import Role
-from .signing import master_url, validate_channel_name, validate_client_id, viewer_url
+from .signing import (
+    DEFAULT_EXPIRES,
+    master_url,
+    validate_channel_name,
+    validate_client_id,
+    viewer_url,
+)
 
 __all__ = [
     "ChannelResolver",
@@ -71,6 +78,17 @@ class IceServer:
     urls: tuple[str, ...]
     username: str | None = None
     credential: str | None = None
+
+    @classmethod
+    def from_json(cls, entry: Mapping[str, Any]) -> IceServer | None:
+        """Parse the browser form (``urls`` may be one string); None when it has no URL."""
+        urls = entry.get("urls")
+        urls = (
+            (urls,) if isinstance(urls, str) else tuple(u for u in urls or () if isinstance(u, str))
+        )
+        if not urls:
+            return None
+        return cls(urls, entry.get("username"), entry.get("credential"))
 
     def to_json(self) -> dict[str, Any]:
         """The browser form: ``{"urls": [...], "username": ..., "credential": ...}``."""
@@ -146,6 +164,9 @@ class _Cache:
             return value
         finally:
             self._inflight.pop(key, None)
+
+    def items(self) -> list[tuple[Any, _Entry]]:
+        return list(self._values.items())
 
     def invalidate(self, match: Callable[[Any], bool]) -> None:
         for key in [k for k in self._values if match(k)]:
@@ -444,21 +465,46 @@ class ChannelResolver:
         )
 
     def invalidate(self, name: str | None = None, *, ice_only: bool = False) -> None:
-        """Forget cached endpoints and/or ICE servers (all channels when ``name`` is None)."""
+        """Forget what is cached for channel ``name`` (every channel when None).
+
+        Args:
+            name: the channel; None for all.
+            ice_only: keep the endpoints and forget only the ICE servers (TURN rotation).
+        """
+        arns = {
+            entry.value["arn"]
+            for key, entry in self._cache.items()
+            if key[0] == "endpoints" and (name is None or key[1] == name)
+        }
 
         def match(key: Any) -> bool:
-            if ice_only:
-                return key[0] == "ice"
-            return name is None or key[0] == "ice" or key[1] == name
+            if key[0] == "ice":
+                return name is None or key[1] in arns
+            return not ice_only and (name is None or key[1] == name)
 
         self._cache.invalidate(match)
+
+    async def presign(
+        self,
+        channel: ResolvedChannel,
+        *,
+        client_id: str | None = None,
+        expires: int = DEFAULT_EXPIRES,
+    ) -> str:
+        """:meth:`sign` in a worker thread: reading refreshable credentials may call STS or
+        the instance metadata service, which must not block the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor,
+            functools.partial(self.sign, channel, client_id=client_id, expires=expires),
+        )
 
     def sign(
         self,
         channel: ResolvedChannel,
         *,
         client_id: str | None = None,
-        expires: int = 299,
+        expires: int = DEFAULT_EXPIRES,
     ) -> str:
         """Presign the WSS URL for ``channel`` with this resolver's credentials.
 

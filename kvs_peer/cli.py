@@ -76,17 +76,28 @@ def _configure_logging(verbose: int) -> None:
             logging.getLogger(noisy).setLevel(max(level, logging.INFO))
 
 
-async def _run_until_signal(coro: Coroutine[Any, Any, int]) -> int:
-    """Run ``coro``; SIGINT/SIGTERM cancel it so its ``async with`` blocks clean up."""
-    task = asyncio.ensure_future(coro)
+async def _run_until_signal(handler: Handler, args: argparse.Namespace) -> int:
+    """Run a command; the first SIGINT/SIGTERM asks it to stop, a second one cancels it.
+
+    Commands wait on ``args.stop`` (an ``asyncio.Event``) next to their own work, so a
+    signal lets them finish normally: peers closed, recording finalized, ``--json`` printed.
+    """
     loop = asyncio.get_running_loop()
+    args.stop = asyncio.Event()
+    task = asyncio.ensure_future(handler(args))
+
+    def on_signal() -> None:
+        if args.stop.is_set():
+            task.cancel()
+        args.stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(sig, on_signal)
     try:
         return await task
     except asyncio.CancelledError:
-        return 0
+        return 130
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -118,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.verbose)
     handler: Handler = args.handler
     try:
-        return asyncio.run(_run_until_signal(handler(args)))
+        return asyncio.run(_run_until_signal(handler, args))
     except KvsPeerError as exc:
         if getattr(args, "json", False):
             print(json.dumps({"ok": False, "error": type(exc).__name__, "message": str(exc)}))

@@ -54,7 +54,7 @@ async def _url(args: argparse.Namespace) -> int:
         resolved = await resolver.resolve(
             args.channel, role, client_id=args.client_id, create=args.create_channel
         )
-        url = resolver.sign(resolved, client_id=args.client_id, expires=args.expires)
+        url = await resolver.presign(resolved, client_id=args.client_id, expires=args.expires)
     if args.json:
         print(
             json.dumps(
@@ -100,7 +100,6 @@ def _configure_local(p: argparse.ArgumentParser) -> None:
 
 
 async def _local(args: argparse.Namespace) -> int:
-    import asyncio
 
     from .emulator import EmulatorConfig, LocalKvs
 
@@ -125,7 +124,7 @@ async def _local(args: argparse.Namespace) -> int:
             lines.append(f"TLS CA certificate (trust it in clients): {kvs.ca_cert_path}")
         lines.append("Press Ctrl+C to stop.")
         print("\n".join(lines), flush=True)
-        await asyncio.Event().wait()
+        await args.stop.wait()
     return 0
 
 
@@ -189,12 +188,19 @@ def _configure_master(p: argparse.ArgumentParser) -> None:
 async def _master(args: argparse.Namespace) -> int:
     from .master import Master
     from .media import open_audio_source, open_video_source
+    from .media.sources import describe_url
     from .protocol import Role
 
-    video = open_video_source(
-        args.source, width=args.width, height=args.height, fps=args.fps, loop=args.loop
+    # Opening may block (an RTSP camera can take seconds): keep it off the event loop.
+    video = await asyncio.to_thread(
+        open_video_source,
+        args.source,
+        width=args.width,
+        height=args.height,
+        fps=args.fps,
+        loop=args.loop,
     )
-    audio = open_audio_source(args.audio, loop=args.loop)
+    audio = await asyncio.to_thread(open_audio_source, args.audio, loop=args.loop)
     started = time.monotonic()
     async with (
         open_access(args, Role.MASTER) as access,
@@ -209,8 +215,9 @@ async def _master(args: argparse.Namespace) -> int:
         ) as master,
         StatusLine(lambda meter: _master_status(master, meter), enabled=not args.json),
     ):
-        _stderr(f"streaming {args.source} on channel {args.channel!r} as MASTER (Ctrl+C stops)")
-        await _wait(master.wait_closed(), args.duration)
+        source = getattr(video, "description", None) or describe_url(args.source)
+        _stderr(f"streaming {source} on channel {args.channel!r} as MASTER (Ctrl+C stops)")
+        await _wait(master.wait_closed(), args)
     if args.json:
         stats = master.stats
         print(
@@ -281,7 +288,7 @@ async def _viewer(args: argparse.Namespace) -> int:
         StatusLine(lambda meter: _viewer_status(viewer, meter), enabled=not args.json),
     ):
         _stderr(f"viewing channel {args.channel!r} as {client_id} (Ctrl+C stops)")
-        await _wait(asyncio.Event().wait(), args.duration)
+        await _wait(viewer.wait_closed(), args)
     if args.snapshot and last[0] is not None:
         save_snapshot(last[0], args.snapshot)
     stats = viewer.stats
@@ -324,11 +331,21 @@ async def _viewer_status(viewer: Any, meter: _Meter) -> str:
     )
 
 
-async def _wait(aw: Awaitable[Any], duration: float | None) -> None:
+async def _wait(aw: Awaitable[Any], args: argparse.Namespace) -> None:
+    """Wait for ``aw``, ``--duration`` or a stop signal (``args.stop``), whichever is first.
+
+    ``aw`` finishing with an error (e.g. signaling gave up) raises that error.
+    """
+    work = asyncio.ensure_future(aw)
+    stop = asyncio.ensure_future(args.stop.wait())
     try:
-        await asyncio.wait_for(aw, duration)
-    except TimeoutError:
-        pass
+        await asyncio.wait({work, stop}, timeout=args.duration, return_when="FIRST_COMPLETED")
+    finally:
+        stop.cancel()
+        if not work.done():
+            work.cancel()
+    if work.done() and not work.cancelled():
+        work.result()
 
 
 class _Meter:

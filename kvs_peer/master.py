@@ -26,7 +26,7 @@ from typing import Any
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 
 from .access import ChannelAccess
-from .errors import InvalidArgument, InvalidState, SessionError
+from .errors import InvalidArgument, InvalidState, KvsPeerError, SessionError
 from .media.encoder import AudioFanout, SharedVideoEncoder, attach_keyframe_requests, force_h264
 from .protocol import (
     GoAway,
@@ -43,7 +43,7 @@ from .session import (
     rtc_configuration,
     split_mdns_candidates,
 )
-from .signaling import Connected, Disconnected, SignalingClient
+from .signaling import Connected, Disconnected, SignalingClient, SignalingEvent
 
 __all__ = ["Master", "MasterStats", "ViewerSession"]
 
@@ -142,8 +142,6 @@ class Master:
         if max_viewers < 1:
             raise InvalidArgument("max_viewers must be at least 1")
         self.access = access
-        self._video_source = video
-        self._audio_source = audio
         self._on_message = on_message
         self.max_viewers = max_viewers
         self._connect_timeout = connect_timeout
@@ -195,10 +193,7 @@ class Master:
         if self._encoder is not None:
             await self._encoder.close()
         if self._audio is not None:
-            await self._audio.close()
-        for source in (self._video_source, self._audio_source):
-            if source is not None:
-                source.stop()
+            await self._audio.close()  # both close their source
         async with self._changed:
             self._changed.notify_all()
 
@@ -264,32 +259,40 @@ class Master:
 
     async def _run(self) -> None:
         async for event in self.signaling:
-            match event:
-                case SdpOffer(sender_client_id=None):
-                    logger.warning("ignoring an SDP offer without a sender client id")
-                case SdpOffer():
-                    await self._on_offer(event)
-                case IceCandidate(sender_client_id=sender) if sender is not None:
-                    session = self._sessions.get(sender)
-                    if session is not None:
-                        session.candidates.add(event)
-                case ReconnectIceServer():
-                    logger.info("RECONNECT_ICE_SERVER: refreshing ICE servers for new sessions")
-                    self.access.invalidate(Refresh.ENDPOINT)
-                case GoAway():
-                    logger.info("GO_AWAY: signaling reconnects, sessions keep streaming")
-                case StatusResponse():
-                    logger.warning(
-                        "signaling reported a failure for %s: %s %s %s",
-                        event.correlation_id,
-                        event.error_type,
-                        event.status_code,
-                        event.description,
-                    )
-                case Connected(reconnect=True):
-                    logger.info("signaling reconnected; %d sessions live", len(self._sessions))
-                case Disconnected():
-                    logger.info("signaling disconnected (%s); sessions keep streaming", event.code)
+            try:
+                await self._handle(event)
+            except KvsPeerError as exc:
+                # A control-plane or signer hiccup while handling one message must not stop
+                # the master: the viewer concerned offers again.
+                logger.warning("could not handle %s: %s", type(event).__name__, exc)
+
+    async def _handle(self, event: SignalingEvent) -> None:
+        match event:
+            case SdpOffer(sender_client_id=None):
+                logger.warning("ignoring an SDP offer without a sender client id")
+            case SdpOffer():
+                await self._on_offer(event)
+            case IceCandidate(sender_client_id=sender) if sender is not None:
+                session = self._sessions.get(sender)
+                if session is not None:
+                    session.candidates.add(event)
+            case ReconnectIceServer():
+                logger.info("RECONNECT_ICE_SERVER: refreshing ICE servers for new sessions")
+                self.access.invalidate(Refresh.ICE)
+            case GoAway():
+                logger.info("GO_AWAY: signaling reconnects, sessions keep streaming")
+            case StatusResponse():
+                logger.warning(
+                    "signaling reported a failure for %s: %s %s %s",
+                    event.correlation_id,
+                    event.error_type,
+                    event.status_code,
+                    event.description,
+                )
+            case Connected(reconnect=True):
+                logger.info("signaling reconnected; %d sessions live", len(self._sessions))
+            case Disconnected():
+                logger.info("signaling disconnected (%s); sessions keep streaming", event.code)
 
     async def _on_offer(self, offer: SdpOffer) -> None:
         client_id = offer.sender_client_id

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import InvalidArgument
+from .errors import InvalidArgument, ServiceError
 
 __all__ = [
     "MAX_PAYLOAD_CHARS",
@@ -318,6 +318,15 @@ class StatusResponse:
     status_code: str | None = None
     description: str | None = None
     sender_client_id: str | None = None
+
+    def error(self) -> ServiceError:
+        """This report as an exception, to raise or log."""
+        return ServiceError(
+            correlation_id=self.correlation_id,
+            error_type=self.error_type,
+            status_code=self.status_code,
+            description=self.description,
+        )
 
 
 @dataclass(frozen=True, slots=True)

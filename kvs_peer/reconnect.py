@@ -67,7 +67,10 @@ class Refresh(enum.Enum):
     ENDPOINT = "endpoint"
     """Describe the channel and fetch its endpoints again (404, 400, GO_AWAY)."""
     CREDENTIALS = "credentials"
-    """Credentials or clock are suspect (403): refresh them and the endpoint."""
+    """Credentials or clock are suspect (403): re-resolve the endpoint; the next signature
+    is made with freshly read credentials and the clock offset learned meanwhile."""
+    ICE = "ice"
+    """TURN servers rotate (RECONNECT_ICE_SERVER): fetch the ICE configuration again."""
 
 
 @dataclass(frozen=True, slots=True)

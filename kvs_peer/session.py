@@ -211,6 +211,10 @@ async def link_stats(pc: RTCPeerConnection) -> LinkStats:
     return LinkStats(sent, received, lost, max(rtts) if rtts else None)
 
 
+MAX_REMOTE_CANDIDATES = 200
+"""Candidates accepted per peer connection (KVS itself allows 20 ICE messages per second)."""
+
+
 class RemoteCandidates:
     """Applies a peer's trickled candidates to one RTCPeerConnection.
 
@@ -226,9 +230,13 @@ class RemoteCandidates:
         self._ready = False
         self._pending: list[IceCandidate] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._received = 0
 
     def add(self, event: IceCandidate) -> None:
         """Apply ``event`` now (in the background) or once the remote description is set."""
+        if self._received >= MAX_REMOTE_CANDIDATES:
+            return  # a real peer sends a few dozen; more is a flood
+        self._received += 1
         if not self._ready:
             self._pending.append(event)
             return

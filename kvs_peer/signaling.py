@@ -56,7 +56,7 @@ from .protocol import (
 )
 from .ratelimit import TokenBucket
 from .reconnect import Refresh, backoff, decide, rotate_at
-from .signing import validate_client_id
+from .signing import redact_url, validate_client_id
 
 __all__ = [
     "Connected",
@@ -356,6 +356,12 @@ class SignalingClient:
         started = time.monotonic()
         url = await self._provider()
         parts = urlsplit(url)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            # Never echo the URL itself: it carries the signature and the session token.
+            raise SignalingError(
+                f"the URL provider returned {redact_url(url)!r}, which is not a ws:// or "
+                "wss:// URL; check the endpoint or the signer"
+            )
         kwargs: dict[str, Any] = {}
         if parts.scheme == "wss" and self._ssl is not None:
             kwargs["ssl"] = self._ssl
@@ -372,6 +378,8 @@ class SignalingClient:
         except websockets.InvalidStatus as exc:
             body = exc.response.body.decode("utf-8", "replace") if exc.response.body else ""
             raise HandshakeRejected(exc.response.status_code, body) from None
+        except websockets.InvalidURI:
+            raise SignalingError(f"invalid signaling URL {redact_url(url)!r}") from None
         except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
             raise SignalingError(
                 f"could not open the signaling connection to {parts.hostname}: {exc}"

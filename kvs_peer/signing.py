@@ -48,6 +48,7 @@ DEFAULT_EXPIRES = 299  # the JS SDK's fixed value (kvs-signaling.md 1.1, step 6)
 MAX_EXPIRES = 604_800  # SigV4 presign cap; the C SDK signs for up to 7 days
 DEFAULT_MAX_SKEW = 300.0  # "+/- 5 minutes" (JS SDK README, kvs-signaling.md 1.3)
 
+_SIGNATURE_RE = re.compile(r"[0-9a-f]{64}")
 _REGION_RE = re.compile(r"[a-z0-9-]{1,64}")
 _AUTH_PARAMS = frozenset(
     {
@@ -61,8 +62,8 @@ _AUTH_PARAMS = frozenset(
     }
 )
 _SECRET_PARAMS = ("X-Amz-Signature", "X-Amz-Credential", "X-Amz-Security-Token")
-_CLIENT_ID_RE = re.compile(r"[a-zA-Z0-9_.-]{1,256}")
-_CHANNEL_NAME_RE = re.compile(r"[a-zA-Z0-9_.-]{1,256}")
+# Client ids and channel names share one alphabet and length (kvs-signaling.md 1.2, 4.6).
+_NAME_RE = re.compile(r"[a-zA-Z0-9_.-]{1,256}")
 _CHANNEL_ARN_RE = re.compile(
     r"arn:aws[a-z-]*:kinesisvideo:[a-z0-9-]+:[0-9]+:channel/[a-zA-Z0-9_.-]+/[0-9]+"
 )
@@ -88,7 +89,7 @@ def validate_client_id(client_id: str) -> str:
     Raises:
         InvalidArgument: with the rule that was broken.
     """
-    if not isinstance(client_id, str) or not _CLIENT_ID_RE.fullmatch(client_id):
+    if not isinstance(client_id, str) or not _NAME_RE.fullmatch(client_id):
         raise InvalidArgument(
             f"invalid client id {client_id!r}: use 1-256 characters from "
             "a-z, A-Z, 0-9, '_', '.', '-'"
@@ -102,7 +103,7 @@ def validate_client_id(client_id: str) -> str:
 
 def validate_channel_name(name: str) -> str:
     """Return ``name`` if it is a valid signaling channel name, else raise InvalidArgument."""
-    if not isinstance(name, str) or not _CHANNEL_NAME_RE.fullmatch(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise InvalidArgument(
             f"invalid channel name {name!r}: use 1-256 characters from a-z, A-Z, 0-9, '_', '.', '-'"
         )
@@ -464,7 +465,10 @@ def verify_presigned_url(
     )
     auth = _QueryAuth(creds, scope["service"], scope["region"], expires=expires)
     expected = auth.sign(request, params["X-Amz-Date"])
-    if not hmac.compare_digest(expected, params["X-Amz-Signature"]):
+    provided = params["X-Amz-Signature"]
+    if not _SIGNATURE_RE.fullmatch(provided):
+        raise SignatureError("malformed", "X-Amz-Signature must be 64 lowercase hex digits")
+    if not hmac.compare_digest(expected, provided):
         raise SignatureError(
             "mismatch",
             "The request signature we calculated does not match the signature you provided: "

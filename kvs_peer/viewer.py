@@ -21,7 +21,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import av
@@ -29,7 +28,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from .access import ChannelAccess
-from .errors import InvalidArgument, InvalidState, SessionError
+from .errors import InvalidArgument, InvalidState, KvsPeerError, SessionError
 from .protocol import GoAway, IceCandidate, ReconnectIceServer, Role, SdpAnswer, StatusResponse
 from .reconnect import Refresh
 from .session import (
@@ -38,11 +37,14 @@ from .session import (
     rtc_configuration,
     split_mdns_candidates,
 )
-from .signaling import Connected, SignalingClient
+from .signaling import Connected, SignalingClient, SignalingEvent
 
 __all__ = ["Viewer", "ViewerStats", "new_client_id"]
 
 logger = logging.getLogger(__name__)
+
+OFFER_RETRY = 2.0
+"""Seconds before trying again after an offer could not be made (signer, control plane)."""
 
 FrameCallback = Callable[[av.VideoFrame], Any]
 
@@ -148,6 +150,7 @@ class Viewer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._offer_lock = asyncio.Lock()
         self._first_frame = asyncio.Event()
         self._connected_event = asyncio.Event()
         self._closed = False
@@ -189,8 +192,19 @@ class Viewer:
             if inspect.isawaitable(result):
                 await result
         for queue in self._queues:
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(None)
+            if queue.full():  # make room: the end marker must get through
+                queue.get_nowait()
+            queue.put_nowait(None)
+
+    async def wait_closed(self) -> None:
+        """Wait until the viewer stops: close() was called, or signaling gave up for good.
+
+        Raises:
+            SignalingError: the reason signaling gave up (e.g. HandshakeRejected).
+        """
+        if self._runner is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._runner)
 
     async def wait_first_frame(self, timeout: float = 30.0) -> float:
         """Wait for the first video frame; returns the time to first frame in seconds."""
@@ -239,7 +253,33 @@ class Viewer:
                 await pc.close()
 
     async def _offer(self) -> None:
-        """Create a fresh peer connection and send its offer."""
+        """Create a fresh peer connection and send its offer, one offer at a time.
+
+        A failure (control plane, signer, signaling) is logged and retried after
+        ``OFFER_RETRY`` seconds rather than ending the viewer.
+        """
+        async with self._offer_lock:
+            try:
+                await self._offer_locked()
+            except KvsPeerError as exc:
+                if self._closed:
+                    return
+                logger.warning(
+                    "viewer %s: offer failed (%s); trying again in %g s",
+                    self.client_id,
+                    exc,
+                    OFFER_RETRY,
+                )
+                self._arm_watchdog(None, OFFER_RETRY)
+
+    def _reoffer(self, why: str) -> None:
+        if self._closed or not self._reconnect or self._offer_lock.locked():
+            return  # an offer is already on its way
+        logger.info("viewer %s: %s, offering again", self.client_id, why)
+        self.stats.peer_reconnects += 1
+        self._spawn(self._offer(), "reoffer")
+
+    async def _offer_locked(self) -> None:
         await self._close_pc()
         self._connected_event.clear()
         ice = await self.access.ice_config()
@@ -268,11 +308,10 @@ class Viewer:
             if state == "connected":
                 self.stats.connected_at = time.monotonic()
                 self._connected_event.set()
-            elif state in ("failed", "closed") and self._reconnect and not self._closed:
+            elif state in ("failed", "closed"):
                 # "closed" here means the master ended the session (DTLS close), e.g. it
                 # restarted: offer again so a new master picks us up.
-                self.stats.peer_reconnects += 1
-                self._spawn(self._offer(), "reoffer")
+                self._reoffer(f"peer connection {state}")
 
         if self._loopback:
             enable_loopback_candidates(pc)
@@ -280,21 +319,19 @@ class Viewer:
         await self.signaling.send_offer(pc.localDescription.sdp)
         self.stats.offers_sent += 1
         logger.info("viewer %s: offer sent", self.client_id)
+        self._arm_watchdog(pc, self._connect_timeout)
+
+    def _arm_watchdog(self, pc: RTCPeerConnection | None, delay: float) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
-        self._watchdog = asyncio.create_task(self._watch(pc))
+        self._watchdog = asyncio.create_task(self._watch(pc, delay))
 
-    async def _watch(self, pc: RTCPeerConnection) -> None:
-        await asyncio.sleep(self._connect_timeout)
-        if pc is self.pc and pc.connectionState != "connected" and not self._closed:
-            logger.warning(
-                "viewer %s: not connected after %g s, offering again",
-                self.client_id,
-                self._connect_timeout,
-            )
-            if self._reconnect:
-                self.stats.peer_reconnects += 1
-                self._spawn(self._offer(), "reoffer")
+    async def _watch(self, pc: RTCPeerConnection | None, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if pc is None:
+            self._reoffer("retrying a failed offer")
+        elif pc is self.pc and pc.connectionState != "connected":
+            self._reoffer(f"not connected after {delay:g} s")
 
     def _setup_channel(self, channel: Any) -> None:
         self.channel = channel
@@ -330,30 +367,33 @@ class Viewer:
     async def _run(self) -> None:
         async for event in self.signaling:
             try:
-                match event:
-                    case Connected(reconnect=False):
-                        await self._offer()
-                    case Connected(reconnect=True):
-                        if self.pc is None or self.pc.connectionState != "connected":
-                            await self._offer()
-                    case SdpAnswer():
-                        await self._on_answer(event)
-                    case IceCandidate():
-                        if self._candidates is not None:
-                            self._candidates.add(event)
-                    case ReconnectIceServer():
-                        self.access.invalidate(Refresh.ENDPOINT)
-                    case GoAway():
-                        logger.info("GO_AWAY: signaling reconnects, media keeps flowing")
-                    case StatusResponse():
-                        logger.warning(
-                            "signaling reported a failure for %s: %s %s",
-                            event.correlation_id,
-                            event.error_type,
-                            event.description,
-                        )
-            except SessionError as exc:
-                logger.warning("%s", exc)
+                await self._handle(event)
+            except KvsPeerError as exc:
+                logger.warning("viewer %s: %s", self.client_id, exc)
+
+    async def _handle(self, event: SignalingEvent) -> None:
+        match event:
+            case Connected(reconnect=False):
+                await self._offer()
+            case Connected(reconnect=True):
+                if self.pc is None or self.pc.connectionState != "connected":
+                    await self._offer()
+            case SdpAnswer():
+                await self._on_answer(event)
+            case IceCandidate():
+                if self._candidates is not None:
+                    self._candidates.add(event)
+            case ReconnectIceServer():
+                self.access.invalidate(Refresh.ICE)
+            case GoAway():
+                logger.info("GO_AWAY: signaling reconnects, media keeps flowing")
+            case StatusResponse():
+                logger.warning(
+                    "signaling reported a failure for %s: %s %s",
+                    event.correlation_id,
+                    event.error_type,
+                    event.description,
+                )
 
     # -- media -------------------------------------------------------------------------------
 
@@ -395,9 +435,3 @@ class Viewer:
                         await result
                 except Exception:
                     logger.exception("on_frame callback failed")
-
-
-def default_recording_path(directory: str | Path, channel: str) -> Path:
-    """``<directory>/<channel>-<UTC time>.mkv``."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    return Path(directory) / f"{channel}-{stamp}.mkv"

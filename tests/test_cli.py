@@ -213,3 +213,51 @@ def test_package_root_exports_load_lazily() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+async def test_viewer_ctrl_c_still_reports_and_snapshots(
+    kvs: LocalKvs, device_env: dict[str, str], tmp_path: Path
+) -> None:
+    from kvs_peer.access import AwsAccess
+    from kvs_peer.master import Master
+    from kvs_peer.media import TestPatternTrack
+    from kvs_peer.protocol import Role
+
+    kvs.create_channel("sig")
+    snapshot = tmp_path / "last.png"
+    async with (
+        kvs.resolver() as resolver,
+        Master(AwsAccess(resolver, "sig", Role.MASTER), video=TestPatternTrack(320, 240)),
+    ):
+        viewer = await asyncio.create_subprocess_exec(
+            *KVS_PEER,
+            "viewer",
+            "--channel",
+            "sig",
+            "--json",
+            "--snapshot",
+            str(snapshot),
+            env=device_env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(30):
+            while not kvs.connected("sig").viewers:
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(2.0)  # some frames
+        viewer.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(viewer.communicate(), 20)
+    assert viewer.returncode == 0, err.decode()
+    report = json.loads(out)
+    assert report["framesReceived"] > 10
+    assert snapshot.read_bytes().startswith(b"\x89PNG")
+
+
+async def test_viewer_exits_when_the_channel_refuses_it(
+    kvs: LocalKvs, device_env: dict[str, str]
+) -> None:
+    kvs.create_channel("closed")
+    kvs.fail_next_connects("closed", 403, count=5)
+    code, _, err = await run("viewer", "--channel", "closed", env=device_env, timeout=30)
+    assert code == 1
+    assert "HTTP 403" in err and "clock" in err

@@ -289,3 +289,53 @@ async def test_a_bad_viewer_does_not_hurt_the_others(
         assert check.frames - before >= 20
         assert set(master.viewers) == {"good"}
     check.assert_ok(max_gap_s=1.0)
+
+
+async def test_master_survives_a_failing_control_plane_call(
+    kvs: LocalKvs,
+    master: Master,
+    resolver_factory: Callable[..., ChannelResolver],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with resolver_factory() as own:  # the viewer's cache stays warm
+        await own.resolve(CHANNEL, Role.VIEWER, client_id="unlucky")
+        # TURN rotation makes the master fetch ICE again on the next offer: that call fails
+        await kvs.send_reconnect_ice_server(CHANNEL, master=True)
+        kvs.fail_next_api_calls("GetIceServerConfig", count=1)
+        viewer = Viewer(
+            AwsAccess(own, CHANNEL, Role.VIEWER, client_id="unlucky"), connect_timeout=2
+        )
+        async with viewer:
+            # the first offer is lost to the failure; the viewer offers again and gets video
+            await viewer.wait_first_frame(timeout=20)
+        assert viewer.stats.offers_sent >= 2
+    assert "could not handle SdpOffer" in caplog.text
+    assert not master._runner.done()
+
+
+async def test_viewer_reports_when_signaling_gives_up(
+    kvs: LocalKvs, master: Master, resolver: ChannelResolver
+) -> None:
+    from kvs_peer.errors import HandshakeRejected
+
+    async with viewer_for(resolver, "doomed", signaling={"backoff_base": 0.01}) as viewer:
+        await viewer.wait_first_frame(timeout=15)
+        kvs.fail_next_connects(CHANNEL, 403, count=10)
+        await kvs.send_go_away(CHANNEL, client_id="doomed")
+        with pytest.raises(HandshakeRejected) as info:
+            await asyncio.wait_for(viewer.wait_closed(), 20)
+        assert info.value.status == 403
+
+
+async def test_frames_iterator_ends_after_close_even_when_full(
+    master: Master, resolver: ChannelResolver
+) -> None:
+    viewer = viewer_for(resolver, "slow-reader", frame_queue=2)
+    await viewer.start()
+    frames = viewer.frames()
+    first = await asyncio.wait_for(anext(frames), 15)  # registers the queue, then stop reading
+    assert first is not None
+    await asyncio.sleep(0.3)  # the queue fills up
+    await viewer.close()
+    rest = [f async for f in frames]
+    assert len(rest) <= 2

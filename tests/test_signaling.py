@@ -12,7 +12,13 @@ import pytest
 from kvs_peer.access import AwsAccess
 from kvs_peer.channel import ChannelResolver
 from kvs_peer.emulator import EmulatorConfig, LocalKvs
-from kvs_peer.errors import HandshakeRejected, InvalidArgument, SignalingClosed
+from kvs_peer.errors import (
+    HandshakeRejected,
+    InvalidArgument,
+    ServiceError,
+    SignalingClosed,
+    SignalingError,
+)
 from kvs_peer.protocol import IceCandidate, Role, SdpAnswer, SdpOffer, StatusResponse
 from kvs_peer.signaling import Connected, Disconnected, SignalingClient
 from kvs_peer.signing import master_url
@@ -294,6 +300,8 @@ async def test_status_response_for_a_failed_send(master: SignalingClient) -> Non
     status = await next_of(master, StatusResponse)
     assert status.correlation_id == "big-1"
     assert status.status_code == "400"
+    error = status.error()
+    assert isinstance(error, ServiceError) and "big-1" in str(error)
     # without a correlation id, failures are silent (kvs-signaling.md 2.1)
     await master.send_answer("v=0 " + "x" * 200, recipient_client_id="v")
     with pytest.raises(TimeoutError):
@@ -327,3 +335,39 @@ async def test_no_reconnect_mode_ends_with_signaling_closed(
         assert info.value.code == 1001
         assert events[-1] == Disconnected(1001, "Going away", will_reconnect=False)
         assert not m.connected
+
+
+async def test_bad_provider_url_never_leaks_the_signature(
+    resolver: ChannelResolver, channel: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    access = AwsAccess(resolver, channel, Role.MASTER)
+
+    async def https_instead() -> str:
+        return (await access()).replace("ws://", "https://", 1)
+
+    client = SignalingClient(https_instead, role=Role.MASTER, first_connect_attempts=1)
+    with pytest.raises(SignalingError) as info:
+        await client.connect()
+    signature = (await access()).split("X-Amz-Signature=")[1].split("&")[0]
+    assert "not a ws:// or wss:// URL" in str(info.value)
+    assert signature not in str(info.value)
+    assert signature not in caplog.text
+    assert signature not in (client.stats.last_error or "")
+
+
+async def test_callbacks_see_every_event_in_order(
+    master: SignalingClient, client_factory: Callable[..., SignalingClient]
+) -> None:
+    seen: list[Any] = []
+
+    async def async_callback(event: Any) -> None:
+        seen.append(("async", type(event).__name__))
+
+    master.on_event(lambda event: seen.append(("sync", type(event).__name__)))
+    master.on_event(async_callback)
+    master.on_event(lambda event: 1 / 0)  # a broken callback is logged, never fatal
+    async with client_factory(Role.VIEWER, "cb") as viewer:
+        await viewer.send_offer("v=0 callbacks")
+        await next_of(master, SdpOffer)
+    assert ("sync", "SdpOffer") in seen and ("async", "SdpOffer") in seen
+    assert seen.index(("sync", "SdpOffer")) < seen.index(("async", "SdpOffer"))

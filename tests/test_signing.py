@@ -1149,3 +1149,27 @@ def test_redact_vectors() -> None:
         assert not HEX64.search(redacted)
         assert TOKEN not in redacted
         assert AKID not in redacted
+
+
+def test_verify_rejects_a_non_hex_signature_cleanly() -> None:
+    import datetime as _dt
+
+    from botocore.credentials import Credentials as _Credentials
+
+    from kvs_peer.errors import SignatureError as _SignatureError
+    from kvs_peer.signing import verify_presigned_url as _verify
+    from kvs_peer.signing import viewer_url as _viewer_url
+
+    now = _dt.datetime(2024, 1, 1, tzinfo=_dt.UTC)
+    url = _viewer_url(
+        "wss://h.example.com",
+        channel_arn="arn:aws:kinesisvideo:us-east-1:123456789012:channel/c/1",
+        client_id="v",
+        region="us-east-1",
+        credentials=_Credentials("AK", "SK"),
+        now=now,
+    )
+    bad = url.split("X-Amz-Signature=")[0] + "X-Amz-Signature=%C3%A9&X-Amz-SignedHeaders=host"
+    with pytest.raises(_SignatureError) as info:
+        _verify(bad, secrets={"AK": "SK"}, now=now)
+    assert info.value.reason == "malformed"

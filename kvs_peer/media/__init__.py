@@ -48,8 +48,9 @@ shared encoder (``veryfast``, zerolatency, 2.5 ms per frame) 0.11 core; a whole 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .capture import CameraTrack, FileAudioTrack, PyAVVideoTrack
@@ -124,14 +125,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    submodule = _SUBMODULE.get(name)
-    if submodule is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{submodule}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_SUBMODULE])
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _SUBMODULE)

@@ -152,5 +152,6 @@ async def run(args: argparse.Namespace) -> int:
         if config.static_dir is not None:
             print(f"  page: {url}/ (from {config.static_dir})", flush=True)
         print("Press Ctrl+C to stop.", flush=True)
-        await asyncio.Event().wait()
-    return 0  # pragma: no cover  (cancelled above)
+        # The CLI sets args.stop on SIGINT/SIGTERM; called from Python, cancel the task.
+        await getattr(args, "stop", asyncio.Event()).wait()
+    return 0

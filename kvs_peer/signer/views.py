@@ -212,7 +212,7 @@ async def kinesis_video_url(request: web.Request) -> web.Response:
         resolved = await resolver.resolve(
             query.channel, query.role, client_id=client_id, create=config.create_channels
         )
-        url = resolver.sign(resolved, client_id=client_id, expires=config.url_expires)
+        url = await resolver.presign(resolved, client_id=client_id, expires=config.url_expires)
     except ChannelError as exc:
         refusal = refusal_from_channel_error(exc, query.channel, resolver.region)
         if refusal.status >= 500:

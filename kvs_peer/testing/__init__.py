@@ -15,8 +15,9 @@ Names load on first use, so ``kvs_peer.testing.video`` can be used without pytes
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .plugin import CheckedViewer, KvsMasterFactory, KvsViewerFactory
@@ -32,14 +33,4 @@ _SUBMODULE = {
 __all__ = ["CheckedViewer", "KvsMasterFactory", "KvsViewerFactory", "VideoCheck"]
 
 
-def __getattr__(name: str) -> Any:
-    submodule = _SUBMODULE.get(name)
-    if submodule is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{submodule}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_SUBMODULE])
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _SUBMODULE)
