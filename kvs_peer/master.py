@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -25,6 +24,7 @@ from typing import Any
 
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 
+from ._tasks import TaskSet, invoke
 from .access import ChannelAccess
 from .errors import InvalidArgument, InvalidState, KvsPeerError, SessionError
 from .media.encoder import AudioFanout, SharedVideoEncoder, attach_keyframe_requests, force_h264
@@ -152,7 +152,7 @@ class Master:
         self._audio = AudioFanout(audio) if audio is not None else None
         self.signaling = SignalingClient(access, role=Role.MASTER, **dict(signaling or {}))
         self._sessions: dict[str, ViewerSession] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet()
         self._runner: asyncio.Task[None] | None = None
         self._changed = asyncio.Condition()
         self._closed = False
@@ -183,9 +183,7 @@ class Master:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.cancel()
         sessions = list(self._sessions.values())
         self._sessions.clear()
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
@@ -250,11 +248,6 @@ class Master:
         async with self._changed:
             self._changed.notify_all()
 
-    def _spawn(self, coro: Any, name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     # -- signaling events --------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -303,7 +296,7 @@ class Master:
             self.stats.sessions_replaced += 1
             self.signaling.forget(client_id)
             logger.info("viewer %s re-offered: replacing its session", client_id)
-            self._spawn(old.close(), f"close-{client_id}")
+            self._tasks.spawn(old.close(), f"close-{client_id}")
         if len(self._sessions) >= self.max_viewers:
             self.stats.refused_over_limit += 1
             logger.warning(
@@ -319,7 +312,9 @@ class Master:
         self.stats.sessions_started += 1
         # Negotiate concurrently: one slow viewer (ICE gathering can take 5 s) must not hold
         # up the others' offers and candidates.
-        self._spawn(self._negotiate(session, offer, time.monotonic()), f"negotiate-{client_id}")
+        self._tasks.spawn(
+            self._negotiate(session, offer, time.monotonic()), f"negotiate-{client_id}"
+        )
 
     async def _negotiate(self, session: ViewerSession, offer: SdpOffer, started: float) -> None:
         pc = session.pc
@@ -401,12 +396,10 @@ class Master:
 
     def _deliver(self, client_id: str, message: str | bytes) -> None:
         assert self._on_message is not None
-        try:
-            result = self._on_message(client_id, message)
-            if inspect.isawaitable(result):
-                self._spawn(result, f"message-{client_id}")
-        except Exception:
-            logger.exception("on_message callback failed")
+        self._tasks.spawn(
+            invoke(self._on_message, client_id, message, what="on_message"),
+            f"message-{client_id}",
+        )
 
     async def _drop(self, session: ViewerSession, why: str) -> None:
         if self._sessions.get(session.client_id) is session:

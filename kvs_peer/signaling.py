@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import random
 import ssl as ssl_module
@@ -33,6 +32,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
+from ._tasks import invoke
 from .errors import (
     AccessDenied,
     ChannelNotFound,
@@ -267,12 +267,7 @@ class SignalingClient:
     async def _emit(self, event: SignalingEvent) -> None:
         self._events.put_nowait(event)
         for callback in self._callbacks:
-            try:
-                result = callback(event)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                logger.exception("signaling event callback failed for %s", type(event).__name__)
+            await invoke(callback, event, what=f"signaling event ({type(event).__name__})")
 
     def forget(self, sender_client_id: str | None) -> None:
         """Forget a remote peer: its next candidates wait for its next SDP again."""

@@ -27,6 +27,7 @@ import av
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from ._tasks import TaskSet, invoke
 from .access import ChannelAccess
 from .errors import InvalidArgument, InvalidState, KvsPeerError, SessionError
 from .protocol import GoAway, IceCandidate, ReconnectIceServer, Role, SdpAnswer, StatusResponse
@@ -147,7 +148,7 @@ class Viewer:
         self.pc: RTCPeerConnection | None = None
         self.channel: Any = None
         self._candidates: RemoteCandidates | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet()
         self._runner: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._offer_lock = asyncio.Lock()
@@ -178,13 +179,13 @@ class Viewer:
         if self._closed:
             return
         self._closed = True
-        for task in (self._runner, self._watchdog, *self._tasks):
+        for task in (self._runner, self._watchdog):
             if task is not None:
                 task.cancel()
         await asyncio.gather(
-            *(t for t in (self._runner, self._watchdog, *self._tasks) if t is not None),
-            return_exceptions=True,
+            *(t for t in (self._runner, self._watchdog) if t is not None), return_exceptions=True
         )
+        await self._tasks.cancel()
         await self._close_pc()
         await self.signaling.close()
         if self.recorder is not None:
@@ -235,11 +236,6 @@ class Viewer:
             raise InvalidState("the data channel is not open yet (pass data_channel=True)")
         self.channel.send(message)
 
-    def _spawn(self, coro: Any, name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     # -- negotiation -------------------------------------------------------------------------
 
     async def _close_pc(self) -> None:
@@ -277,7 +273,7 @@ class Viewer:
             return  # an offer is already on its way
         logger.info("viewer %s: %s, offering again", self.client_id, why)
         self.stats.peer_reconnects += 1
-        self._spawn(self._offer(), "reoffer")
+        self._tasks.spawn(self._offer(), "reoffer")
 
     async def _offer_locked(self) -> None:
         await self._close_pc()
@@ -297,7 +293,7 @@ class Viewer:
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
-            self._spawn(self._consume(track), f"consume-{track.kind}")
+            self._tasks.spawn(self._consume(track), f"consume-{track.kind}")
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
@@ -339,14 +335,10 @@ class Viewer:
         @channel.on("message")
         def on_message(message: str | bytes) -> None:
             self.stats.messages_received += 1
-            if self._on_message is None:
-                return
-            try:
-                result = self._on_message(message)
-                if inspect.isawaitable(result):
-                    self._spawn(result, "on-message")
-            except Exception:
-                logger.exception("on_message callback failed")
+            if self._on_message is not None:
+                self._tasks.spawn(
+                    invoke(self._on_message, message, what="on_message"), "on-message"
+                )
 
     async def _on_answer(self, answer: SdpAnswer) -> None:
         pc = self.pc
@@ -429,9 +421,4 @@ class Viewer:
                         queue.get_nowait()
                 queue.put_nowait(frame)
             if self._on_frame is not None:
-                try:
-                    result = self._on_frame(frame)
-                    if inspect.isawaitable(result):
-                        await result
-                except Exception:
-                    logger.exception("on_frame callback failed")
+                await invoke(self._on_frame, frame, what="on_frame")
