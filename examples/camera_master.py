@@ -26,6 +26,7 @@ from kvs_peer.access import AwsAccess, SignerAccess
 from kvs_peer.channel import ChannelResolver
 from kvs_peer.master import Master
 from kvs_peer.media import open_audio_source, open_video_source
+from kvs_peer.media.sources import describe_url
 from kvs_peer.protocol import Role
 
 
@@ -45,8 +46,11 @@ async def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
-    video = open_video_source(args.source, width=args.width, height=args.height, fps=args.fps)
-    audio = open_audio_source(args.audio)
+    # Opening can block for seconds (an RTSP camera): keep it off the event loop.
+    video = await asyncio.to_thread(
+        open_video_source, args.source, width=args.width, height=args.height, fps=args.fps
+    )
+    audio = await asyncio.to_thread(open_audio_source, args.audio)
     if args.signer:
         token = os.environ.get("KVS_PEER_SIGNER_TOKEN")
         access = SignerAccess(args.signer, args.channel, Role.MASTER, token=token)
@@ -58,7 +62,8 @@ async def main() -> None:
 
 async def run(access, video, audio, args: argparse.Namespace) -> None:
     async with Master(access, video=video, audio=audio, bitrate=args.bitrate) as master:
-        print(f"streaming {args.source} on {args.channel!r}; Ctrl+C to stop", flush=True)
+        # describe_url hides a camera password (rtsp://user:secret@...) from the output
+        print(f"streaming {describe_url(args.source)} on {args.channel!r}", flush=True)
         try:
             await asyncio.wait_for(master.wait_closed(), args.duration)
         except TimeoutError:
