@@ -241,3 +241,53 @@ def test_bad_audio_arguments() -> None:
         open_audio_source("tone:abc")
     with pytest.raises(InvalidArgument, match="tone frequency"):
         ToneTrack(30000)
+
+
+def _mpegts_bytes(frames: int) -> bytes:
+    """An MPEG-TS H.264 stream of stamped 320x240 frames, as a camera or encoder would send."""
+    import io
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mpegts") as container:
+        video = container.add_stream("libx264", rate=30)
+        video.width, video.height, video.pix_fmt = 320, 240, "yuv420p"
+        for index in range(frames):
+            luma = np.full((240, 320), 100, np.uint8)
+            write_stamp(luma, index, 1000 + index)
+            planes = [luma, np.full((120, 160), 128, np.uint8), np.full((120, 160), 128, np.uint8)]
+            frame = av.VideoFrame.from_ndarray(
+                np.concatenate([p.reshape(-1) for p in planes]).reshape(360, 320), format="yuv420p"
+            )
+            frame.pts = index
+            frame.time_base = fractions.Fraction(1, 30)
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+    return buffer.getvalue()
+
+
+async def test_live_network_stream_source() -> None:
+    """A live stream over the network (here tcp://, the same PyAV path as rtsp:// or udp://)."""
+    payload = _mpegts_bytes(30)
+
+    async def send(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(payload)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(send, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        track = await asyncio.to_thread(open_video_source, f"tcp://127.0.0.1:{port}")
+        counters = []
+        try:
+            while True:
+                frame = await asyncio.wait_for(track.recv(), 5)
+                stamp = read_stamp(frame)
+                assert stamp is not None and (frame.width, frame.height) == (320, 240)
+                counters.append(stamp.counter)
+        except MediaStreamError:
+            pass  # the sender closed the stream
+        finally:
+            track.stop()
+    # a live source keeps the newest frames and may skip some, but never goes backwards
+    assert counters and counters == sorted(counters) and counters[-1] >= 25
