@@ -24,10 +24,11 @@ from typing import Any
 
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 
-from ._tasks import TaskSet, invoke
+from ._tasks import invoke
 from .access import ChannelAccess
-from .errors import InvalidArgument, InvalidState, KvsPeerError, SessionError
+from .errors import InvalidArgument, SessionError
 from .media.encoder import AudioFanout, SharedVideoEncoder, attach_keyframe_requests, force_h264
+from .peer import SignalingPeer
 from .protocol import (
     GoAway,
     IceCandidate,
@@ -105,7 +106,7 @@ class MasterStats:
     """Seconds from the last offer to its answer being sent."""
 
 
-class Master:
+class Master(SignalingPeer):
     """Connect as MASTER and stream to every viewer that sends an offer.
 
     Args:
@@ -150,56 +151,22 @@ class Master:
             SharedVideoEncoder(video, bitrate=bitrate, gop=gop) if video is not None else None
         )
         self._audio = AudioFanout(audio) if audio is not None else None
-        self.signaling = SignalingClient(access, role=Role.MASTER, **dict(signaling or {}))
+        super().__init__(SignalingClient(access, role=Role.MASTER, **dict(signaling or {})))
         self._sessions: dict[str, ViewerSession] = {}
-        self._tasks = TaskSet()
-        self._runner: asyncio.Task[None] | None = None
         self._changed = asyncio.Condition()
-        self._closed = False
         self.stats = MasterStats()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Master:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def start(self) -> None:
-        """Connect to signaling and start answering offers."""
-        if self._runner is not None:
-            raise InvalidState("Master.start() may be called once")
-        await self.signaling.connect()
-        self._runner = asyncio.create_task(self._run(), name="kvs-master")
-
-    async def close(self) -> None:
-        """Close every session, the signaling connection, the encoder and the sources."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
-        await self._tasks.cancel()
+    async def _release(self) -> None:
         sessions = list(self._sessions.values())
         self._sessions.clear()
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
-        await self.signaling.close()
         if self._encoder is not None:
             await self._encoder.close()
         if self._audio is not None:
             await self._audio.close()  # both close their source
-        async with self._changed:
-            self._changed.notify_all()
-
-    async def wait_closed(self) -> None:
-        """Wait until the master stops (signaling gave up, or close() was called)."""
-        if self._runner is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(self._runner)
+        await self._notify()
 
     # -- viewers -----------------------------------------------------------------------------
 
@@ -249,15 +216,6 @@ class Master:
             self._changed.notify_all()
 
     # -- signaling events --------------------------------------------------------------------
-
-    async def _run(self) -> None:
-        async for event in self.signaling:
-            try:
-                await self._handle(event)
-            except KvsPeerError as exc:
-                # A control-plane or signer hiccup while handling one message must not stop
-                # the master: the viewer concerned offers again.
-                logger.warning("could not handle %s: %s", type(event).__name__, exc)
 
     async def _handle(self, event: SignalingEvent) -> None:
         match event:

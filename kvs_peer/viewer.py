@@ -27,9 +27,10 @@ import av
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from ._tasks import TaskSet, invoke
+from ._tasks import invoke
 from .access import ChannelAccess
 from .errors import InvalidArgument, InvalidState, KvsPeerError, SessionError
+from .peer import SignalingPeer
 from .protocol import GoAway, IceCandidate, ReconnectIceServer, Role, SdpAnswer, StatusResponse
 from .reconnect import Refresh
 from .session import (
@@ -87,7 +88,7 @@ class ViewerStats:
         return (self.frames_received - 1) / span if span > 0 else 0.0
 
 
-class Viewer:
+class Viewer(SignalingPeer):
     """Connect as VIEWER, offer to receive media, and consume what arrives.
 
     Args:
@@ -142,52 +143,33 @@ class Viewer:
         self._reconnect = reconnect
         self._connect_timeout = connect_timeout
         self._loopback = loopback_candidates
-        self.signaling = SignalingClient(
-            access, role=Role.VIEWER, client_id=access.client_id, **dict(signaling or {})
+        super().__init__(
+            SignalingClient(
+                access, role=Role.VIEWER, client_id=access.client_id, **dict(signaling or {})
+            )
         )
         self.pc: RTCPeerConnection | None = None
         self.channel: Any = None
         self._candidates: RemoteCandidates | None = None
-        self._tasks = TaskSet()
-        self._runner: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._offer_lock = asyncio.Lock()
         self._first_frame = asyncio.Event()
         self._connected_event = asyncio.Event()
-        self._closed = False
         self.stats = ViewerStats()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Viewer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
     async def start(self) -> None:
-        """Connect to signaling and send the first offer."""
-        if self._runner is not None:
-            raise InvalidState("Viewer.start() may be called once")
+        """Connect to signaling; the first offer goes out once it is connected."""
         self.stats.started_at = time.monotonic()
-        await self.signaling.connect()
-        self._runner = asyncio.create_task(self._run(), name="kvs-viewer")
+        await super().start()
 
-    async def close(self) -> None:
-        """Close the peer connection and signaling, and finalize the recording."""
-        if self._closed:
-            return
-        self._closed = True
-        for task in (self._runner, self._watchdog):
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(
-            *(t for t in (self._runner, self._watchdog) if t is not None), return_exceptions=True
-        )
-        await self._tasks.cancel()
+    async def _release(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
         await self._close_pc()
-        await self.signaling.close()
         if self.recorder is not None:
             result = self.recorder.close()
             if inspect.isawaitable(result):
@@ -196,16 +178,6 @@ class Viewer:
             if queue.full():  # make room: the end marker must get through
                 queue.get_nowait()
             queue.put_nowait(None)
-
-    async def wait_closed(self) -> None:
-        """Wait until the viewer stops: close() was called, or signaling gave up for good.
-
-        Raises:
-            SignalingError: the reason signaling gave up (e.g. HandshakeRejected).
-        """
-        if self._runner is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(self._runner)
 
     async def wait_first_frame(self, timeout: float = 30.0) -> float:
         """Wait for the first video frame; returns the time to first frame in seconds."""
@@ -355,13 +327,6 @@ class Viewer:
             raise SessionError(None, f"the master's answer was refused: {exc}") from exc
         if self._candidates is not None:
             self._candidates.remote_description_set()
-
-    async def _run(self) -> None:
-        async for event in self.signaling:
-            try:
-                await self._handle(event)
-            except KvsPeerError as exc:
-                logger.warning("viewer %s: %s", self.client_id, exc)
 
     async def _handle(self, event: SignalingEvent) -> None:
         match event:

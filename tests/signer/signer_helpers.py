@@ -7,13 +7,16 @@ tests/conftest.py, so the signer tests import these helpers by name instead.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import boto3
+import pytest
 
 from kvs_peer.channel import ChannelResolver
 from kvs_peer.emulator import (
@@ -29,6 +32,17 @@ MASTER_TOKEN = "mst-6f1c0d7e9a2b4c58a1e3"
 VIEWER_TOKEN = "vwr-0b9e2a71c4d85f36e2a9"
 OTHER_TOKEN = "oth-7d3a9c1e5b2f48a06c1d"
 UNKNOWN_TOKEN = "unk-2c8e4a6b0d1f3e5a7c9b"
+
+
+def clear_aws_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Leave an agent process nothing to find AWS credentials with (env, files, IMDS)."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
 def token(name: str, value: str, channels: list[str], roles: list[str], **extra: Any) -> dict:

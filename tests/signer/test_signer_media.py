@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import boto3
 import pytest
-from signer_helpers import MASTER_TOKEN, VIEWER_TOKEN, signer_stack
+from signer_helpers import MASTER_TOKEN, VIEWER_TOKEN, clear_aws_environment, signer_stack
 
 from kvs_peer.access import SignerAccess
 from kvs_peer.master import Master
@@ -19,13 +18,7 @@ from kvs_peer.viewer import Viewer
 
 @pytest.fixture
 def no_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith("AWS_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    clear_aws_environment(monkeypatch, tmp_path)
 
 
 async def test_master_and_viewer_stream_through_the_signer(no_aws_env: None) -> None:

@@ -7,13 +7,12 @@ has no AWS_* variables and a HOME without ~/.aws, so only the signed URLs get th
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import boto3
 import pytest
 from conftest import MS
-from signer_helpers import MASTER_TOKEN, VIEWER_TOKEN, signer_stack
+from signer_helpers import MASTER_TOKEN, VIEWER_TOKEN, clear_aws_environment, signer_stack
 
 from kvs_peer.access import SignerAccess
 from kvs_peer.errors import SignerError
@@ -27,13 +26,7 @@ ANSWER = "v=0\r\no=- 2 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
 
 @pytest.fixture
 def no_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith("AWS_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    clear_aws_environment(monkeypatch, tmp_path)
 
 
 async def _next(client: SignalingClient, kind: type) -> object:
