@@ -27,7 +27,13 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from ._tasks import invoke
 from .access import ChannelAccess
 from .errors import InvalidArgument, SessionError
-from .media.encoder import AudioFanout, SharedVideoEncoder, attach_keyframe_requests, force_h264
+from .media.encoder import (
+    AudioFanout,
+    SharedVideoEncoder,
+    attach_keyframe_requests,
+    force_h264,
+    use_fast_send,
+)
 from .peer import SignalingPeer
 from .protocol import (
     GoAway,
@@ -314,6 +320,7 @@ class Master(SignalingPeer):
                 # there, and our packets are H.264 whatever the viewer prefers.
                 force_h264(transceiver)
                 attach_keyframe_requests(transceiver.sender, track)
+                use_fast_send(transceiver.sender)
             if self._audio is not None and "audio" in kinds:
                 audio = self._audio.subscribe()
                 session._tracks.append(audio)

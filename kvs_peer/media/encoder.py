@@ -4,8 +4,12 @@ aiortc gives every ``RTCRtpSender`` its own encoder, so N viewers cost N encodes
 core each at 640x480@30 here). When a track returns ``av.Packet`` objects instead of frames, the
 sender only packetizes them (``H264Encoder.pack``). :class:`SharedVideoEncoder` exploits that:
 
-    source track -> SharedVideoEncoder (one libx264, in a worker thread)
-                 -> PacketTrack per viewer -> RTCRtpSender.pack -> RTP
+    source track -> SharedVideoEncoder (one libx264 and RTP packetizer, in a worker thread)
+                 -> PacketTrack per viewer -> RTCRtpSender (fast send loop) -> RTP
+
+The packetizing happens once per frame, not once per viewer, and
+:func:`~kvs_peer.media.rtpsender.use_fast_send` gives each sender a leaner loop that reuses it
+(what is left that grows with viewers is SRTP and ``sendto``).
 
 The subscriber lifecycle (idle until the first ``recv()``, source read only while someone
 reads, bounded queues) is :mod:`kvs_peer.media.broadcast`'s; this module adds the encoding and
@@ -19,6 +23,7 @@ What a master must do per viewer (or call :func:`add_shared_video`), **before**
     transceiver = pc.addTransceiver(track, direction="sendonly")
     force_h264(transceiver)               # otherwise aiortc may pick VP8 and send H.264 as VP8
     attach_keyframe_requests(transceiver.sender)
+    use_fast_send(transceiver.sender)     # optional: less CPU per viewer
     await pc.setRemoteDescription(offer)  # raises if the offer has no H.264
 
 Keyframes: a :class:`PacketTrack` queues nothing until its sender first calls ``recv()`` (that
@@ -39,10 +44,12 @@ import fractions
 import logging
 import time
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import av
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver
+from aiortc.codecs.h264 import H264Encoder
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from av.video.frame import PictureType
@@ -50,16 +57,19 @@ from av.video.frame import PictureType
 from ..errors import InvalidArgument, MediaError
 from .broadcast import Broadcast, BroadcastTrack
 from .fanout import AudioFanout
+from .rtpsender import use_fast_send
 from .timing import VIDEO_TIME_BASE
 
 __all__ = [
     "AudioFanout",  # re-exported: the master imports its media plumbing from here
+    "EncodedVideo",
     "PacketTrack",
     "SharedVideoEncoder",
     "add_shared_video",
     "attach_keyframe_requests",
     "force_h264",
     "h264_codec_preferences",
+    "use_fast_send",  # re-exported with the rest of the per-viewer plumbing
 ]
 
 logger = logging.getLogger(__name__)
@@ -134,7 +144,8 @@ def attach_keyframe_requests(sender: RTCRtpSender, track: PacketTrack | None = N
 def add_shared_video(pc: RTCPeerConnection, encoder: SharedVideoEncoder) -> RTCRtpTransceiver:
     """Add a send-only H.264 transceiver fed by ``encoder`` to ``pc``.
 
-    Subscribes, adds the transceiver, forces H.264 and hooks PLI/FIR. Call it **before**
+    Subscribes, adds the transceiver, forces H.264, hooks PLI/FIR and gives the sender the
+    fast send loop (:func:`~kvs_peer.media.rtpsender.use_fast_send`). Call it **before**
     ``pc.setRemoteDescription(offer)`` (see :func:`force_h264`).
 
     Returns:
@@ -144,10 +155,31 @@ def add_shared_video(pc: RTCPeerConnection, encoder: SharedVideoEncoder) -> RTCR
     transceiver = pc.addTransceiver(track, direction="sendonly")
     force_h264(transceiver)
     attach_keyframe_requests(transceiver.sender)
+    use_fast_send(transceiver.sender)
     return transceiver
 
 
-class PacketTrack(BroadcastTrack[av.Packet]):
+@dataclass(frozen=True, slots=True)
+class EncodedVideo:
+    """One encoded frame as every viewer's sender needs it.
+
+    Attributes:
+        packet: the H.264 access unit (Annex-B), as libx264 made it.
+        payloads: its RTP payloads (aiortc's H.264 packetization: single NAL, STAP-A, FU-A).
+        timestamp: its RTP timestamp at 90 kHz, before each sender adds its random origin.
+    """
+
+    packet: av.Packet
+    payloads: tuple[bytes, ...]
+    timestamp: int
+
+    @property
+    def is_keyframe(self) -> bool:
+        """Whether a decoder can start here."""
+        return bool(self.packet.is_keyframe)
+
+
+class PacketTrack(BroadcastTrack[EncodedVideo]):
     """One viewer's view of a :class:`SharedVideoEncoder`: ``recv()`` returns ``av.Packet``.
 
     Created by :meth:`SharedVideoEncoder.subscribe`; ``stop()`` unsubscribes (aiortc stops a
@@ -177,15 +209,25 @@ class PacketTrack(BroadcastTrack[av.Packet]):
         self.keyframe_requests += 1
         self._encoder.request_keyframe()
 
-    async def recv(self) -> av.Packet:
+    async def recv(self) -> av.Packet:  # type: ignore[override]
         """Return the next packet; the first call waits for a fresh keyframe.
+
+        This is what aiortc's own send loop reads; the fast loop reads :meth:`recv_encoded`.
 
         Raises:
             MediaStreamError: the track was stopped or the encoder's source ended.
         """
-        packet = await super().recv()
+        return (await self.recv_encoded()).packet
+
+    async def recv_encoded(self) -> EncodedVideo:
+        """Like :meth:`recv`, with the frame's RTP payloads already made.
+
+        Raises:
+            MediaStreamError: the track was stopped or the encoder's source ended.
+        """
+        encoded = await super().recv()
         self.packets_delivered += 1
-        return packet
+        return encoded
 
     def _on_recv(self, first: bool) -> None:
         if first:
@@ -197,7 +239,7 @@ class PacketTrack(BroadcastTrack[av.Packet]):
             self._ask_on_recv = False
             self.request_keyframe()
 
-    def _offer(self, packet: av.Packet) -> None:
+    def _offer(self, packet: EncodedVideo) -> None:
         if self._waiting_keyframe:
             if not packet.is_keyframe:
                 if self.resyncs:  # skipping after an overflow, not before the first keyframe
@@ -275,6 +317,7 @@ class SharedVideoEncoder(Broadcast[PacketTrack]):
         self.fps = float(fps or getattr(source, "fps", None) or 30.0)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._codec: Any = None
+        self._packetizer = H264Encoder()  # only its pack(), which keeps no state
         self._last_pts = -1
         self._keyframe_wanted = False
         self._last_forced = -float("inf")
@@ -315,7 +358,7 @@ class SharedVideoEncoder(Broadcast[PacketTrack]):
         self._last_forced = now
         return True
 
-    async def _produce(self, frame: av.VideoFrame) -> list[av.Packet]:
+    async def _produce(self, frame: av.VideoFrame) -> list[EncodedVideo]:
         force = self._take_keyframe_request()
         assert self._executor is not None
         loop = asyncio.get_running_loop()
@@ -359,7 +402,7 @@ class SharedVideoEncoder(Broadcast[PacketTrack]):
         logger.debug("libx264 opened: %dx%d, %d bit/s", width, height, self.bitrate)
         return codec
 
-    def _encode(self, frame: av.VideoFrame, force: bool) -> list[av.Packet]:
+    def _encode(self, frame: av.VideoFrame, force: bool) -> list[EncodedVideo]:
         # Runs on the encoder's single worker thread: the codec context is never shared.
         started = time.perf_counter()
         if self._codec is None or (frame.width, frame.height) != (
@@ -385,13 +428,16 @@ class SharedVideoEncoder(Broadcast[PacketTrack]):
         frame.pts = pts
         frame.time_base = VIDEO_TIME_BASE
         frame.pict_type = PictureType.I if force else PictureType.NONE
-        packets = list(self._codec.encode(frame))
-        for packet in packets:
+        encoded = []
+        for packet in self._codec.encode(frame):
             packet.time_base = VIDEO_TIME_BASE
             if packet.pts is None:
                 packet.pts = pts
+            # Once here for every viewer; aiortc's loop would redo this per sender.
+            payloads, timestamp = self._packetizer.pack(packet)
+            encoded.append(EncodedVideo(packet, tuple(payloads), timestamp))
         self.frames_encoded += 1
         if force:
             self.forced_keyframes += 1
         self.encode_seconds += time.perf_counter() - started
-        return packets
+        return encoded

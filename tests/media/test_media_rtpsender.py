@@ -1,0 +1,222 @@
+"""The fast RTP send loop: bytes equal to aiortc's, NACKs answered, stats and fallbacks intact."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from typing import Any
+
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+from aiortc.rtp import HeaderExtensions, HeaderExtensionsMap, RtpPacket
+from media_peers import connect, watch
+
+from kvs_peer.media import SharedVideoEncoder, TestPatternTrack
+from kvs_peer.media.rtpsender import RtpHistory, extension_block, rtp_datagrams, use_fast_send
+
+MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
+ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+
+
+def extensions_map(mid_id: int = 1, abs_id: int = 2) -> HeaderExtensionsMap:
+    result = HeaderExtensionsMap()
+    result.configure(
+        RTCRtpParameters(
+            headerExtensions=[
+                RTCRtpHeaderExtensionParameters(id=mid_id, uri=MID),
+                RTCRtpHeaderExtensionParameters(id=abs_id, uri=ABS_SEND_TIME),
+            ]
+        )
+    )
+    return result
+
+
+def test_datagrams_are_byte_for_byte_what_aiortc_serializes() -> None:
+    rng = random.Random(7)
+    for _ in range(300):
+        ids = rng.sample(range(1, 15), 2)
+        mapping = extensions_map(*ids) if rng.random() < 0.8 else HeaderExtensionsMap()
+        extensions = HeaderExtensions()
+        extensions.mid = rng.choice(["0", "1", "video", "a" * 16])
+        extensions.abs_send_time = rng.getrandbits(24)
+        payloads = [os.urandom(rng.randint(1, 1300)) for _ in range(rng.randint(1, 6))]
+        fields = {
+            "payload_type": rng.randint(96, 127),
+            "ssrc": rng.getrandbits(32),
+            "timestamp": rng.getrandbits(32),
+        }
+        first = rng.choice([0, 1, 0xFFFE, 0xFFFF, rng.getrandbits(16)])
+        ours = rtp_datagrams(
+            payloads,
+            sequence_number=first,
+            extensions=extension_block(mapping, extensions),
+            **fields,
+        )
+        expected = []
+        for index, payload in enumerate(payloads):
+            packet = RtpPacket(
+                marker=int(index == len(payloads) - 1),
+                sequence_number=(first + index) & 0xFFFF,
+                payload=payload,
+                **fields,
+            )
+            packet.extensions = extensions
+            expected.append(packet.serialize(mapping))
+        assert ours == expected
+
+
+def test_history_rebuilds_what_was_sent_and_forgets_what_was_overwritten() -> None:
+    mapping = extensions_map()
+    extensions = HeaderExtensions()
+    extensions.mid = "0"
+    extensions.abs_send_time = 123456
+    history = RtpHistory()
+    payloads = [b"first", b"second"]
+    datagrams = rtp_datagrams(
+        payloads,
+        payload_type=102,
+        ssrc=0xDEADBEEF,
+        sequence_number=0xFFFF,
+        timestamp=90_000,
+        extensions=extension_block(mapping, extensions),
+    )
+    for index, payload in enumerate(payloads):
+        history.remember(
+            (0xFFFF + index) & 0xFFFF,
+            payload_type=102,
+            ssrc=0xDEADBEEF,
+            timestamp=90_000,
+            marker=int(index == 1),
+            payload=payload,
+            extensions=extensions,
+        )
+    # aiortc's NACK handler looks packets up by sequence number modulo the history size.
+    assert history.get(0xFFFF % 128).serialize(mapping) == datagrams[0]
+    assert history.get(0).serialize(mapping) == datagrams[1]
+    assert history.get(5) is None
+    history.remember(
+        128,
+        payload_type=102,
+        ssrc=1,
+        timestamp=0,
+        marker=0,
+        payload=b"x",
+        extensions=extensions,
+    )
+    # Slot 0 now holds 128: aiortc compares sequence numbers and will not resend the wrong one.
+    assert history.get(0).sequence_number == 128
+
+
+async def test_fast_loop_is_in_use_with_this_aiortc() -> None:
+    # If an aiortc upgrade renames what the loop relies on, the master silently falls back to
+    # aiortc's slower loop; this test is what notices.
+    async with SharedVideoEncoder(TestPatternTrack(320, 240, 30)) as encoder:
+        link = await connect(encoder)
+        try:
+            assert link.video_transceiver is not None
+            assert "_run_rtp" in vars(link.video_transceiver.sender)
+            result = await watch(link, 1.0)
+        finally:
+            await link.close()
+    assert result.frames >= 20 and result.increasing and not result.unreadable
+
+
+async def test_a_changed_aiortc_falls_back_to_its_own_loop(caplog: Any) -> None:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        sender = pc.addTransceiver("video", direction="sendonly").sender
+        del sender._RTCRtpSender__rtp_history  # as if a new aiortc had renamed it
+        with caplog.at_level(logging.WARNING, logger="kvs_peer.media.rtpsender"):
+            assert use_fast_send(sender) is False
+        assert "rtp_history" in caplog.text and "slower" in caplog.text
+        assert "_run_rtp" not in vars(sender)
+    finally:
+        await pc.close()
+
+
+async def test_lost_packets_are_resent_from_the_history() -> None:
+    async with SharedVideoEncoder(TestPatternTrack(640, 480, 30), gop=None) as encoder:
+        link = await connect(encoder)
+        try:
+            assert link.video_transceiver is not None
+            sender = link.video_transceiver.sender
+            receiver_dtls = link.viewer.getTransceivers()[0].receiver.transport
+            original = receiver_dtls._handle_rtp_data
+            dropped: set[int] = set()
+            resent = 0
+
+            async def lossy(data: bytes, arrival_time_ms: int) -> None:
+                nonlocal resent
+                packet = RtpPacket.parse(data)
+                if packet.ssrc == sender._ssrc:
+                    # Drop about one media packet in eight, the first time only.
+                    if packet.sequence_number % 8 == 3 and packet.sequence_number not in dropped:
+                        dropped.add(packet.sequence_number)
+                        return
+                elif packet.ssrc == sender._rtx_ssrc:
+                    resent += 1
+                await original(data, arrival_time_ms)
+
+            receiver_dtls._handle_rtp_data = lossy
+            result = await watch(link, 2.0)
+        finally:
+            await link.close()
+    print(f"dropped {len(dropped)}, resent {resent}, frames {result.frames}")
+    assert len(dropped) >= 20
+    assert resent >= len(dropped) - 3  # the last few may still be in flight at the end
+    # With no periodic keyframes, a frame that lost a packet for good would stop the picture
+    # until the end of the test; every frame arriving in order shows the resends repaired it.
+    assert result.increasing and not result.unreadable
+    assert result.fps > 25
+
+
+async def test_sender_reports_and_stats_count_what_was_sent() -> None:
+    async with SharedVideoEncoder(TestPatternTrack(320, 240, 30)) as encoder:
+        link = await connect(encoder)
+        try:
+            assert link.video_transceiver is not None
+            await watch(link, 2.5)  # sender reports go out every 0.5-1.5 s
+            sent = await link.video_transceiver.sender.getStats()
+            received = await link.viewer.getTransceivers()[0].receiver.getStats()
+        finally:
+            await link.close()
+    outbound = next(s for s in sent.values() if s.type == "outbound-rtp")
+    transport = next(s for s in sent.values() if s.type == "transport")
+    inbound = next(s for s in received.values() if s.type == "inbound-rtp")
+    remote = next(s for s in received.values() if s.type == "remote-outbound-rtp")
+    assert outbound.packetsSent > 100 and outbound.bytesSent > 50_000
+    # Loopback loses nothing: the viewer got every packet the sender counted, give or take
+    # the last frame in flight.
+    assert 0 <= outbound.packetsSent - inbound.packetsReceived <= 10
+    assert transport.packetsSent >= outbound.packetsSent
+    # The counters reached the viewer in a sender report.
+    assert 0 < remote.packetsSent <= outbound.packetsSent
+
+
+async def test_a_replaced_frame_track_is_encoded_by_aiortc() -> None:
+    async with SharedVideoEncoder(TestPatternTrack(320, 240, 30)) as encoder:
+        link = await connect(encoder)
+        try:
+            assert link.video_transceiver is not None
+            first = await watch(link, 0.5)
+            # Frames instead of packets: the fast loop hands them to aiortc's own encoder.
+            link.video_transceiver.sender.replaceTrack(TestPatternTrack(320, 240, 30))
+            await asyncio.sleep(0.3)
+            second = await watch(link, 1.0)
+        finally:
+            await link.close()
+    assert first.frames >= 10
+    assert second.frames >= 15 and not second.unreadable
+
+
+@pytest.mark.parametrize("sequence_number", [0, 0xFFFE])
+def test_sequence_numbers_wrap(sequence_number: int) -> None:
+    datagrams = rtp_datagrams(
+        [b"a", b"b", b"c"], payload_type=96, ssrc=1, sequence_number=sequence_number, timestamp=0
+    )
+    numbers = [RtpPacket.parse(d).sequence_number for d in datagrams]
+    assert numbers == [(sequence_number + i) & 0xFFFF for i in range(3)]
+    assert [RtpPacket.parse(d).marker for d in datagrams] == [0, 0, 1]
