@@ -48,7 +48,12 @@ async def main() -> None:
 
     # Opening can block for seconds (an RTSP camera): keep it off the event loop.
     video = await asyncio.to_thread(
-        open_video_source, args.source, width=args.width, height=args.height, fps=args.fps
+        open_video_source,
+        args.source,
+        width=args.width,
+        height=args.height,
+        fps=args.fps,
+        reopen=True,  # a camera that reboots or is replugged comes back on its own
     )
     audio = await asyncio.to_thread(open_audio_source, args.audio)
     if args.signer:

@@ -179,6 +179,12 @@ def _configure_master(p: argparse.ArgumentParser) -> None:
     p.add_argument("--height", type=int, help="video height")
     p.add_argument("--fps", type=float, help="frames per second")
     p.add_argument("--loop", action="store_true", help="loop a media file")
+    p.add_argument(
+        "--no-reopen",
+        dest="reopen",
+        action="store_false",
+        help="stop streaming when a camera or stream URL ends, instead of opening it again",
+    )
     p.add_argument("--bitrate", type=int, default=1_000_000, help="video bit/s (default 1M)")
     p.add_argument("--gop", type=int, default=60, help="keyframe interval in frames (default 60)")
     p.add_argument("--max-viewers", type=int, default=10, help="viewers at once (default 10)")
@@ -199,6 +205,7 @@ async def _master(args: argparse.Namespace) -> int:
         height=args.height,
         fps=args.fps,
         loop=args.loop,
+        reopen=args.reopen,
     )
     audio = await asyncio.to_thread(open_audio_source, args.audio, loop=args.loop)
     started = time.monotonic()

@@ -39,6 +39,12 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert parser.parse_args(["viewer", "--channel", "c"]).record is None
 
 
+def test_master_reopens_live_sources_unless_told_not_to() -> None:
+    parser = build_parser()
+    assert parser.parse_args(["master", "--channel", "c"]).reopen is True
+    assert parser.parse_args(["master", "--channel", "c", "--no-reopen"]).reopen is False
+
+
 async def test_url_prints_a_verifiable_signed_url(
     kvs: LocalKvs, device_env: dict[str, str]
 ) -> None:

@@ -4,13 +4,13 @@ Pipeline of a master (data flows one way)::
 
     open_video_source("testsrc" | file | 0 | /dev/video0 | rtsp://...)   yuv420p, 90 kHz pts
         -> SharedVideoEncoder (one libx264, worker thread)                 av.Packet, Annex-B
-            -> PacketTrack per viewer -> RTCRtpSender.pack() -> RTP        no re-encode
+            -> PacketTrack per viewer -> RTCRtpSender (lean send loop) -> RTP   no re-encode
     open_audio_source("tone" | file | none)                                s16, 48 kHz, 20 ms
         -> AudioFanout -> track per viewer -> aiortc's own Opus encoder per sender
 
 Per viewer, before ``setRemoteDescription(offer)``: :func:`add_shared_video` (or
 ``encoder.subscribe()`` + ``pc.addTransceiver(track, direction="sendonly")`` +
-:func:`force_h264` + :func:`attach_keyframe_requests`), then
+:func:`force_h264` + :func:`attach_keyframe_requests` + :func:`use_fast_send`), then
 ``pc.addTransceiver(fanout.subscribe(), direction="sendonly")`` for audio.
 
 A viewer hands decoded frames to :class:`Recorder` (Matroska in a worker thread),
@@ -40,10 +40,14 @@ Traps this package is built around (measured with aiortc 1.16 / PyAV 18, see
    frames; the encoder stops reading its source when nobody is subscribed.
 6. **aiortc's MediaRecorder encodes on the event loop, and MP4 is unreadable after a crash**:
    :class:`Recorder` encodes in a thread and writes Matroska with ``flush_packets=1``.
+7. **aiortc's send loop costs about 0.008 core per viewer** even for pre-encoded packets (it
+   re-packetizes and re-serializes every packet for every viewer):
+   :mod:`kvs_peer.media.rtpsender` packetizes once and sends with a leaner loop (0.003).
 
 Costs measured on the 2-core test VM at 640x480@30: the test pattern 0.017 core; pattern plus
-shared encoder (``veryfast``, zerolatency, 2.5 ms per frame) 0.11 core; a whole master process
-(pattern, encoder, aiortc peers) 0.12 core with 1 viewer and 0.13 with 3, all at 30 fps.
+shared encoder (``veryfast``, zerolatency, 2.7-3.3 ms per frame) 0.11 core; a whole master
+process (pattern, encoder, aiortc peers) 0.14 core with 1 viewer and 0.17 with 10, all at
+30 fps (``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ from .._lazy import lazy_exports
 if TYPE_CHECKING:
     from .capture import CameraTrack, FileAudioTrack, PyAVVideoTrack
     from .encoder import (
+        EncodedVideo,
         PacketTrack,
         SharedVideoEncoder,
         add_shared_video,
@@ -64,6 +69,8 @@ if TYPE_CHECKING:
     )
     from .fanout import AudioFanout, AudioSubscriberTrack
     from .recorder import Recorder, RecorderStats, frame_to_ndarray, save_snapshot
+    from .reopen import ReopeningVideoTrack
+    from .rtpsender import use_fast_send
     from .sources import (
         TestPatternTrack,
         ToneTrack,
@@ -75,6 +82,7 @@ if TYPE_CHECKING:
 # Submodules load on first use, so ``import kvs_peer.media.stamp`` (numpy only, used by test
 # helpers) does not pull in aiortc and PyAV.
 _SUBMODULE = {
+    "EncodedVideo": "encoder",
     "PacketTrack": "encoder",
     "SharedVideoEncoder": "encoder",
     "add_shared_video": "encoder",
@@ -87,6 +95,8 @@ _SUBMODULE = {
     "RecorderStats": "recorder",
     "frame_to_ndarray": "recorder",
     "save_snapshot": "recorder",
+    "ReopeningVideoTrack": "reopen",
+    "use_fast_send": "rtpsender",
     "CameraTrack": "capture",
     "FileAudioTrack": "capture",
     "PyAVVideoTrack": "capture",
@@ -103,11 +113,13 @@ __all__ = [
     "AudioFanout",
     "AudioSubscriberTrack",
     "CameraTrack",
+    "EncodedVideo",
     "FileAudioTrack",
     "PacketTrack",
     "PyAVVideoTrack",
     "Recorder",
     "RecorderStats",
+    "ReopeningVideoTrack",
     "SharedVideoEncoder",
     "Stamp",
     "TestPatternTrack",
@@ -121,6 +133,7 @@ __all__ = [
     "open_video_source",
     "read_stamp",
     "save_snapshot",
+    "use_fast_send",
     "write_stamp",
 ]
 

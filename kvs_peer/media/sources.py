@@ -226,6 +226,7 @@ def open_video_source(
     loop: bool = False,
     options: Mapping[str, str] | None = None,
     timeout: float = 10.0,
+    reopen: bool = False,
 ) -> MediaStreamTrack:
     """Open a video source by name.
 
@@ -254,6 +255,10 @@ def open_video_source(
         options: extra FFmpeg input options for PyAV sources (e.g. ``{"rtsp_transport":
             "udp"}``).
         timeout: seconds to wait when opening or reading a network source.
+        reopen: for live sources (cameras, streaming URLs), open the source again, with
+            backoff, whenever it ends, instead of ending the track: a
+            :class:`~kvs_peer.media.reopen.ReopeningVideoTrack`. Files and the test pattern
+            ignore it (files have ``loop``). Only the first opening raises.
 
     Returns:
         A video ``MediaStreamTrack`` producing yuv420p frames.
@@ -263,6 +268,30 @@ def open_video_source(
         MediaError: the file is missing or unreadable, the device cannot be opened, the URL
             cannot be reached, or there is no video stream.
     """
+
+    def open_once() -> MediaStreamTrack:
+        return _open_video_once(
+            spec, width=width, height=height, fps=fps, loop=loop, options=options, timeout=timeout
+        )
+
+    track = open_once()
+    if reopen and getattr(track, "live", False):
+        from .reopen import ReopeningVideoTrack
+
+        return ReopeningVideoTrack(open_once, first=track)
+    return track
+
+
+def _open_video_once(
+    spec: str,
+    *,
+    width: int | None,
+    height: int | None,
+    fps: float | None,
+    loop: bool,
+    options: Mapping[str, str] | None,
+    timeout: float,
+) -> MediaStreamTrack:
     spec = spec.strip()
     if not spec:
         raise InvalidArgument(

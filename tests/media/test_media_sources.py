@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError
 from conftest import MS
+from media_files import mpegts_bytes
 
 from kvs_peer.errors import InvalidArgument, MediaError
 from kvs_peer.media import (
@@ -243,31 +244,9 @@ def test_bad_audio_arguments() -> None:
         ToneTrack(30000)
 
 
-def _mpegts_bytes(frames: int) -> bytes:
-    """An MPEG-TS H.264 stream of stamped 320x240 frames, as a camera or encoder would send."""
-    import io
-
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format="mpegts") as container:
-        video = container.add_stream("libx264", rate=30)
-        video.width, video.height, video.pix_fmt = 320, 240, "yuv420p"
-        for index in range(frames):
-            luma = np.full((240, 320), 100, np.uint8)
-            write_stamp(luma, index, 1000 + index)
-            planes = [luma, np.full((120, 160), 128, np.uint8), np.full((120, 160), 128, np.uint8)]
-            frame = av.VideoFrame.from_ndarray(
-                np.concatenate([p.reshape(-1) for p in planes]).reshape(360, 320), format="yuv420p"
-            )
-            frame.pts = index
-            frame.time_base = fractions.Fraction(1, 30)
-            container.mux(video.encode(frame))
-        container.mux(video.encode(None))
-    return buffer.getvalue()
-
-
 async def test_live_network_stream_source() -> None:
     """A live stream over the network (here tcp://, the same PyAV path as rtsp:// or udp://)."""
-    payload = _mpegts_bytes(30)
+    payload = mpegts_bytes(30)
 
     async def send(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(payload)
