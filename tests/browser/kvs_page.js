@@ -133,7 +133,7 @@
       });
     });
     signaling.on('sdpAnswer', async (answer) => {
-      log('sdp-answer');
+      log('sdp-answer', (answer.sdp.match(/profile-level-id=([0-9a-fA-F]{6})/) || [])[1]);
       await pc.setRemoteDescription(answer).catch(fail('setRemoteDescription'));
     });
     signaling.on('iceCandidate', (candidate) => {

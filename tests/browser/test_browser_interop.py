@@ -145,12 +145,18 @@ def _event_times(state: dict[str, Any]) -> dict[str, int]:
 
 
 async def _stream_to_browser(
-    kvs: LocalKvs, resolver: ChannelResolver, peer: BrowserPeer, **viewer_options: Any
+    kvs: LocalKvs,
+    resolver: ChannelResolver,
+    peer: BrowserPeer,
+    *,
+    size: tuple[int, int] = (640, 480),
+    fps: int = 30,
+    **viewer_options: Any,
 ) -> tuple[dict[str, Any], list[tuple[Any, dict[str, Any], tuple[int, ...]]]]:
     """kvs-peer master -> browser viewer; returns the page state and three grabbed frames."""
     access = AwsAccess(resolver, CHANNEL, Role.MASTER)
     async with Master(
-        access, video=TestPatternTrack(640, 480, 30), signaling={"ssl": kvs.ssl_context()}
+        access, video=TestPatternTrack(*size, fps), signaling={"ssl": kvs.ssl_context()}
     ):
         options = await page_options(kvs, resolver, CHANNEL, Role.VIEWER, client_id=BROWSER_VIEWER)
         await peer.start_viewer({**options, **viewer_options})
@@ -198,6 +204,22 @@ async def test_kvs_master_to_browser_viewer(hide_ips, trickle, kvs, resolver, op
         f"TTFF {state['firstFrameMs']} ms (offer sent at {times['sdp-offer-sent']} ms, "
         f"answer at {times['sdp-answer']} ms, connected at {times['connection-connected']} ms)",
     )
+
+
+async def test_full_hd_plays_in_the_browser(kvs, resolver, open_page, capsys):
+    # Above 1280x720 the encoder needs H.264 level 4.0, while the answer keeps the level the
+    # browser offered (3.1, profile-level-id 42e01f): Chromium must decode it anyway.
+    peer = await open_page()
+    state, grabs = await _stream_to_browser(kvs, resolver, peer, size=(1920, 1080), fps=10)
+    stamps = [g[0] for g in grabs]
+    assert all(s is not None for s in stamps), f"unreadable stamp in a browser frame: {stamps}"
+    counters = [s.counter for s in stamps]
+    assert counters == sorted(set(counters)), f"stamped counters did not advance: {counters}"
+    assert all(g[2] == (1080, 1920, 3) for g in grabs)
+    assert not state["errors"], state["errors"]
+    levels = [detail for _, name, detail in state["events"] if name == "sdp-answer"]
+    assert levels and levels[0].lower().endswith("1f"), levels  # the answer says level 3.1
+    _print(capsys, f"browser viewer, 1920x1080 at level 4.0: TTFF {state['firstFrameMs']} ms")
 
 
 async def test_early_mdns_candidates_do_not_delay_the_answer(kvs, resolver, open_page, capsys):

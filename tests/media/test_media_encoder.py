@@ -283,3 +283,16 @@ async def test_join_right_after_a_periodic_keyframe_is_served_at_once() -> None:
         joiner.stop()
     assert packet.is_keyframe
     assert waited < 0.25, f"joiner waited {waited:.3f} s for its keyframe"
+
+
+@pytest.mark.parametrize(("size", "level"), [((1280, 720), 31), ((1920, 1080), 40)])
+async def test_level_fits_the_frame_size(size: tuple[int, int], level: int) -> None:
+    async with SharedVideoEncoder(TestPatternTrack(*size, 10)) as encoder:
+        track = encoder.subscribe()
+        encoded = await asyncio.wait_for(track.recv_encoded(), 10)
+    data = bytes(encoded.packet)
+    sps = data.index(b"\x00\x00\x01\x67") + 4  # NAL type 7 with nal_ref_idc 3, as x264 writes
+    profile_idc, constraints, level_idc = data[sps : sps + 3]
+    assert (profile_idc, constraints & 0x40, level_idc) == (66, 0x40, level)  # Constrained Baseline
+    # The RTP payloads carry the same access unit: SPS and PPS aggregated first (STAP-A).
+    assert encoded.payloads[0][0] & 0x1F == 24
