@@ -225,6 +225,10 @@ async def _master(args: argparse.Namespace) -> int:
         source = getattr(video, "description", None) or describe_url(args.source)
         _stderr(f"streaming {source} on channel {args.channel!r} as MASTER (Ctrl+C stops)")
         await _wait(master.wait_closed(), args)
+        if master.end_reason is not None:
+            live = getattr(video, "live", False)
+            hint = "without --no-reopen it is opened again" if live else "--loop repeats a file"
+            _stderr(f"{master.end_reason}; stopping ({hint})")
     if args.json:
         stats = master.stats
         print(
@@ -239,6 +243,7 @@ async def _master(args: argparse.Namespace) -> int:
                     "sessionsConnected": stats.sessions_connected,
                     "sessionsFailed": stats.sessions_failed,
                     "signalingReconnects": master.signaling.stats.reconnects,
+                    "endReason": master.end_reason,
                 }
             )
         )

@@ -161,8 +161,30 @@ class Master(SignalingPeer):
         self._sessions: dict[str, ViewerSession] = {}
         self._changed = asyncio.Condition()
         self.stats = MasterStats()
+        self.end_reason: str | None = None
+        """Why the master stopped on its own (its source ended), or None."""
 
     # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect to signaling and start answering viewers.
+
+        The master stops by itself (:meth:`wait_closed` returns, :attr:`end_reason` says why)
+        when its video source ends, or its audio source when it sends no video: a file played
+        to its end without ``loop``, or a camera gone for good. There is nothing left to send.
+        """
+        await super().start()
+        source = self._encoder if self._encoder is not None else self._audio
+        if source is not None:
+            kind = "video" if source is self._encoder else "audio"
+            self._tasks.spawn(self._stop_when_ended(source, kind), "watch-source")
+
+    async def _stop_when_ended(self, source: SharedVideoEncoder | AudioFanout, kind: str) -> None:
+        await source.wait_ended()
+        self.end_reason = f"the {kind} source ended"
+        logger.warning("%s: the master stops", self.end_reason)
+        if self._runner is not None:
+            self._runner.cancel()  # wait_closed() returns; close() releases the rest
 
     async def _release(self) -> None:
         sessions = list(self._sessions.values())

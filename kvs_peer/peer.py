@@ -62,7 +62,8 @@ class SignalingPeer(abc.ABC):
         await self._release()
 
     async def wait_closed(self) -> None:
-        """Wait until the peer stops: close() was called, or signaling gave up for good.
+        """Wait until the peer stops: close() was called, signaling gave up for good, or the
+        peer stopped on its own (a master whose source ended).
 
         Raises:
             SignalingError: why signaling gave up (e.g. HandshakeRejected).

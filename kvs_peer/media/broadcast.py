@@ -128,6 +128,7 @@ class Broadcast(ABC, Generic[TrackT]):
         self._stopping: set[asyncio.Task[None]] = set()
         self._closed = False
         self._ended = False
+        self._ended_event = asyncio.Event()
 
     async def __aenter__(self) -> Self:
         return self
@@ -144,6 +145,19 @@ class Broadcast(ABC, Generic[TrackT]):
     def active_subscribers(self) -> int:
         """Tracks whose consumers are reading."""
         return len(self._active)
+
+    @property
+    def ended(self) -> bool:
+        """Whether the source ended or failed (not set by :meth:`close`)."""
+        return self._ended
+
+    async def wait_ended(self) -> None:
+        """Wait until the source ends or fails; :meth:`close` alone does not count.
+
+        The source is read only while some subscriber reads, so a file ends only if watched to
+        its end.
+        """
+        await self._ended_event.wait()
 
     @property
     def running(self) -> bool:
@@ -234,5 +248,6 @@ class Broadcast(ABC, Generic[TrackT]):
 
     def _end(self) -> None:
         self._ended = True
+        self._ended_event.set()
         for track in list(self._subscribers):
             track.stop()

@@ -1,0 +1,69 @@
+"""A master whose source ends stops by itself, and `kvs-peer master` exits and says why."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from media_files import mpegts_bytes
+
+from kvs_peer.access import AwsAccess
+from kvs_peer.channel import ChannelResolver
+from kvs_peer.emulator import LocalKvs
+from kvs_peer.master import Master
+from kvs_peer.media import open_video_source
+from kvs_peer.protocol import Role
+from kvs_peer.testing.video import VideoCheck
+from kvs_peer.viewer import Viewer
+
+
+def clip(tmp_path: Path, frames: int = 30) -> Path:
+    path = tmp_path / "clip.ts"
+    path.write_bytes(mpegts_bytes(frames))
+    return path
+
+
+async def test_master_stops_when_its_file_ends(
+    kvs: LocalKvs, resolver: ChannelResolver, tmp_path: Path
+) -> None:
+    kvs.create_channel("clip")
+    check = VideoCheck()
+    master = Master(
+        AwsAccess(resolver, "clip", Role.MASTER), video=open_video_source(str(clip(tmp_path)))
+    )
+    async with (
+        master,
+        Viewer(AwsAccess(resolver, "clip", Role.VIEWER, client_id="c1"), on_frame=check.add),
+    ):
+        # The file is read only while someone watches: one second of video, then the end.
+        await asyncio.wait_for(master.wait_closed(), 15)
+        assert master.end_reason == "the video source ended"
+        assert master.encoder is not None and master.encoder.ended
+    assert check.frames >= 20
+
+
+async def test_master_command_exits_when_its_file_ends(
+    kvs: LocalKvs, resolver: ChannelResolver, device_env: dict[str, str], tmp_path: Path
+) -> None:
+    kvs.create_channel("clip")
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "kvs_peer", "master", "--channel", "clip"),
+        *("--source", str(clip(tmp_path)), "--json"),
+        env=device_env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await asyncio.wait_for(kvs.wait_connected("clip", master=True), 30)
+        async with Viewer(AwsAccess(resolver, "clip", Role.VIEWER, client_id="c1")) as viewer:
+            await viewer.wait_first_frame(timeout=15)
+            out, err = await asyncio.wait_for(process.communicate(), 20)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0, err.decode()
+    assert "the video source ended; stopping (--loop repeats a file)" in err.decode()
+    assert json.loads(out)["endReason"] == "the video source ended"
