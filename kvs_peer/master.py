@@ -34,6 +34,7 @@ from .media.encoder import (
     force_h264,
     use_fast_send,
 )
+from .media.redact import redact_urls
 from .peer import SignalingPeer
 from .protocol import (
     GoAway,
@@ -181,7 +182,11 @@ class Master(SignalingPeer):
 
     async def _stop_when_ended(self, source: SharedVideoEncoder | AudioFanout, kind: str) -> None:
         await source.wait_ended()
-        self.end_reason = f"the {kind} source ended"
+        # The pump's own failure (the encoder's), else the source track's (a camera error).
+        error = source.error or getattr(source.source, "error", None)
+        self.end_reason = f"the {kind} source " + (
+            f"failed: {redact_urls(str(error))}" if error is not None else "ended"
+        )
         logger.warning("%s: the master stops", self.end_reason)
         if self._runner is not None:
             self._runner.cancel()  # wait_closed() returns; close() releases the rest

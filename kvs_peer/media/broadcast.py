@@ -129,6 +129,8 @@ class Broadcast(ABC, Generic[TrackT]):
         self._closed = False
         self._ended = False
         self._ended_event = asyncio.Event()
+        self.error: BaseException | None = None
+        """What made the pump fail (an encoder error, say), or None if the source just ended."""
 
     async def __aenter__(self) -> Self:
         return self
@@ -145,6 +147,11 @@ class Broadcast(ABC, Generic[TrackT]):
     def active_subscribers(self) -> int:
         """Tracks whose consumers are reading."""
         return len(self._active)
+
+    @property
+    def source(self) -> MediaStreamTrack:
+        """The track this reads."""
+        return self._source
 
     @property
     def ended(self) -> bool:
@@ -244,6 +251,7 @@ class Broadcast(ABC, Generic[TrackT]):
             self._end()
         except Exception as exc:
             logger.error("%s failed: %s", self._name, exc, exc_info=True)
+            self.error = exc
             self._end()
 
     def _end(self) -> None:

@@ -24,6 +24,7 @@ import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from ..errors import MediaError
+from .redact import redact_urls
 from .timing import (
     AUDIO_FRAME_SAMPLES,
     AUDIO_SAMPLE_RATE,
@@ -123,7 +124,7 @@ class _ThreadedTrack(MediaStreamTrack):
         except Exception as exc:
             if not self._stop_event.is_set():
                 self.error = exc
-                logger.error("%s failed: %s", self.description, exc)
+                logger.error("%s failed: %s", self.description, redact_urls(str(exc)))
         finally:
             try:
                 self._release()

@@ -12,16 +12,18 @@ sends the same bytes for less work:
 - header extensions are serialized once per frame: a frame's packets leave in one burst, so
   they share one abs-send-time (3.8 us resolution) as well as the MID;
 - each packet header is one ``struct.pack`` (:func:`rtp_datagrams`);
-- on a UDP candidate pair, the SRTP-protected bytes go straight to the socket's transport.
-  TURN and TCP pairs go through aiortc's path, which may wait for a TURN channel binding.
+- the SRTP-protected bytes go straight to the ``sendto`` of the nominated candidate pair's
+  transport, where aiortc's five layers end too (a UDP socket, or aioice's TURN transport for a
+  relayed pair). A pair of any other kind would go through aiortc's layers.
 
 aiortc's sender keeps the rest: negotiation, RTCP (sender reports, RTT, NACK, PLI/FIR), stats and
 ``replaceTrack`` (a track that is not a ``PacketTrack`` is encoded by aiortc's own code, as
 before). To do that, the loop writes the private fields aiortc's own loop writes: the history that
 NACKs are answered from, and the counters behind sender reports and ``getStats``.
-:func:`use_fast_send` checks that these fields exist. If they do not, it leaves the sender alone
-and logs a warning, so an aiortc upgrade that renames them costs speed, not correctness. A test
-fails if the fast loop is not in use with the aiortc version it runs against.
+:func:`use_fast_send` checks that these fields and the few internal names it imports exist. If
+they do not, it leaves the sender alone and logs a warning, so an aiortc upgrade that renames
+them costs speed, not correctness. ``tests/media/test_media_rtpsender.py`` fails if frames do not
+go through this loop with the aiortc version it runs against.
 """
 
 from __future__ import annotations
@@ -33,14 +35,17 @@ import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from aioice.ice import StunProtocol
-from aiortc import RTCRtpSender, clock
+import aiortc.rtcrtpsender
+from aiortc import RTCDtlsTransport, RTCRtpSender, clock
 from aiortc.mediastreams import MediaStreamError
-from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtcrtpsender import RTP_HISTORY_SIZE, random_sequence_number
 from aiortc.rtp import HeaderExtensions, HeaderExtensionsMap, RtpPacket
-from aiortc.utils import random32, uint32_add
+from aiortc.utils import random16, random32, uint32_add
+
+try:
+    from aioice.ice import StunProtocol
+except ImportError:  # an aioice without it: every packet takes aiortc's layers
+    StunProtocol = None  # type: ignore[assignment,misc]
 
 __all__ = ["RtpHistory", "extension_block", "rtp_datagrams", "use_fast_send"]
 
@@ -67,6 +72,10 @@ _SENDER_FIELDS = (
 )
 _DTLS = "_RTCDtlsTransport__"
 _DTLS_FIELDS = ("tx_bytes", "tx_packets")
+
+# aiortc's _retransmit looks packets up in slot ``sequence_number % RTP_HISTORY_SIZE``; the
+# history must use the same size, so the fast loop is off if aiortc no longer names it.
+RTP_HISTORY_SIZE: int | None = getattr(aiortc.rtcrtpsender, "RTP_HISTORY_SIZE", None)
 
 
 def rtp_datagrams(
@@ -137,6 +146,7 @@ class RtpHistory(dict[int, Any]):
         extensions: HeaderExtensions,
     ) -> None:
         """Keep what ``get`` needs to rebuild one packet."""
+        assert RTP_HISTORY_SIZE is not None  # use_fast_send() checked
         self[sequence_number % RTP_HISTORY_SIZE] = (
             sequence_number,
             payload_type,
@@ -170,7 +180,7 @@ def _direct_sendto(dtls: RTCDtlsTransport) -> Callable[[bytes], None] | None:
     connection = getattr(dtls.transport, "_connection", None)
     nominated = getattr(connection, "_nominated", None)
     pair = nominated.get(1) if isinstance(nominated, dict) else None
-    if pair is None or type(pair.protocol) is not StunProtocol:
+    if pair is None or StunProtocol is None or type(pair.protocol) is not StunProtocol:
         return None
     transport = pair.protocol.transport
     if transport is None:
@@ -181,7 +191,7 @@ def _direct_sendto(dtls: RTCDtlsTransport) -> Callable[[bytes], None] | None:
 
 async def _send(sender: RTCRtpSender, datagrams: list[bytes]) -> None:
     dtls = sender.transport
-    if dtls._state != State.CONNECTED:
+    if dtls.state != "connected":
         raise ConnectionError("Cannot send encrypted RTP, not connected")
     protect = dtls._tx_srtp.protect
     sendto = _direct_sendto(dtls)
@@ -199,16 +209,15 @@ async def _send(sender: RTCRtpSender, datagrams: list[bytes]) -> None:
 
 async def _run_rtp(sender: RTCRtpSender, codec: RTCRtpCodecParameters) -> None:
     # Mirrors aiortc 1.16's RTCRtpSender._run_rtp, field for field; only the per-packet work
-    # differs. Imported here: encoder imports this module.
-    from .encoder import PacketTrack
-
+    # differs. First of all, as aiortc does: stop() waits for this event.
     getattr(sender, _SENDER + "rtp_started").set()
     history = RtpHistory()
     setattr(sender, _SENDER + "rtp_history", history)
     mid = getattr(sender, _SENDER + "mid")
     extensions_map = getattr(sender, _SENDER + "rtp_header_extensions_map")
     payload_type = codec.payloadType
-    sequence_number = random_sequence_number()
+    # As aiortc: a start in the lower half, so SRTP's rollover guess cannot go wrong early on.
+    sequence_number = random16() % 32768
     timestamp_origin = random32()
     try:
         while True:
@@ -217,8 +226,10 @@ async def _run_rtp(sender: RTCRtpSender, codec: RTCRtpCodecParameters) -> None:
                 await asyncio.sleep(0.02)
                 continue
             audio_level = None
-            if isinstance(track, PacketTrack):
-                encoded = await track.recv_encoded()
+            # A PacketTrack (duck-typed: encoder.py imports this module) hands over payloads.
+            recv_encoded = getattr(track, "recv_encoded", None)
+            if recv_encoded is not None:
+                encoded = await recv_encoded()
                 if not sender._enabled:
                     continue
                 payloads, media_timestamp = encoded.payloads, encoded.timestamp
@@ -228,6 +239,8 @@ async def _run_rtp(sender: RTCRtpSender, codec: RTCRtpCodecParameters) -> None:
                     continue
                 payloads, media_timestamp = frame.payloads, frame.timestamp
                 audio_level = frame.audio_level
+            if not payloads:
+                continue
             timestamp = uint32_add(timestamp_origin, media_timestamp)
             extensions = HeaderExtensions()
             extensions.mid = mid
@@ -283,11 +296,14 @@ def use_fast_send(sender: RTCRtpSender) -> bool:
         sender then keeps aiortc's own loop.
     """
     missing = [name for name in _SENDER_FIELDS if not hasattr(sender, _SENDER + name)]
+    missing += [name for name in ("_enabled", "_ssrc") if not hasattr(sender, name)]
     if not callable(getattr(sender, "_next_encoded_frame", None)):
         missing.append("_next_encoded_frame")
+    if RTP_HISTORY_SIZE is None:
+        missing.append("RTP_HISTORY_SIZE")
     dtls = sender.transport
     missing += [name for name in _DTLS_FIELDS if not hasattr(dtls, _DTLS + name)]
-    missing += [name for name in ("_state", "_tx_srtp", "transport") if not hasattr(dtls, name)]
+    missing += [name for name in ("state", "_tx_srtp", "transport") if not hasattr(dtls, name)]
     if missing:
         logger.warning(
             "aiortc's RTCRtpSender or RTCDtlsTransport has changed (no %s): using aiortc's own, "

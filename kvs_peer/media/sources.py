@@ -26,6 +26,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from ..errors import InvalidArgument, MediaError
 from .capture import CameraTrack, FileAudioTrack, PyAVVideoTrack
+from .redact import describe_url, redact_urls
 from .stamp import MIN_HEIGHT, MIN_WIDTH, stamp_band_height, write_stamp
 from .timing import (
     AUDIO_FRAME_SAMPLES,
@@ -371,20 +372,6 @@ def open_audio_source(
     return FileAudioTrack(container, description=description, live=live, loop=loop)
 
 
-def describe_url(url: str) -> str:
-    """``url`` without its password and query string, for logs and error messages."""
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc = f"{netloc}:{parts.port}"
-    if parts.username:
-        netloc = (
-            f"{parts.username}:***@{netloc}" if parts.password else f"{parts.username}@{netloc}"
-        )
-    query = "?..." if parts.query else ""
-    return f"{parts.scheme}://{netloc}{parts.path}{query}"
-
-
 def _check_video_args(width: int | None, height: int | None, fps: float | None) -> None:
     for name, value in (("width", width), ("height", height)):
         if value is not None and (value < 2 or value % 2):
@@ -481,7 +468,7 @@ def _open_container(
     except PermissionError:
         raise MediaError(f"cannot open {description}: permission denied") from None
     except (av.FFmpegError, OSError, ValueError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
+        reason = redact_urls(getattr(exc, "strerror", None) or str(exc))
         raise MediaError(
             f"cannot open {description}: {reason}; check that it is a readable media source"
         ) from None

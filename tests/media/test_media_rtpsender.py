@@ -111,17 +111,21 @@ def test_history_rebuilds_what_was_sent_and_forgets_what_was_overwritten() -> No
 
 
 async def test_fast_loop_is_in_use_with_this_aiortc() -> None:
-    # If an aiortc upgrade renames what the loop relies on, the master silently falls back to
-    # aiortc's slower loop; this test is what notices.
+    # If an aiortc upgrade renames what the loop relies on, or stops starting its loop through
+    # self._run_rtp, the master silently falls back to aiortc's slower loop; this notices.
     async with SharedVideoEncoder(TestPatternTrack(320, 240, 30)) as encoder:
         link = await connect(encoder)
         try:
             assert link.video_transceiver is not None
-            assert "_run_rtp" in vars(link.video_transceiver.sender)
+            sender = link.video_transceiver.sender
+            assert "_run_rtp" in vars(sender)
             result = await watch(link, 1.0)
+            history = sender._RTCRtpSender__rtp_history
         finally:
             await link.close()
     assert result.frames >= 20 and result.increasing and not result.unreadable
+    # Only the fast loop fills an RtpHistory: the packets really went through it.
+    assert isinstance(history, RtpHistory) and len(history) > 20
 
 
 async def test_a_changed_aiortc_falls_back_to_its_own_loop(caplog: Any) -> None:
@@ -162,15 +166,17 @@ async def test_lost_packets_are_resent_from_the_history() -> None:
 
             receiver_dtls._handle_rtp_data = lossy
             result = await watch(link, 2.0)
+            encoded = encoder.frames_encoded
         finally:
             await link.close()
-    print(f"dropped {len(dropped)}, resent {resent}, frames {result.frames}")
+    print(f"dropped {len(dropped)}, resent {resent}, frames {result.frames} of {encoded}")
     assert len(dropped) >= 20
     assert resent >= len(dropped) - 3  # the last few may still be in flight at the end
-    # With no periodic keyframes, a frame that lost a packet for good would stop the picture
-    # until the end of the test; every frame arriving in order shows the resends repaired it.
+    # This viewer is the encoder's only subscriber, from the join keyframe on, so it must have
+    # decoded every frame made but the last few in flight. With no periodic keyframes, a frame
+    # that lost a packet for good would stop the picture until the end of the test.
+    assert result.frames >= encoded - 3
     assert result.increasing and not result.unreadable
-    assert result.fps > 25
 
 
 async def test_sender_reports_and_stats_count_what_was_sent() -> None:
@@ -178,8 +184,11 @@ async def test_sender_reports_and_stats_count_what_was_sent() -> None:
         link = await connect(encoder)
         try:
             assert link.video_transceiver is not None
+            sender = link.video_transceiver.sender
             await watch(link, 2.5)  # sender reports go out every 0.5-1.5 s
-            sent = await link.video_transceiver.sender.getStats()
+            sender.replaceTrack(None)  # no more packets: compare counts with nothing in flight
+            await asyncio.sleep(0.5)
+            sent = await sender.getStats()
             received = await link.viewer.getTransceivers()[0].receiver.getStats()
         finally:
             await link.close()
@@ -188,9 +197,8 @@ async def test_sender_reports_and_stats_count_what_was_sent() -> None:
     inbound = next(s for s in received.values() if s.type == "inbound-rtp")
     remote = next(s for s in received.values() if s.type == "remote-outbound-rtp")
     assert outbound.packetsSent > 100 and outbound.bytesSent > 50_000
-    # Loopback loses nothing: the viewer got every packet the sender counted, give or take
-    # the last frame in flight.
-    assert 0 <= outbound.packetsSent - inbound.packetsReceived <= 10
+    # Loopback loses nothing: the viewer got exactly the packets the sender counted.
+    assert outbound.packetsSent == inbound.packetsReceived
     assert transport.packetsSent >= outbound.packetsSent
     # The counters reached the viewer in a sender report.
     assert 0 < remote.packetsSent <= outbound.packetsSent

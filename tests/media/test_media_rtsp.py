@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from kvs_peer.errors import MediaError
 from kvs_peer.master import Master
 from kvs_peer.media import ReopeningVideoTrack, TestPatternTrack, open_video_source, read_stamp
 from kvs_peer.protocol import Role
+from kvs_peer.reconnect import backoff
 from kvs_peer.testing.video import VideoCheck
 from kvs_peer.viewer import Viewer
 
@@ -90,7 +92,7 @@ async def test_master_streams_an_rtsp_camera_through_a_camera_restart(
             before = check.frames
             async with RtspServer(320, 240, fps=15, port=camera.port):  # ...and is back
                 await wait_for(lambda: check.frames >= before + 20, timeout=20)
-    assert video.reopens == 1
+    assert video.opens == 1
     # The same viewer session saw the new stream: no new offer was needed.
     assert viewer.stats.offers_sent == 1
 
@@ -124,7 +126,7 @@ async def test_reopening_source_comes_back_after_a_camera_restart() -> None:
                             counters.append(stamp.counter)
         finally:
             track.stop()
-    assert track.reopens == 1
+    assert track.opens == 1
     assert pts == sorted(set(pts))  # one clock across both connections: never backwards
     assert counters == sorted(counters)
 
@@ -176,7 +178,7 @@ async def test_a_source_opened_after_its_reader_left_is_kept_for_the_next_read()
         await reader
     release.set()
     async with asyncio.timeout(5):
-        while track.reopens == 0:
+        while track.opens == 0:
             await asyncio.sleep(0.02)
     try:
         frame = await asyncio.wait_for(track.recv(), 5)
@@ -185,3 +187,55 @@ async def test_a_source_opened_after_its_reader_left_is_kept_for_the_next_read()
     finally:
         track.stop()
     assert opened[0].readyState == "ended"
+
+
+async def test_a_reader_arriving_during_an_open_waits_for_it_instead_of_opening_again() -> None:
+    release = threading.Event()
+    opened: list[TestPatternTrack] = []
+
+    def slow_open() -> MediaStreamTrack:
+        release.wait(5)
+        opened.append(TestPatternTrack(64, 60, 30))
+        return opened[-1]
+
+    track = ReopeningVideoTrack(slow_open, description="slow camera")
+    first = asyncio.ensure_future(track.recv())
+    await asyncio.sleep(0.8)  # the opener is running
+    first.cancel()  # the last viewer left...
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    second = asyncio.ensure_future(track.recv())  # ...and a new one came before the open ended
+    await asyncio.sleep(0.2)
+    release.set()
+    try:
+        frame = await asyncio.wait_for(second, 5)
+        assert (frame.width, frame.height) == (64, 60)
+    finally:
+        track.stop()
+    assert len(opened) == 1 and track.opens == 1
+    assert opened[0].readyState == "ended"
+
+
+class _DiesAtOnce(MediaStreamTrack):
+    """A camera that accepts the session, then drops it before the first frame."""
+
+    kind = "video"
+
+    async def recv(self) -> None:
+        raise MediaStreamError
+
+
+async def test_a_source_that_keeps_dying_backs_off_more_and_more() -> None:
+    track = ReopeningVideoTrack(_DiesAtOnce, description="flaky camera", rng=random.Random(5))
+    reader = asyncio.ensure_future(_drain(track))
+    await asyncio.sleep(3.0)
+    track.stop()
+    with pytest.raises(MediaStreamError):
+        await asyncio.wait_for(reader, 5)
+    # The same seeded delays: how many attempts fit in 3 s if every one waits longer.
+    delays = backoff(base=0.5, cap=10.0, rng=random.Random(5))
+    elapsed, expected = 0.0, 0
+    while (elapsed := elapsed + next(delays)) < 3.0:
+        expected += 1
+    assert 1 <= track.opens <= expected
+    assert expected <= 6  # a fresh backoff per attempt would allow about 12 (mean 0.25 s)

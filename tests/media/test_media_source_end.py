@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import struct
 import sys
 from pathlib import Path
 
+import pytest
 from media_files import mpegts_bytes
 
 from kvs_peer.access import AwsAccess
@@ -67,3 +70,34 @@ async def test_master_command_exits_when_its_file_ends(
     assert process.returncode == 0, err.decode()
     assert "the video source ended; stopping (--loop repeats a file)" in err.decode()
     assert json.loads(out)["endReason"] == "the video source ended"
+
+
+async def test_a_failing_camera_is_named_without_its_password(
+    kvs: LocalKvs, resolver: ChannelResolver, caplog: pytest.LogCaptureFixture
+) -> None:
+    payload = mpegts_bytes(60)
+
+    async def reset_midway(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(payload[: len(payload) // 2])
+        await writer.drain()
+        await asyncio.sleep(0.5)
+        # A reset, not a clean end: FFmpeg reports an error that quotes the whole URL.
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    kvs.create_channel("cam")
+    server = await asyncio.start_server(reset_midway, "127.0.0.1", 0)
+    url = f"tcp://admin:s3cret@127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    async with server:
+        video = await asyncio.to_thread(open_video_source, url, timeout=5)
+        master = Master(AwsAccess(resolver, "cam", Role.MASTER), video=video)
+        async with (
+            master,
+            Viewer(AwsAccess(resolver, "cam", Role.VIEWER, client_id="c1")),
+        ):
+            await asyncio.wait_for(master.wait_closed(), 15)
+    assert master.end_reason is not None
+    assert master.end_reason.startswith("the video source failed: ")
+    assert "tcp://admin:***@127.0.0.1" in master.end_reason
+    assert "s3cret" not in master.end_reason and "s3cret" not in caplog.text
