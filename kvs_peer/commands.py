@@ -259,10 +259,17 @@ async def _master_status(master: Any, meter: _Meter) -> str:
     rtts = [link.round_trip_time for link in links if link.round_trip_time is not None]
     rate = meter.rate(sum(link.bytes_sent for link in links))
     rtt = f"{max(rtts) * 1000:.0f} ms" if rtts else "-"
+    encoder = master.encoder
+    if encoder is None:
+        video = "no video"
+    elif getattr(encoder.source, "reopening", False):
+        video = "source reopening"
+    else:
+        video = f"{meter.rate(encoder.frames_encoded, 'frames'):.0f} fps"
     return (
         f"MASTER | signaling {'up' if master.signaling.connected else 'down'} | "
-        f"viewers {len(connected)}/{len(viewers)} | {rate * 8 / 1e6:.2f} Mbit/s out | "
-        f"RTT max {rtt}"
+        f"viewers {len(connected)}/{len(viewers)} | {video} | "
+        f"{rate * 8 / 1e6:.2f} Mbit/s out | RTT max {rtt}"
     )
 
 
@@ -361,14 +368,15 @@ async def _wait(aw: Awaitable[Any], args: argparse.Namespace) -> None:
 
 
 class _Meter:
-    """Turns a growing byte counter into a rate between successive calls."""
+    """Turns growing counters (bytes, frames) into rates between successive calls."""
 
     def __init__(self) -> None:
-        self._last: tuple[float, int] | None = None
+        self._last: dict[str, tuple[float, int]] = {}
 
-    def rate(self, total: int) -> float:
+    def rate(self, total: int, counter: str = "bytes") -> float:
         now = time.monotonic()
-        last, self._last = self._last, (now, total)
+        last = self._last.get(counter)
+        self._last[counter] = (now, total)
         if last is None or now <= last[0] or total < last[1]:
             return 0.0
         return (total - last[1]) / (now - last[0])

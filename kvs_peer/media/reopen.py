@@ -86,6 +86,11 @@ class ReopeningVideoTrack(MediaStreamTrack):
         self.height: int | None = getattr(first, "height", None)
         self.fps: float | None = getattr(first, "fps", None)
 
+    @property
+    def reopening(self) -> bool:
+        """Whether the source is gone and being opened again."""
+        return self.readyState == "live" and self._inner is None
+
     async def recv(self) -> Any:
         """Return the next frame, reopening the source as often as it takes.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from rtsp_server import RtspServer
 
 from kvs_peer.access import AwsAccess
 from kvs_peer.channel import ChannelResolver
+from kvs_peer.commands import _master_status, _Meter
 from kvs_peer.emulator import LocalKvs
 from kvs_peer.errors import MediaError
 from kvs_peer.master import Master
@@ -74,8 +76,9 @@ async def test_master_streams_an_rtsp_camera_through_a_camera_restart(
     camera = RtspServer(320, 240, fps=15)
     async with camera:
         video = await asyncio.to_thread(open_video_source, camera.url, timeout=5, reopen=True)
+        master = Master(AwsAccess(resolver, "rtsp", Role.MASTER), video=video, connect_timeout=10)
         async with (
-            Master(AwsAccess(resolver, "rtsp", Role.MASTER), video=video, connect_timeout=10),
+            master,
             Viewer(
                 AwsAccess(resolver, "rtsp", Role.VIEWER, client_id="rtsp-viewer"),
                 on_frame=check.add,
@@ -87,11 +90,19 @@ async def test_master_streams_an_rtsp_camera_through_a_camera_restart(
             check.assert_ok(min_frames=20, size=(320, 240), max_gap_s=1.0)
             assert check.counters_advanced >= 15
 
+            meter = _Meter()
             await camera.stop()  # the camera reboots...
+            await wait_for(lambda: video.reopening)
+            assert "| source reopening |" in await _master_status(master, meter)
             await asyncio.sleep(1.0)
             before = check.frames
             async with RtspServer(320, 240, fps=15, port=camera.port):  # ...and is back
                 await wait_for(lambda: check.frames >= before + 20, timeout=20)
+                await _master_status(master, meter)
+                await asyncio.sleep(0.5)
+                status = await _master_status(master, meter)
+    # Frames are encoded for the viewer again (about 15 fps from this camera).
+    assert re.search(r"\| viewers 1/1 \| [1-9]\d* fps \|", status), status
     assert video.opens == 1
     # The same viewer session saw the new stream: no new offer was needed.
     assert viewer.stats.offers_sent == 1
