@@ -44,6 +44,8 @@ class AiortcDefaultMaster:
     Args:
         access: channel access with role MASTER.
         source: the video track (yuv420p frames, so ``MediaRelay`` can share them safely).
+        audio: an audio track, relayed to each viewer that offers audio and encoded (Opus) by
+            each sender, as aiortc does by default; None for none.
         codec: ``"h264"`` (what kvs-peer sends) or ``"vp8"`` (aiortc's first preference).
         loopback_candidates: also gather 127.0.0.1 host candidates.
     """
@@ -53,6 +55,7 @@ class AiortcDefaultMaster:
         access: ChannelAccess,
         source: MediaStreamTrack,
         *,
+        audio: MediaStreamTrack | None = None,
         codec: str = "h264",
         loopback_candidates: bool = False,
     ) -> None:
@@ -61,6 +64,7 @@ class AiortcDefaultMaster:
         if codec not in CODECS:
             raise InvalidArgument(f"codec must be one of {sorted(CODECS)}, got {codec!r}")
         self._source = source
+        self._audio = audio
         self._mime = CODECS[codec]
         self._loopback = loopback_candidates
         self._relay = MediaRelay()
@@ -87,6 +91,8 @@ class AiortcDefaultMaster:
         await asyncio.gather(*(pc.close() for pc in pcs), return_exceptions=True)
         await self.signaling.close()
         self._source.stop()
+        if self._audio is not None:
+            self._audio.stop()
 
     @property
     def connected(self) -> int:
@@ -131,6 +137,8 @@ class AiortcDefaultMaster:
                 if codec.mimeType in (self._mime, "video/rtx")
             ]
         )
+        if self._audio is not None and "m=audio" in sdp:
+            pc.addTransceiver(self._relay.subscribe(self._audio), direction="sendonly")
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp, "offer"))
             if self._loopback:

@@ -175,6 +175,7 @@ class Settings:
     seed: int
     parts: frozenset[str]
     profile: Path | None = None
+    audio: bool = False
 
     def master_args(self, endpoint: str, channel: str, impl: str) -> list[str]:
         """Command-line arguments of a master worker."""
@@ -194,12 +195,14 @@ class Settings:
             "--fps",
             str(self.fps),
         ]
-        return [*args, "--loopback"] if self.loopback else args
+        args = [*args, "--loopback"] if self.loopback else args
+        return [*args, "--audio"] if self.audio else args
 
     def viewer_args(self, endpoint: str, channel: str) -> list[str]:
         """Command-line arguments of a viewers worker."""
         args = ["--endpoint", endpoint, "--channel", channel]
-        return [*args, "--loopback"] if self.loopback else args
+        args = [*args, "--loopback"] if self.loopback else args
+        return [*args, "--audio"] if self.audio else args
 
 
 def _channel(kvs: Any, prefix: str) -> str:
@@ -476,7 +479,8 @@ def print_report(report: dict[str, Any], settings: Settings) -> None:
     env = report["environment"]
     w, h, fps = settings.width, settings.height, settings.fps
     print(
-        f"\nkvs-peer master benchmark: {w}x{h}@{fps:g} test pattern, {env['cpuCount']} CPUs, "
+        f"\nkvs-peer master benchmark: {w}x{h}@{fps:g} test pattern"
+        f"{' and a tone (Opus)' if settings.audio else ''}, {env['cpuCount']} CPUs, "
         f"Python {env['python']}, aiortc {env['aiortc']}, PyAV {env['av']}, "
         f"load at start {env['loadAverageAtStart']}"
     )
@@ -666,6 +670,7 @@ def settings_json(settings: Settings) -> dict[str, Any]:
         "baselineCodec": settings.codec,
         "video": f"{settings.width}x{settings.height}@{settings.fps:g}",
         "loopbackCandidates": settings.loopback,
+        "audio": settings.audio,
         "seed": settings.seed,
         "parts": sorted(settings.parts),
         "profile": str(settings.profile) if settings.profile else None,
@@ -744,6 +749,11 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also gather 127.0.0.1 candidates (hosts whose only interface is lo)",
     )
+    p.add_argument(
+        "--audio",
+        action="store_true",
+        help="both masters also send a tone (Opus) and every viewer receives it",
+    )
     p.add_argument("--seed", type=int, default=1, help="seed of the pauses between TTFF runs")
     p.add_argument("--json", type=Path, default=Path("master_cpu.json"), help="output file")
     p.add_argument("--log-dir", type=Path, help="worker logs (default: a new temp folder)")
@@ -775,6 +785,7 @@ def main(argv: list[str] | None = None) -> int:
         height=args.height,
         fps=args.fps,
         loopback=args.loopback_candidates,
+        audio=args.audio,
         seed=args.seed,
         parts=frozenset(args.parts),
         profile=args.profile.resolve() if args.profile else None,

@@ -95,19 +95,20 @@ def _delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
 
 async def _master(args: argparse.Namespace, io: JsonLines) -> None:
     from kvs_peer.master import Master
-    from kvs_peer.media import TestPatternTrack
+    from kvs_peer.media import TestPatternTrack, ToneTrack
 
     from .baseline import AiortcDefaultMaster
 
     source = TestPatternTrack(args.width, args.height, args.fps)
+    audio = ToneTrack() if args.audio else None
     async with _resolver(args.endpoint) as resolver:
         access = AwsAccess(resolver, args.channel, Role.MASTER)
         master: Any
         if args.impl == "ours":
-            master = Master(access, video=source, loopback_candidates=args.loopback)
+            master = Master(access, video=source, audio=audio, loopback_candidates=args.loopback)
         else:
             master = AiortcDefaultMaster(
-                access, source, codec=args.codec, loopback_candidates=args.loopback
+                access, source, audio=audio, codec=args.codec, loopback_candidates=args.loopback
             )
 
         def status() -> dict[str, Any]:
@@ -186,7 +187,9 @@ async def _viewers(args: argparse.Namespace, io: JsonLines) -> None:
         client_id = new_client_id("bench")
         slot = _Slot()
         access = AwsAccess(resolver, args.channel, Role.VIEWER, client_id=client_id)
-        slot.viewer = Viewer(access, on_frame=slot.on_frame, loopback_candidates=args.loopback)
+        slot.viewer = Viewer(
+            access, on_frame=slot.on_frame, audio=args.audio, loopback_candidates=args.loopback
+        )
         slots[client_id] = slot
         await slot.viewer.start()
         signaling_up = time.monotonic()
@@ -368,6 +371,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--frames", type=int, default=150)
     parser.add_argument("--loopback", action="store_true")
+    parser.add_argument("--audio", action="store_true")
     parser.add_argument("--log-level", default="WARNING")
     return parser
 

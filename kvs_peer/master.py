@@ -121,7 +121,7 @@ class Master(SignalingPeer):
             or :class:`~kvs_peer.access.SignerAccess`), with role MASTER.
         video: a video source track (e.g. from :func:`kvs_peer.media.open_video_source`),
             encoded once for all viewers with H.264; None sends no video.
-        audio: an audio source track, encoded with Opus per viewer (cheap); None for none.
+        audio: an audio source track, encoded with Opus once for all viewers; None for none.
         on_message: ``callback(client_id, message)`` for data-channel messages from viewers.
         max_viewers: sessions allowed at once (KVS allows 10 viewers per channel).
         connect_timeout: seconds a new session may take to connect before it is dropped.
@@ -351,7 +351,9 @@ class Master(SignalingPeer):
             if self._audio is not None and "audio" in kinds:
                 audio = self._audio.subscribe()
                 session._tracks.append(audio)
-                pc.addTransceiver(audio, direction="sendonly")
+                # Sends the fan-out's shared Opus payloads if Opus is negotiated, else (PCMU,
+                # PCMA) encodes this viewer's copy itself.
+                use_fast_send(pc.addTransceiver(audio, direction="sendonly").sender)
             sdp, mdns_candidates = split_mdns_candidates(offer.sdp)
             for event in mdns_candidates:
                 session.candidates.add(event)  # held until the offer is applied

@@ -1,4 +1,4 @@
-"""Media for kvs-peer: sources, one shared H.264 encoder, audio fan-out, recording.
+"""Media for kvs-peer: sources, one shared H.264 encoder, shared Opus fan-out, recording.
 
 Pipeline of a master (data flows one way)::
 
@@ -6,12 +6,13 @@ Pipeline of a master (data flows one way)::
         -> SharedVideoEncoder (one libx264, worker thread)                 av.Packet, Annex-B
             -> PacketTrack per viewer -> RTCRtpSender (lean send loop) -> RTP   no re-encode
     open_audio_source("tone" | file | none)                                s16, 48 kHz, 20 ms
-        -> AudioFanout -> track per viewer -> aiortc's own Opus encoder per sender
+        -> AudioFanout (one Opus encoder) -> track per viewer -> lean send loop
 
 Per viewer, before ``setRemoteDescription(offer)``: :func:`add_shared_video` (or
 ``encoder.subscribe()`` + ``pc.addTransceiver(track, direction="sendonly")`` +
 :func:`force_h264` + :func:`attach_keyframe_requests` + :func:`use_fast_send`), then
-``pc.addTransceiver(fanout.subscribe(), direction="sendonly")`` for audio.
+``pc.addTransceiver(fanout.subscribe(), direction="sendonly")`` + :func:`use_fast_send` for
+audio (a viewer that negotiates PCMU/PCMA gets its own encoding from aiortc).
 
 A viewer hands decoded frames to :class:`Recorder` (Matroska in a worker thread),
 :func:`save_snapshot` (PNG) or :func:`frame_to_ndarray` (numpy/OpenCV).
@@ -67,7 +68,7 @@ if TYPE_CHECKING:
         force_h264,
         h264_codec_preferences,
     )
-    from .fanout import AudioFanout, AudioSubscriberTrack
+    from .fanout import AudioFanout, AudioSubscriberTrack, EncodedAudio
     from .recorder import Recorder, RecorderStats, frame_to_ndarray, save_snapshot
     from .reopen import ReopeningVideoTrack
     from .rtpsender import use_fast_send
@@ -91,6 +92,7 @@ _SUBMODULE = {
     "h264_codec_preferences": "encoder",
     "AudioFanout": "fanout",
     "AudioSubscriberTrack": "fanout",
+    "EncodedAudio": "fanout",
     "Recorder": "recorder",
     "RecorderStats": "recorder",
     "frame_to_ndarray": "recorder",
@@ -113,6 +115,7 @@ __all__ = [
     "AudioFanout",
     "AudioSubscriberTrack",
     "CameraTrack",
+    "EncodedAudio",
     "EncodedVideo",
     "FileAudioTrack",
     "PacketTrack",

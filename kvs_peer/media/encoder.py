@@ -193,6 +193,7 @@ class PacketTrack(BroadcastTrack[EncodedVideo]):
     """
 
     kind = "video"
+    codec_mime = "video/h264"  # what recv_encoded() payloads are
 
     def __init__(self, encoder: SharedVideoEncoder, queue_size: int) -> None:
         super().__init__(encoder, queue_size)

@@ -216,6 +216,7 @@ async def _run_rtp(sender: RTCRtpSender, codec: RTCRtpCodecParameters) -> None:
     mid = getattr(sender, _SENDER + "mid")
     extensions_map = getattr(sender, _SENDER + "rtp_header_extensions_map")
     payload_type = codec.payloadType
+    mime = codec.mimeType.lower()
     # As aiortc: a start in the lower half, so SRTP's rollover guess cannot go wrong early on.
     sequence_number = random16() % 32768
     timestamp_origin = random32()
@@ -226,13 +227,15 @@ async def _run_rtp(sender: RTCRtpSender, codec: RTCRtpCodecParameters) -> None:
                 await asyncio.sleep(0.02)
                 continue
             audio_level = None
-            # A PacketTrack (duck-typed: encoder.py imports this module) hands over payloads.
+            # A PacketTrack or an AudioSubscriberTrack (duck-typed: their modules import this
+            # one) hands over payloads already made, if they are in the negotiated codec.
             recv_encoded = getattr(track, "recv_encoded", None)
-            if recv_encoded is not None:
+            if recv_encoded is not None and getattr(track, "codec_mime", None) == mime:
                 encoded = await recv_encoded()
                 if not sender._enabled:
                     continue
                 payloads, media_timestamp = encoded.payloads, encoded.timestamp
+                audio_level = getattr(encoded, "audio_level", None)
             else:
                 frame = await sender._next_encoded_frame(codec)
                 if frame is None:

@@ -10,7 +10,13 @@ from dataclasses import dataclass, field
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from kvs_peer.media import AudioFanout, SharedVideoEncoder, add_shared_video, read_stamp
+from kvs_peer.media import (
+    AudioFanout,
+    SharedVideoEncoder,
+    add_shared_video,
+    read_stamp,
+    use_fast_send,
+)
 
 
 @dataclass
@@ -34,6 +40,8 @@ async def connect(
     fanout: AudioFanout | None = None,
     *,
     viewer_codecs: list | None = None,
+    audio_codecs: list | None = None,
+    fast_audio: bool = False,
 ) -> Link:
     """Offer from a fresh viewer, answer from a fresh master fed by ``encoder``/``fanout``."""
     config = RTCConfiguration(iceServers=[])
@@ -44,7 +52,9 @@ async def connect(
         if viewer_codecs is not None:
             transceiver.setCodecPreferences(viewer_codecs)
     if fanout is not None:
-        viewer.addTransceiver("audio", direction="recvonly")
+        audio = viewer.addTransceiver("audio", direction="recvonly")
+        if audio_codecs is not None:
+            audio.setCodecPreferences(audio_codecs)
 
     @viewer.on("track")
     def on_track(track: MediaStreamTrack) -> None:
@@ -54,7 +64,9 @@ async def connect(
     if encoder is not None:
         link.video_transceiver = add_shared_video(master, encoder)
     if fanout is not None:
-        master.addTransceiver(fanout.subscribe(), direction="sendonly")
+        sender = master.addTransceiver(fanout.subscribe(), direction="sendonly").sender
+        if fast_audio:
+            assert use_fast_send(sender)
     await master.setRemoteDescription(viewer.localDescription)
     await master.setLocalDescription(await master.createAnswer())
     await viewer.setRemoteDescription(master.localDescription)
