@@ -209,6 +209,11 @@ class Master(SignalingPeer):
         return self._encoder
 
     @property
+    def audio_fanout(self) -> AudioFanout | None:
+        """The shared audio fan-out (counters such as ``frames_encoded``), None without audio."""
+        return self._audio
+
+    @property
     def viewers(self) -> Mapping[str, ViewerSession]:
         """Current sessions by viewer client id (read-only view)."""
         return dict(self._sessions)

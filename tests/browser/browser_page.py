@@ -174,6 +174,10 @@ class BrowserPeer:
     async def send(self, text: str) -> int:
         return int(await self.page.evaluate("(t) => kvsTest.send(t)", text))
 
+    async def audio_stats(self) -> dict[str, Any] | None:
+        """The viewer's inbound audio stats (``mimeType``, packets, samples, ``audioLevel``)."""
+        return await self.page.evaluate("() => kvsTest.audioStats()")
+
     async def grab_frame(self) -> tuple[np.ndarray, dict[str, Any]]:
         """The current remote video frame (BGR) and the page's frame counters."""
         grab = await self.page.evaluate("() => kvsTest.grabFrame()")

@@ -106,10 +106,18 @@
     peers.set('MASTER', pc);
     watchPeer(pc, 'MASTER');
     pc.addTransceiver('video', { direction: 'recvonly' });
+    if (opts.audio) pc.addTransceiver('audio', { direction: 'recvonly' });
     if (opts.dataChannel) setupChannel(pc.createDataChannel('kvs-peer-browser'));
     const video = document.getElementById('remote');
     pc.addEventListener('track', (ev) => {
       log('track', ev.track.kind);
+      if (ev.track.kind === 'audio') {
+        // Played, so Chromium decodes it and its stats (audioLevel, samples) move.
+        const audio = new Audio();
+        audio.srcObject = new MediaStream([ev.track]);
+        audio.play().catch(fail('play audio'));
+        return;
+      }
       video.srcObject = new MediaStream([ev.track]);
       watchVideo(video);
       video.play().catch(fail('play'));
@@ -222,5 +230,26 @@
     if (signaling) signaling.close();
   }
 
-  window.kvsTest = { state, startViewer, startMaster, grabFrame, send, close };
+  // The inbound audio stream's stats (codec, packets, decoded samples, level), or null.
+  async function audioStats() {
+    const pc = peers.get('MASTER');
+    if (!pc) return null;
+    const report = await pc.getStats();
+    for (const stats of report.values()) {
+      if (stats.type === 'inbound-rtp' && stats.kind === 'audio') {
+        const codec = report.get(stats.codecId);
+        return {
+          mimeType: codec ? codec.mimeType : null,
+          packetsReceived: stats.packetsReceived,
+          packetsLost: stats.packetsLost,
+          totalSamplesReceived: stats.totalSamplesReceived,
+          concealedSamples: stats.concealedSamples,
+          audioLevel: stats.audioLevel,
+        };
+      }
+    }
+    return null;
+  }
+
+  window.kvsTest = { state, startViewer, startMaster, grabFrame, audioStats, send, close };
 })();

@@ -34,7 +34,7 @@ from kvs_peer.access import AwsAccess
 from kvs_peer.channel import ChannelResolver
 from kvs_peer.emulator import CertificateBundle, EmulatorConfig, LocalKvs, generate_certificate
 from kvs_peer.master import Master
-from kvs_peer.media import Recorder, TestPatternTrack
+from kvs_peer.media import Recorder, TestPatternTrack, ToneTrack
 from kvs_peer.media.stamp import read_stamp
 from kvs_peer.protocol import Role
 from kvs_peer.viewer import Viewer, new_client_id
@@ -224,6 +224,42 @@ async def test_full_hd_plays_in_the_browser(kvs, resolver, open_page, capsys):
     levels = [detail for _, name, detail in state["events"] if name == "sdp-answer"]
     assert levels and levels[0].lower().endswith("1f"), levels  # the answer says level 3.1
     _print(capsys, f"browser viewer, 1920x1080 at level 4.0: TTFF {state['firstFrameMs']} ms")
+
+
+async def test_browser_hears_the_shared_opus_audio(kvs, resolver, open_page, capsys):
+    # Several browsers, so the Opus packets they decode are the fan-out's shared encoding.
+    peers = [await open_page() for _ in range(2)]
+    access = AwsAccess(resolver, CHANNEL, Role.MASTER)
+    async with Master(
+        access,
+        video=TestPatternTrack(320, 240, 15),
+        audio=ToneTrack(440),
+        signaling={"ssl": kvs.ssl_context()},
+    ) as master:
+        for index, peer in enumerate(peers):
+            options = await page_options(
+                kvs, resolver, CHANNEL, Role.VIEWER, client_id=f"{BROWSER_VIEWER}-{index}"
+            )
+            await peer.start_viewer({**options, "audio": True})
+        for peer in peers:
+            await peer.wait_for("s.firstFrameMs !== null", 10_000 * MS)
+        await asyncio.sleep(1500 * MS)
+        stats = [await peer.audio_stats() for peer in peers]
+        await asyncio.sleep(500 * MS)
+        later = [await peer.audio_stats() for peer in peers]
+        fanout = master.audio_fanout
+        assert fanout is not None
+        for peer in peers:
+            await peer.close()
+    _print(capsys, f"browser audio: {later}; fan-out encoded {fanout.frames_encoded}")
+    for before, after in zip(stats, later, strict=True):
+        assert before is not None and after is not None
+        assert after["mimeType"] == "audio/opus"
+        assert after["packetsReceived"] > before["packetsReceived"] > 25
+        assert after["totalSamplesReceived"] > before["totalSamplesReceived"]
+        # A 0.2 full-scale tone: Chromium's level of what it decoded, not silence (0).
+        assert 0.05 < after["audioLevel"] < 0.5, after
+    assert fanout.frames_encoded == fanout.frames_read
 
 
 async def test_early_mdns_candidates_do_not_delay_the_answer(kvs, resolver, open_page, capsys):
