@@ -31,12 +31,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 import types
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiortc.rtcrtpsender
-from aiortc import RTCDtlsTransport, RTCRtpSender, clock
+from aiortc import RTCDtlsTransport, RTCRtpSender
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import HeaderExtensions, HeaderExtensionsMap, RtpPacket
@@ -47,11 +49,19 @@ try:
 except ImportError:  # an aioice without it: every packet takes aiortc's layers
     StunProtocol = None  # type: ignore[assignment,misc]
 
-__all__ = ["RtpHistory", "extension_block", "rtp_datagrams", "use_fast_send"]
+__all__ = [
+    "ExtensionTemplate",
+    "RtpHistory",
+    "extension_block",
+    "ntp_now",
+    "rtp_datagrams",
+    "use_fast_send",
+]
 
 logger = logging.getLogger(__name__)
 
 _RTP_VERSION_BITS = 0x80  # version 2, no padding, no CSRC
+_NTP_UNIX_OFFSET_NS = 2_208_988_800 * 1_000_000_000  # 1900-01-01 to 1970-01-01
 _EXTENSION_BIT = 0x10
 _HEADER = struct.Struct("!BBHLL")
 
@@ -126,53 +136,162 @@ def extension_block(extensions_map: HeaderExtensionsMap, extensions: HeaderExten
     return struct.pack("!HH", profile, len(value) >> 2) + value if value else b""
 
 
+@dataclass(frozen=True, slots=True)
+class _SentFrame:
+    payload_type: int
+    ssrc: int
+    timestamp: int
+    payloads: Sequence[bytes]
+    mid: str | None
+    abs_send_time: int
+    audio_level: int | None
+
+    def extensions(self) -> HeaderExtensions:
+        extensions = HeaderExtensions()
+        extensions.mid = self.mid
+        extensions.abs_send_time = self.abs_send_time
+        if self.audio_level is not None:
+            extensions.audio_level = (False, -self.audio_level)
+        return extensions
+
+
 class RtpHistory(dict[int, Any]):
     """Sent packets kept for retransmission, built into ``RtpPacket`` only when asked for.
 
     aiortc's NACK handler calls ``history.get(sequence_number % RTP_HISTORY_SIZE)`` and expects
     an ``RtpPacket``. Building one per packet sent costs more than the rest of this loop, and
-    almost none are ever asked for, so this keeps the fields and builds on demand.
+    almost none are ever asked for, so this keeps one record per frame and builds on demand.
     """
 
-    def remember(
+    def remember_frame(
         self,
         sequence_number: int,
+        payloads: Sequence[bytes],
         *,
         payload_type: int,
         ssrc: int,
         timestamp: int,
-        marker: int,
-        payload: bytes,
-        extensions: HeaderExtensions,
+        mid: str | None,
+        abs_send_time: int,
+        audio_level: int | None = None,
     ) -> None:
-        """Keep what ``get`` needs to rebuild one packet."""
-        assert RTP_HISTORY_SIZE is not None  # use_fast_send() checked
-        self[sequence_number % RTP_HISTORY_SIZE] = (
-            sequence_number,
-            payload_type,
-            ssrc,
-            timestamp,
-            marker,
-            payload,
-            extensions,
-        )
+        """Keep what ``get`` needs to rebuild the packets of one frame.
+
+        Args:
+            sequence_number: of the frame's first packet.
+            payloads: the frame's payloads, in order (the last one has the marker bit).
+            payload_type: as sent.
+            ssrc: as sent.
+            timestamp: the frame's RTP timestamp, as sent.
+            mid: the MID header extension, as sent.
+            abs_send_time: the abs-send-time header extension, as sent.
+            audio_level: the frame's level in dBov, as sent, or None.
+        """
+        size = RTP_HISTORY_SIZE
+        assert size is not None  # use_fast_send() checked
+        frame = _SentFrame(payload_type, ssrc, timestamp, payloads, mid, abs_send_time, audio_level)
+        for index in range(len(payloads)):
+            number = (sequence_number + index) & 0xFFFF
+            self[number % size] = (number, index, frame)
 
     def get(self, key: int, default: Any = None) -> Any:  # type: ignore[override]
         """The ``RtpPacket`` in slot ``key``, or ``default``."""
-        fields = super().get(key)
-        if fields is None:
+        slot = super().get(key)
+        if slot is None:
             return default
-        sequence_number, payload_type, ssrc, timestamp, marker, payload, extensions = fields
+        sequence_number, index, frame = slot
         packet = RtpPacket(
-            payload_type=payload_type,
-            marker=marker,
+            payload_type=frame.payload_type,
+            marker=int(index == len(frame.payloads) - 1),
             sequence_number=sequence_number,
-            timestamp=timestamp,
-            ssrc=ssrc,
-            payload=payload,
+            timestamp=frame.timestamp,
+            ssrc=frame.ssrc,
+            payload=frame.payloads[index],
         )
-        packet.extensions = extensions
+        packet.extensions = frame.extensions()
         return packet
+
+
+class ExtensionTemplate:
+    """One sender's header extension block, with the per-frame values written into it.
+
+    aiortc's ``HeaderExtensionsMap`` decides which extensions go in and in which form, but
+    asking it anew per frame and per viewer costs more than sending the frame's packets. Of the
+    extensions aiortc's loop sets, only abs-send-time and the audio level change between frames,
+    and their bytes sit at fixed places: this asks aiortc once for two blocks with different
+    values, finds those places, and checks a third block against aiortc's before relying on
+    them. If anything does not match, :meth:`block` asks aiortc every time.
+
+    Args:
+        extensions_map: the sender's negotiated map.
+        mid: the sender's MID.
+        audio: whether frames carry an audio level.
+    """
+
+    def __init__(self, extensions_map: HeaderExtensionsMap, mid: str | None, *, audio: bool):
+        self._map = extensions_map
+        self._mid = mid
+        self._audio = audio
+        self._template: bytes | None = None
+        self._abs_at: int | None = None
+        self._level_at: int | None = None
+        low = self._from_aiortc(0, 0 if audio else None)
+        high = self._from_aiortc(0xFFFFFF, -127 if audio else None)
+        if len(low) != len(high):
+            return
+        changed = [i for i, (a, b) in enumerate(zip(low, high, strict=True)) if a != b]
+        # aiortc writes abs-send-time (3 bytes) before the audio level (1 byte).
+        if len(changed) >= 3 and changed[2] == changed[0] + 2:
+            self._abs_at = changed[0]
+            changed = changed[3:]
+        if audio and len(changed) == 1:
+            self._level_at = changed[0]
+        elif changed:
+            return
+        self._template = low
+        probe = (0x5A3C1E, -42 if audio else None)
+        if self._patched(*probe) != self._from_aiortc(*probe):
+            self._template = None
+
+    @property
+    def patched(self) -> bool:
+        """Whether blocks are patched from the template rather than asked of aiortc."""
+        return self._template is not None
+
+    def block(self, abs_send_time: int, audio_level: int | None = None) -> bytes:
+        """The block for one frame (``b""`` when no extension was negotiated)."""
+        if self._template is None or (audio_level is None and self._level_at is not None):
+            return self._from_aiortc(abs_send_time, audio_level)
+        return self._patched(abs_send_time, audio_level)
+
+    def _patched(self, abs_send_time: int, audio_level: int | None) -> bytes:
+        assert self._template is not None
+        if self._abs_at is None and self._level_at is None:
+            return self._template
+        block = bytearray(self._template)
+        if self._abs_at is not None:
+            block[self._abs_at : self._abs_at + 3] = abs_send_time.to_bytes(3, "big")
+        if self._level_at is not None and audio_level is not None:
+            block[self._level_at] = -audio_level & 0x7F
+        return bytes(block)
+
+    def _from_aiortc(self, abs_send_time: int, audio_level: int | None) -> bytes:
+        extensions = HeaderExtensions()
+        extensions.mid = self._mid
+        extensions.abs_send_time = abs_send_time
+        if audio_level is not None:
+            extensions.audio_level = (False, -audio_level)
+        return extension_block(self._map, extensions)
+
+
+def ntp_now() -> int:
+    """The wall clock as a 64-bit NTP timestamp, as ``aiortc.clock.current_ntp_time``.
+
+    Integer arithmetic on ``time.time_ns()``, several times cheaper than aiortc's datetime.
+    """
+    nanoseconds = time.time_ns() + _NTP_UNIX_OFFSET_NS
+    seconds, rest = divmod(nanoseconds, 1_000_000_000)
+    return (seconds << 32) | ((rest << 32) // 1_000_000_000)
 
 
 def _direct_sendto(dtls: RTCDtlsTransport) -> Callable[[bytes], None] | None:
@@ -215,6 +334,7 @@ async def _run_rtp(sender: RTCRtpSender, codec: RTCRtpCodecParameters) -> None:
     setattr(sender, _SENDER + "rtp_history", history)
     mid = getattr(sender, _SENDER + "mid")
     extensions_map = getattr(sender, _SENDER + "rtp_header_extensions_map")
+    template = ExtensionTemplate(extensions_map, mid, audio=sender.kind == "audio")
     payload_type = codec.payloadType
     mime = codec.mimeType.lower()
     # As aiortc: a start in the lower half, so SRTP's rollover guess cannot go wrong early on.
@@ -245,11 +365,10 @@ async def _run_rtp(sender: RTCRtpSender, codec: RTCRtpCodecParameters) -> None:
             if not payloads:
                 continue
             timestamp = uint32_add(timestamp_origin, media_timestamp)
-            extensions = HeaderExtensions()
-            extensions.mid = mid
-            extensions.abs_send_time = (clock.current_ntp_time() >> 14) & 0x00FFFFFF
-            if audio_level is not None:
-                extensions.audio_level = (False, -audio_level)
+            # One clock read per frame: its packets leave in one burst, and the sender report
+            # pairs this send time with this frame's timestamp.
+            now = ntp_now()
+            abs_send_time = (now >> 14) & 0x00FFFFFF
             ssrc = sender._ssrc
             datagrams = rtp_datagrams(
                 payloads,
@@ -257,21 +376,20 @@ async def _run_rtp(sender: RTCRtpSender, codec: RTCRtpCodecParameters) -> None:
                 ssrc=ssrc,
                 sequence_number=sequence_number,
                 timestamp=timestamp,
-                extensions=extension_block(extensions_map, extensions),
+                extensions=template.block(abs_send_time, audio_level),
             )
-            last = len(payloads) - 1
-            for i, payload in enumerate(payloads):
-                history.remember(
-                    (sequence_number + i) & 0xFFFF,
-                    payload_type=payload_type,
-                    ssrc=ssrc,
-                    timestamp=timestamp,
-                    marker=int(i == last),
-                    payload=payload,
-                    extensions=extensions,
-                )
+            history.remember_frame(
+                sequence_number,
+                payloads,
+                payload_type=payload_type,
+                ssrc=ssrc,
+                timestamp=timestamp,
+                mid=mid,
+                abs_send_time=abs_send_time,
+                audio_level=audio_level,
+            )
             await _send(sender, datagrams)
-            setattr(sender, _SENDER + "ntp_timestamp", clock.current_ntp_time())
+            setattr(sender, _SENDER + "ntp_timestamp", now)
             setattr(sender, _SENDER + "rtp_timestamp", timestamp)
             octets = getattr(sender, _SENDER + "octet_count") + sum(map(len, payloads))
             setattr(sender, _SENDER + "octet_count", octets)

@@ -9,16 +9,24 @@ import random
 from typing import Any
 
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc import RTCConfiguration, RTCPeerConnection, clock
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import HeaderExtensions, HeaderExtensionsMap, RtpPacket
 from media_peers import connect, watch
 
 from kvs_peer.media import SharedVideoEncoder, TestPatternTrack
-from kvs_peer.media.rtpsender import RtpHistory, extension_block, rtp_datagrams, use_fast_send
+from kvs_peer.media.rtpsender import (
+    ExtensionTemplate,
+    RtpHistory,
+    extension_block,
+    ntp_now,
+    rtp_datagrams,
+    use_fast_send,
+)
 
 MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 
 
 def extensions_map(mid_id: int = 1, abs_id: int = 2) -> HeaderExtensionsMap:
@@ -83,31 +91,71 @@ def test_history_rebuilds_what_was_sent_and_forgets_what_was_overwritten() -> No
         timestamp=90_000,
         extensions=extension_block(mapping, extensions),
     )
-    for index, payload in enumerate(payloads):
-        history.remember(
-            (0xFFFF + index) & 0xFFFF,
-            payload_type=102,
-            ssrc=0xDEADBEEF,
-            timestamp=90_000,
-            marker=int(index == 1),
-            payload=payload,
-            extensions=extensions,
-        )
+    sent = {"payload_type": 102, "ssrc": 0xDEADBEEF, "timestamp": 90_000, "mid": "0"}
+    history.remember_frame(0xFFFF, payloads, abs_send_time=123456, **sent)
     # aiortc's NACK handler looks packets up by sequence number modulo the history size.
     assert history.get(0xFFFF % 128).serialize(mapping) == datagrams[0]
     assert history.get(0).serialize(mapping) == datagrams[1]
     assert history.get(5) is None
-    history.remember(
-        128,
-        payload_type=102,
-        ssrc=1,
-        timestamp=0,
-        marker=0,
-        payload=b"x",
-        extensions=extensions,
-    )
+    history.remember_frame(128, [b"x"], abs_send_time=1, **sent)
     # Slot 0 now holds 128: aiortc compares sequence numbers and will not resend the wrong one.
     assert history.get(0).sequence_number == 128
+
+
+def test_audio_history_keeps_the_audio_level() -> None:
+    history = RtpHistory()
+    history.remember_frame(
+        7,
+        [b"opus"],
+        payload_type=111,
+        ssrc=9,
+        timestamp=960,
+        mid="1",
+        abs_send_time=5,
+        audio_level=-33,
+    )
+    assert history.get(7).extensions.audio_level == (False, 33)
+
+
+@pytest.mark.parametrize("audio", [False, True])
+def test_extension_template_writes_what_aiortc_writes(audio: bool) -> None:
+    rng = random.Random(11)
+    patched = 0
+    for _ in range(200):
+        uris = [MID, ABS_SEND_TIME] + ([AUDIO_LEVEL] if audio else [])
+        chosen = [uri for uri in uris if rng.random() < 0.8]
+        # Ids above 14 force aiortc's two-byte form; the template must follow it there too.
+        ids = rng.sample(range(1, 15) if rng.random() < 0.8 else range(1, 40), len(chosen))
+        mapping = HeaderExtensionsMap()
+        mapping.configure(
+            RTCRtpParameters(
+                headerExtensions=[
+                    RTCRtpHeaderExtensionParameters(id=i, uri=uri)
+                    for i, uri in zip(ids, chosen, strict=True)
+                ]
+            )
+        )
+        mid = rng.choice(["0", "1", "audio", "a" * 16, "b" * 17, None])
+        template = ExtensionTemplate(mapping, mid, audio=audio)
+        patched += template.patched
+        for _ in range(5):
+            abs_send_time = rng.getrandbits(24)
+            level = rng.randint(-127, 0) if audio else None
+            extensions = HeaderExtensions()
+            extensions.mid = mid
+            extensions.abs_send_time = abs_send_time
+            if level is not None:
+                extensions.audio_level = (False, -level)
+            assert template.block(abs_send_time, level) == extension_block(mapping, extensions)
+    # Most draws are the usual one-byte layouts, which the template serves without aiortc.
+    assert patched > 150
+
+
+def test_ntp_now_is_aiortcs_clock() -> None:
+    before = clock.current_ntp_time()
+    ours = ntp_now()
+    after = clock.current_ntp_time()
+    assert before - (1 << 22) <= ours <= after + (1 << 22)  # within a millisecond
 
 
 async def test_fast_loop_is_in_use_with_this_aiortc() -> None:
