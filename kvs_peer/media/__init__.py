@@ -43,7 +43,7 @@ Traps this package is built around (measured with aiortc 1.16 / PyAV 18, see
    :class:`Recorder` encodes in a thread and writes Matroska with ``flush_packets=1``.
 7. **aiortc's send loop costs about 0.008 core per viewer** even for pre-encoded packets (it
    re-packetizes and re-serializes every packet for every viewer):
-   :mod:`kvs_peer.media.rtpsender` packetizes once and sends with a leaner loop (0.003).
+   :mod:`kvs_peer.media.rtpsender` packetizes once and sends with a leaner loop (0.0025).
 
 Costs measured on the 2-core test VM at 640x480@30: the test pattern 0.017 core; pattern plus
 shared encoder (``veryfast``, zerolatency, 2.7-3.3 ms per frame) 0.11 core; a whole master

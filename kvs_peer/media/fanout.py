@@ -7,7 +7,7 @@ frame first) and one shared Opus encoder.
 
 aiortc's senders each resample, encode Opus and compute the RTP audio level (in pure Python)
 themselves: with a tone, a master grew by 0.029 core per viewer in the benchmark (``--audio``),
-eight times what the whole video path costs per viewer. The fan-out encodes each frame once and
+about ten times what the whole video path costs per viewer. The fan-out encodes each frame once and
 hands every subscriber an :class:`EncodedAudio`; senders running
 :func:`~kvs_peer.media.rtpsender.use_fast_send` send those payloads. A sender that negotiated
 another codec (PCMU, PCMA) or runs aiortc's own loop reads plain frames through ``recv()`` and
