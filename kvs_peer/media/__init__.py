@@ -47,8 +47,8 @@ Traps this package is built around (measured with aiortc 1.16 / PyAV 18, see
 
 Costs measured on the 2-core test VM at 640x480@30: the test pattern 0.017 core; pattern plus
 shared encoder (``veryfast``, zerolatency, 2.7-3.3 ms per frame) 0.11 core; a whole master
-process (pattern, encoder, aiortc peers) 0.14 core with 1 viewer and 0.17 with 10, all at
-30 fps (``docs/benchmarks.md``).
+process (pattern, encoder, aiortc peers) 0.13 core with 1 viewer and 0.14-0.15 with 10, all
+at 30 fps (``docs/benchmarks.md``).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ import numpy as np
 from aiortc.codecs.opus import OpusEncoder
 from aiortc.mediastreams import MediaStreamTrack
 
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, MediaError
 from .broadcast import Broadcast, BroadcastTrack
 
 __all__ = ["AudioFanout", "AudioSubscriberTrack", "EncodedAudio", "audio_level_dbov"]
@@ -82,6 +82,8 @@ class AudioSubscriberTrack(BroadcastTrack[EncodedAudio]):
     def __init__(self, fanout: AudioFanout, queue_size: int) -> None:
         super().__init__(fanout, queue_size)
         self.frames_dropped = 0
+        self.wants_encoded = False
+        """Whether the consumer reads :meth:`recv_encoded` (the fan-out encodes only then)."""
 
     async def recv(self) -> av.AudioFrame:  # type: ignore[override]
         """Return the next source frame (what aiortc's own send loop encodes).
@@ -94,9 +96,13 @@ class AudioSubscriberTrack(BroadcastTrack[EncodedAudio]):
     async def recv_encoded(self) -> EncodedAudio:
         """Like :meth:`recv`, with the shared Opus payloads.
 
+        The first items after the first call may have no payloads yet (the fan-out starts
+        encoding at its next frame); senders skip those.
+
         Raises:
             MediaStreamError: the track was stopped or the source ended.
         """
+        self.wants_encoded = True
         return await super().recv()
 
     def _offer(self, item: EncodedAudio) -> None:
@@ -116,7 +122,8 @@ class AudioFanout(Broadcast[AudioSubscriberTrack]):
 
     Attributes:
         frames_read: frames read from ``source`` (once each, whatever the number of readers).
-        frames_encoded: frames encoded to Opus (once each, whatever the number of readers).
+        frames_encoded: frames encoded to Opus (once each, whatever the number of readers; none
+            while no reader takes the shared encoding).
 
     Raises:
         InvalidArgument: ``source`` is not an audio track, or a bad queue size.
@@ -145,6 +152,15 @@ class AudioFanout(Broadcast[AudioSubscriberTrack]):
 
     async def _produce(self, frame: av.AudioFrame) -> tuple[EncodedAudio]:
         self.frames_read += 1
+        if frame.format.name != "s16" or frame.layout.name not in ("mono", "stereo"):
+            raise MediaError(
+                "audio sources must give s16 mono or stereo frames (what Opus and PCMU/PCMA "
+                f"senders take), got {frame.format.name} {frame.layout.name}: convert with "
+                "av.AudioResampler(format='s16', layout='stereo')"
+            )
+        if not any(track.wants_encoded for track in self._active):
+            # Every reader encodes for itself (PCMU, PCMA, aiortc's own loop): nothing to share.
+            return (EncodedAudio(frame, (), 0, 0),)
         assert self._opus is not None
         # About 0.2 ms per 20 ms frame: cheap enough for the event loop, and done once.
         payloads, timestamp = self._opus.encode(frame)

@@ -88,7 +88,8 @@ class ReopeningVideoTrack(MediaStreamTrack):
 
     @property
     def reopening(self) -> bool:
-        """Whether the source is gone and being opened again."""
+        """Whether this track holds no open source: before the first open (``first=None``) and
+        from the moment the source ends until it is open again."""
         return self.readyState == "live" and self._inner is None
 
     async def recv(self) -> Any:

@@ -7,16 +7,17 @@ coroutine layers down to ``sendto``. The benchmark measured about 0.008 core per
 640x480@30 and 1 Mbit/s. :func:`use_fast_send` replaces that loop for one sender with one that
 sends the same bytes for less work (about 0.0025 core per viewer):
 
-- the frame is packetized once for every viewer, in the encoder's thread
-  (:class:`~kvs_peer.media.encoder.EncodedVideo`, :class:`~kvs_peer.media.fanout.EncodedAudio`);
+- the frame is packetized once for every viewer: video in the encoder's thread
+  (:class:`~kvs_peer.media.encoder.EncodedVideo`), audio by the fan-out's pump on the event
+  loop (:class:`~kvs_peer.media.fanout.EncodedAudio`);
 - the clock is read once per frame (:func:`ntp_now`): a frame's packets leave in one burst, so
   they share one abs-send-time (3.8 us resolution), and the sender report pairs that time with
   the frame's timestamp;
 - the header extension block is aiortc's own, asked for once per sender, with the abs-send-time
   and audio-level bytes written in per frame (:class:`ExtensionTemplate`);
 - each packet header is one ``struct.pack`` (:func:`rtp_datagrams`);
-- the NACK history keeps one record per frame and builds packets only when asked
-  (:class:`RtpHistory`);
+- the NACK history keeps the fields of each frame and builds an ``RtpPacket`` only when a
+  NACK asks for one (:class:`RtpHistory`);
 - the SRTP-protected bytes go straight to the ``sendto`` of the nominated candidate pair's
   transport, where aiortc's five layers end too (a UDP socket, or aioice's TURN transport for a
   relayed pair). A pair of any other kind would go through aiortc's layers.
@@ -166,7 +167,8 @@ class RtpHistory(dict[int, Any]):
 
     aiortc's NACK handler calls ``history.get(sequence_number % RTP_HISTORY_SIZE)`` and expects
     an ``RtpPacket``. Building one per packet sent costs more than the rest of this loop, and
-    almost none are ever asked for, so this keeps one record per frame and builds on demand.
+    almost none are ever asked for, so each slot points at a record of its frame's fields and
+    the packet is built on demand.
     """
 
     def remember_frame(
@@ -336,17 +338,19 @@ async def _run_rtp(sender: RTCRtpSender, codec: RTCRtpCodecParameters) -> None:
     # Mirrors aiortc 1.16's RTCRtpSender._run_rtp, field for field; only the per-packet work
     # differs. First of all, as aiortc does: stop() waits for this event.
     getattr(sender, _SENDER + "rtp_started").set()
-    history = RtpHistory()
-    setattr(sender, _SENDER + "rtp_history", history)
-    mid = getattr(sender, _SENDER + "mid")
-    extensions_map = getattr(sender, _SENDER + "rtp_header_extensions_map")
-    template = ExtensionTemplate(extensions_map, mid, audio=sender.kind == "audio")
-    payload_type = codec.payloadType
-    mime = codec.mimeType.lower()
-    # As aiortc: a start in the lower half, so SRTP's rollover guess cannot go wrong early on.
-    sequence_number = random16() % 32768
-    timestamp_origin = random32()
     try:
+        history = RtpHistory()
+        setattr(sender, _SENDER + "rtp_history", history)
+        mid = getattr(sender, _SENDER + "mid")
+        extensions_map = getattr(sender, _SENDER + "rtp_header_extensions_map")
+        # Inside the try: a remote offer can negotiate what aiortc cannot serialize (an
+        # extension id over 255, a huge MID), and rtp_exited must still be set below.
+        template = ExtensionTemplate(extensions_map, mid, audio=sender.kind == "audio")
+        payload_type = codec.payloadType
+        mime = codec.mimeType.lower()
+        # As aiortc: a start in the lower half, so SRTP's rollover guess cannot go wrong early.
+        sequence_number = random16() % 32768
+        timestamp_origin = random32()
         while True:
             track = getattr(sender, _SENDER + "track")
             if track is None:

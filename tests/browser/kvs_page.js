@@ -238,7 +238,11 @@
     for (const stats of report.values()) {
       if (stats.type === 'inbound-rtp' && stats.kind === 'audio') {
         const codec = report.get(stats.codecId);
+        // The level the sender wrote in the RTP audio-level header extension (RFC 6465).
+        const receiver = pc.getReceivers().find((r) => r.track.kind === 'audio');
+        const sources = receiver ? receiver.getSynchronizationSources() : [];
         return {
+          headerLevel: sources.length ? sources[0].audioLevel : null,
           mimeType: codec ? codec.mimeType : null,
           packetsReceived: stats.packetsReceived,
           packetsLost: stats.packetsLost,

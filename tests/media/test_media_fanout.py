@@ -13,9 +13,10 @@ from aiortc import RTCRtpSender
 from aiortc.codecs.opus import OpusEncoder
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import compute_audio_level_dbov
+from conftest import MS
 from media_peers import connect
 
-from kvs_peer.errors import InvalidArgument, InvalidState
+from kvs_peer.errors import InvalidArgument, InvalidState, MediaError
 from kvs_peer.media import AudioFanout, TestPatternTrack, ToneTrack
 from kvs_peer.media.fanout import audio_level_dbov
 from kvs_peer.media.rtpsender import RtpHistory
@@ -175,12 +176,17 @@ def test_audio_level_is_aiortcs_number(layout: str) -> None:
 
 async def hear(track, frames: int) -> tuple[int, float]:
     """Receive ``frames`` decoded audio frames; return how many and their RMS level."""
-    await track.recv()
+    await asyncio.wait_for(track.recv(), 5000 * MS)
     energy = 0.0
     for _ in range(frames):
-        samples = (await asyncio.wait_for(track.recv(), 1.0)).to_ndarray().astype(np.float64)
-        energy += float(np.mean(samples**2))
+        frame = await asyncio.wait_for(track.recv(), 1000 * MS)
+        energy += float(np.mean(frame.to_ndarray().astype(np.float64) ** 2))
     return frames, (energy / frames) ** 0.5
+
+
+def aiortc_encoder(link) -> object:
+    """The encoder aiortc's own code made for the master's audio sender (None if unused)."""
+    return link.master.getTransceivers()[0].sender._RTCRtpSender__encoder
 
 
 async def test_opus_is_encoded_once_for_every_viewer() -> None:
@@ -188,6 +194,7 @@ async def test_opus_is_encoded_once_for_every_viewer() -> None:
         links = [await connect(fanout=fanout, fast_audio=True) for _ in range(3)]
         try:
             heard = await asyncio.gather(*(hear(link.audio, 50) for link in links))
+            encoders = [aiortc_encoder(link) for link in links]
             histories = [
                 link.master.getTransceivers()[0].sender._RTCRtpSender__rtp_history for link in links
             ]
@@ -198,10 +205,15 @@ async def test_opus_is_encoded_once_for_every_viewer() -> None:
     # The tone (peak 0.2 of full scale) decodes at an RMS near 3300 after the upmix to stereo;
     # silence or garbage would not.
     assert all(2000 < rms < 4700 for _, rms in heard), heard
-    # Once per source frame, not once per viewer.
-    assert fanout.frames_encoded == fanout.frames_read
-    assert fanout.frames_read < 3 * 50
-    assert all(isinstance(history, RtpHistory) and len(history) > 20 for history in histories)
+    # No sender made an encoder of its own: every one sent the fan-out's payloads.
+    assert encoders == [None, None, None]
+    assert fanout.frames_encoded >= 50
+    for history in histories:
+        assert isinstance(history, RtpHistory) and len(history) > 20
+        # The audio-level extension went out: the tone's RMS is 0.2 / sqrt(2) of full scale,
+        # -17 dBov, sent as 17 (RFC 6465).
+        levels = {history.get(slot).extensions.audio_level for slot in list(history)[-10:]}
+        assert levels == {(False, 17)}, levels
 
 
 async def test_a_pcmu_viewer_gets_its_own_encoding() -> None:
@@ -211,11 +223,30 @@ async def test_a_pcmu_viewer_gets_its_own_encoding() -> None:
         try:
             answer = link.master.localDescription.sdp
             _, rms = await hear(link.audio, 25)
+            encoder = aiortc_encoder(link)
             history = link.master.getTransceivers()[0].sender._RTCRtpSender__rtp_history
         finally:
             await link.close()
     assert "PCMU/8000" in answer and "opus" not in answer.lower()
-    # PCMU made from the fan-out's frames by aiortc's encoder, sent by the fast loop.
-    assert 2000 < rms < 4700
+    # PCMU made from the fan-out's frames by aiortc's encoder, sent by the fast loop; the
+    # fan-out encoded no Opus for nobody.
+    assert type(encoder).__name__ == "PcmuEncoder"
+    assert 4000 < rms < 5300  # mono PCMU keeps the tone's full RMS (about 4630)
     assert isinstance(history, RtpHistory) and len(history) > 10
-    assert fanout.frames_read > 0
+    assert fanout.frames_read > 0 and fanout.frames_encoded == 0
+
+
+async def test_audio_that_is_not_s16_is_refused_clearly() -> None:
+    class FloatTone(ToneTrack):
+        async def recv(self) -> av.AudioFrame:
+            frame = await super().recv()
+            return av.AudioFrame.from_ndarray(
+                frame.to_ndarray().astype(np.float32) / 32768, format="flt", layout="mono"
+            )
+
+    async with AudioFanout(FloatTone(440)) as fanout:
+        track = fanout.subscribe()
+        with pytest.raises(MediaStreamError):
+            await asyncio.wait_for(track.recv(), 5000 * MS)
+    assert isinstance(fanout.error, MediaError)
+    assert "s16 mono or stereo" in str(fanout.error) and "got flt mono" in str(fanout.error)

@@ -9,12 +9,12 @@ import random
 from typing import Any
 
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection, clock
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, clock
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import HeaderExtensions, HeaderExtensionsMap, RtpPacket
 from media_peers import connect, watch
 
-from kvs_peer.media import SharedVideoEncoder, TestPatternTrack
+from kvs_peer.media import SharedVideoEncoder, TestPatternTrack, add_shared_video
 from kvs_peer.media.rtpsender import (
     ExtensionTemplate,
     RtpHistory,
@@ -281,3 +281,29 @@ def test_sequence_numbers_wrap(sequence_number: int) -> None:
     numbers = [RtpPacket.parse(d).sequence_number for d in datagrams]
     assert numbers == [(sequence_number + i) & 0xFFFF for i in range(3)]
     assert [RtpPacket.parse(d).marker for d in datagrams] == [0, 0, 1]
+
+
+async def test_an_offer_aiortc_cannot_serialize_does_not_hang_close() -> None:
+    # A remote offer can negotiate an extension id over 255, which aiortc's serializer refuses
+    # (an assertion). The loop must still end cleanly, or RTCRtpSender.stop() waits forever.
+    async with SharedVideoEncoder(TestPatternTrack(320, 240, 30)) as encoder:
+        config = RTCConfiguration(iceServers=[])
+        viewer, master = RTCPeerConnection(config), RTCPeerConnection(config)
+        try:
+            viewer.addTransceiver("video", direction="recvonly")
+            await viewer.setLocalDescription(await viewer.createOffer())
+            offer = viewer.localDescription.sdp.replace(
+                "a=extmap:1 urn:ietf:params:rtp-hdrext:sdes:mid",
+                "a=extmap:300 urn:ietf:params:rtp-hdrext:sdes:mid",
+            )
+            assert "a=extmap:300 " in offer
+            transceiver = add_shared_video(master, encoder)
+            await master.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+            await master.setLocalDescription(await master.createAnswer())
+            await viewer.setRemoteDescription(master.localDescription)
+            async with asyncio.timeout(10):
+                while transceiver.sender._RTCRtpSender__rtp_exited.is_set() is False:
+                    await asyncio.sleep(0.05)
+        finally:
+            await asyncio.wait_for(master.close(), 5)
+            await viewer.close()
