@@ -89,6 +89,14 @@ _SENDER_FIELDS = (
 )
 _DTLS = "_RTCDtlsTransport__"
 _DTLS_FIELDS = ("tx_bytes", "tx_packets")
+# The fields touched for every frame, spelled out once rather than concatenated per frame.
+_TRACK = _SENDER + "track"
+_NTP_TIMESTAMP = _SENDER + "ntp_timestamp"
+_RTP_TIMESTAMP = _SENDER + "rtp_timestamp"
+_OCTET_COUNT = _SENDER + "octet_count"
+_PACKET_COUNT = _SENDER + "packet_count"
+_TX_BYTES = _DTLS + "tx_bytes"
+_TX_PACKETS = _DTLS + "tx_packets"
 
 # aiortc's _retransmit looks packets up in slot ``sequence_number % RTP_HISTORY_SIZE``; the
 # history must use the same size, so the fast loop is off if aiortc no longer names it.
@@ -330,8 +338,8 @@ async def _send(sender: RTCRtpSender, datagrams: list[bytes]) -> None:
         else:
             await dtls.transport._send(data)
         sent += len(data)
-    setattr(dtls, _DTLS + "tx_bytes", getattr(dtls, _DTLS + "tx_bytes") + sent)
-    setattr(dtls, _DTLS + "tx_packets", getattr(dtls, _DTLS + "tx_packets") + len(datagrams))
+    setattr(dtls, _TX_BYTES, getattr(dtls, _TX_BYTES) + sent)
+    setattr(dtls, _TX_PACKETS, getattr(dtls, _TX_PACKETS) + len(datagrams))
 
 
 async def _run_rtp(sender: RTCRtpSender, codec: RTCRtpCodecParameters) -> None:
@@ -352,7 +360,7 @@ async def _run_rtp(sender: RTCRtpSender, codec: RTCRtpCodecParameters) -> None:
         sequence_number = random16() % 32768
         timestamp_origin = random32()
         while True:
-            track = getattr(sender, _SENDER + "track")
+            track = getattr(sender, _TRACK)
             if track is None:
                 await asyncio.sleep(0.02)
                 continue
@@ -399,22 +407,20 @@ async def _run_rtp(sender: RTCRtpSender, codec: RTCRtpCodecParameters) -> None:
                 audio_level=audio_level,
             )
             await _send(sender, datagrams)
-            setattr(sender, _SENDER + "ntp_timestamp", now)
-            setattr(sender, _SENDER + "rtp_timestamp", timestamp)
-            octets = getattr(sender, _SENDER + "octet_count") + sum(map(len, payloads))
-            setattr(sender, _SENDER + "octet_count", octets)
-            packets = getattr(sender, _SENDER + "packet_count") + len(payloads)
-            setattr(sender, _SENDER + "packet_count", packets)
+            setattr(sender, _NTP_TIMESTAMP, now)
+            setattr(sender, _RTP_TIMESTAMP, timestamp)
+            setattr(sender, _OCTET_COUNT, getattr(sender, _OCTET_COUNT) + sum(map(len, payloads)))
+            setattr(sender, _PACKET_COUNT, getattr(sender, _PACKET_COUNT) + len(payloads))
             sequence_number = (sequence_number + len(payloads)) & 0xFFFF
     except (asyncio.CancelledError, ConnectionError, MediaStreamError):
         pass
     except Exception:
         # rtp_exited must be set whatever happens, or RTCRtpSender.stop() hangs.
         logger.warning("RTP send loop failed", exc_info=True)
-    track = getattr(sender, _SENDER + "track")
+    track = getattr(sender, _TRACK)
     if track is not None:
         track.stop()
-        setattr(sender, _SENDER + "track", None)
+        setattr(sender, _TRACK, None)
     setattr(sender, _SENDER + "encoder", None)
     getattr(sender, _SENDER + "rtp_exited").set()
 

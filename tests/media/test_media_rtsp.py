@@ -172,16 +172,23 @@ async def test_files_and_the_test_pattern_are_not_reopened(tmp_path: Path) -> No
         track.stop()
 
 
+class SlowCamera:
+    """An opener that blocks until released, as a camera slow to answer does."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.opened: list[TestPatternTrack] = []
+
+    def __call__(self) -> MediaStreamTrack:
+        self.release.wait(5)
+        self.opened.append(TestPatternTrack(64, 60, 30))
+        return self.opened[-1]
+
+
 async def test_a_source_opened_after_its_reader_left_is_kept_for_the_next_read() -> None:
-    release = threading.Event()
-    opened: list[TestPatternTrack] = []
-
-    def slow_open() -> MediaStreamTrack:
-        release.wait(5)
-        opened.append(TestPatternTrack(64, 60, 30))
-        return opened[-1]
-
-    track = ReopeningVideoTrack(slow_open, description="slow camera")
+    camera = SlowCamera()
+    release, opened = camera.release, camera.opened
+    track = ReopeningVideoTrack(camera, description="slow camera")
     reader = asyncio.ensure_future(track.recv())
     await asyncio.sleep(0.8)  # past the first backoff delay: the opener is running
     reader.cancel()  # as the shared encoder does when the last viewer leaves
@@ -201,15 +208,9 @@ async def test_a_source_opened_after_its_reader_left_is_kept_for_the_next_read()
 
 
 async def test_a_reader_arriving_during_an_open_waits_for_it_instead_of_opening_again() -> None:
-    release = threading.Event()
-    opened: list[TestPatternTrack] = []
-
-    def slow_open() -> MediaStreamTrack:
-        release.wait(5)
-        opened.append(TestPatternTrack(64, 60, 30))
-        return opened[-1]
-
-    track = ReopeningVideoTrack(slow_open, description="slow camera")
+    camera = SlowCamera()
+    release, opened = camera.release, camera.opened
+    track = ReopeningVideoTrack(camera, description="slow camera")
     first = asyncio.ensure_future(track.recv())
     await asyncio.sleep(0.8)  # the opener is running
     first.cancel()  # the last viewer left...
