@@ -226,9 +226,13 @@ async def _master(args: argparse.Namespace) -> int:
         _stderr(f"streaming {source} on channel {args.channel!r} as MASTER (Ctrl+C stops)")
         await _wait(master.wait_closed(), args)
         if master.end_reason is not None:
-            live = getattr(video, "live", False)
-            hint = "without --no-reopen it is opened again" if live else "--loop repeats a file"
-            _stderr(f"{master.end_reason}; stopping ({hint})")
+            if getattr(video, "live", False):
+                hint = " (without --no-reopen it is opened again)"
+            elif master.end_reason.endswith("ended"):
+                hint = " (--loop repeats a file)"
+            else:
+                hint = ""
+            _stderr(f"{master.end_reason}; stopping{hint}")
     if args.json:
         stats = master.stats
         print(
