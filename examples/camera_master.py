@@ -26,6 +26,7 @@ from kvs_peer.access import AwsAccess, SignerAccess
 from kvs_peer.channel import ChannelResolver
 from kvs_peer.master import Master
 from kvs_peer.media import open_audio_source, open_video_source
+from kvs_peer.media.presets import X264_PRESETS
 from kvs_peer.media.sources import describe_url
 from kvs_peer.protocol import Role
 
@@ -39,6 +40,12 @@ async def main() -> None:
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--fps", type=float, default=30)
     parser.add_argument("--bitrate", type=int, default=800_000)
+    parser.add_argument(
+        "--preset",
+        default="veryfast",
+        choices=X264_PRESETS,
+        help="x264 speed preset; ultrafast takes the least CPU (Raspberry Pi)",
+    )
     parser.add_argument("--region", help="AWS region (default from the environment)")
     parser.add_argument("--endpoint-url", default=os.environ.get("KVS_PEER_ENDPOINT_URL"))
     parser.add_argument("--signer", help="signer service URL (no AWS credentials needed)")
@@ -66,7 +73,9 @@ async def main() -> None:
 
 
 async def run(access, video, audio, args: argparse.Namespace) -> None:
-    async with Master(access, video=video, audio=audio, bitrate=args.bitrate) as master:
+    async with Master(
+        access, video=video, audio=audio, bitrate=args.bitrate, preset=args.preset
+    ) as master:
         # describe_url hides a camera password (rtsp://user:secret@...) from the output
         print(f"streaming {describe_url(args.source)} on {args.channel!r}", flush=True)
         try:

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from .cli import add_connection_options
+from .media.presets import X264_PRESETS
 from .protocol import Role
 from .signer import cli as signer_cli
 
@@ -187,6 +188,14 @@ def _configure_master(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--bitrate", type=int, default=1_000_000, help="video bit/s (default 1M)")
     p.add_argument("--gop", type=int, default=60, help="keyframe interval in frames (default 60)")
+    p.add_argument(
+        "--preset",
+        default="veryfast",
+        choices=X264_PRESETS,
+        metavar="PRESET",
+        help="x264 speed preset: ultrafast uses the least CPU (small boards such as a "
+        "Raspberry Pi), slower ones give a better picture per bit (default veryfast)",
+    )
     p.add_argument("--max-viewers", type=int, default=10, help="viewers at once (default 10)")
     _add_peer_options(p)
 
@@ -218,6 +227,7 @@ async def _master(args: argparse.Namespace) -> int:
             max_viewers=args.max_viewers,
             bitrate=args.bitrate,
             gop=args.gop,
+            preset=args.preset,
             loopback_candidates=args.loopback_candidates,
         ) as master,
         StatusLine(lambda meter: _master_status(master, meter), enabled=not args.json),

@@ -127,6 +127,7 @@ class Master(SignalingPeer):
         connect_timeout: seconds a new session may take to connect before it is dropped.
         bitrate: video bitrate in bit/s.
         gop: keyframe interval in frames.
+        preset: x264 speed preset (``ultrafast`` for the least CPU, e.g. on a Raspberry Pi).
         loopback_candidates: also gather 127.0.0.1 host candidates (hosts with only ``lo``).
         signaling: extra keyword arguments for :class:`~kvs_peer.signaling.SignalingClient`.
     """
@@ -142,6 +143,7 @@ class Master(SignalingPeer):
         connect_timeout: float = 30.0,
         bitrate: int = 1_000_000,
         gop: int = 60,
+        preset: str = "veryfast",
         loopback_candidates: bool = False,
         signaling: Mapping[str, Any] | None = None,
     ) -> None:
@@ -155,7 +157,9 @@ class Master(SignalingPeer):
         self._connect_timeout = connect_timeout
         self._loopback = loopback_candidates
         self._encoder = (
-            SharedVideoEncoder(video, bitrate=bitrate, gop=gop) if video is not None else None
+            SharedVideoEncoder(video, bitrate=bitrate, gop=gop, preset=preset)
+            if video is not None
+            else None
         )
         self._audio = AudioFanout(audio) if audio is not None else None
         super().__init__(SignalingClient(access, role=Role.MASTER, **dict(signaling or {})))

@@ -39,6 +39,16 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert parser.parse_args(["viewer", "--channel", "c"]).record is None
 
 
+def test_master_preset_is_checked_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    assert parser.parse_args(["master", "--channel", "c"]).preset == "veryfast"
+    assert parser.parse_args(["master", "--channel", "c", "--preset", "ultrafast"]).preset
+    with pytest.raises(SystemExit) as info:
+        parser.parse_args(["master", "--channel", "c", "--preset", "warp"])
+    assert info.value.code == 2
+    assert "invalid choice: 'warp'" in capsys.readouterr().err
+
+
 def test_master_reopens_live_sources_unless_told_not_to() -> None:
     parser = build_parser()
     assert parser.parse_args(["master", "--channel", "c"]).reopen is True

@@ -264,6 +264,18 @@ async def test_bad_arguments_are_refused() -> None:
         SharedVideoEncoder(TestPatternTrack(), gop=0)
     with pytest.raises(InvalidArgument, match="queue_size"):
         SharedVideoEncoder(TestPatternTrack(), queue_size=1)
+    with pytest.raises(InvalidArgument, match="unknown x264 preset 'warp': use one of ultrafast"):
+        SharedVideoEncoder(TestPatternTrack(), preset="warp")
+
+
+async def test_the_cheapest_preset_streams_too() -> None:
+    async with SharedVideoEncoder(TestPatternTrack(320, 240, 30), preset="ultrafast") as encoder:
+        link = await connect(encoder)
+        try:
+            result = await watch(link, 1.0)
+        finally:
+            await link.close()
+    assert result.frames >= 20 and result.increasing and not result.unreadable
 
 
 async def test_join_right_after_a_periodic_keyframe_is_served_at_once() -> None:
