@@ -27,14 +27,9 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from ._tasks import invoke
 from .access import ChannelAccess
 from .errors import InvalidArgument, SessionError
-from .media.encoder import (
-    AudioFanout,
-    SharedVideoEncoder,
-    attach_keyframe_requests,
-    force_h264,
-    use_fast_send,
-)
+from .media.encoder import AudioFanout, SharedVideoEncoder, attach_keyframe_requests, force_h264
 from .media.redact import redact_urls
+from .media.rtpsender import use_fast_send
 from .peer import SignalingPeer
 from .protocol import (
     GoAway,

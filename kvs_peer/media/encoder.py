@@ -71,7 +71,6 @@ __all__ = [
     "attach_keyframe_requests",
     "force_h264",
     "h264_codec_preferences",
-    "use_fast_send",  # re-exported with the rest of the per-viewer plumbing
 ]
 
 logger = logging.getLogger(__name__)
