@@ -21,9 +21,11 @@ import argparse
 import asyncio
 import logging
 import os
+import sys
 
 from kvs_peer.access import AwsAccess, SignerAccess
 from kvs_peer.channel import ChannelResolver
+from kvs_peer.errors import KvsPeerError
 from kvs_peer.master import Master
 from kvs_peer.media import open_audio_source, open_video_source
 from kvs_peer.media.presets import X264_PRESETS
@@ -89,3 +91,5 @@ if __name__ == "__main__":
         asyncio.run(main())
     except KeyboardInterrupt:
         pass
+    except KvsPeerError as exc:  # its message says what to do: no traceback needed
+        sys.exit(f"error: {exc}")

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import logging
 import os
+import sys
 from pathlib import Path
 
 import cv2
@@ -22,6 +23,7 @@ import numpy as np
 
 from kvs_peer.access import AwsAccess
 from kvs_peer.channel import ChannelResolver
+from kvs_peer.errors import KvsPeerError
 from kvs_peer.media import frame_to_ndarray, save_snapshot
 from kvs_peer.protocol import Role
 from kvs_peer.viewer import Viewer, new_client_id
@@ -90,3 +92,5 @@ if __name__ == "__main__":
         asyncio.run(main())
     except KeyboardInterrupt:
         pass
+    except KvsPeerError as exc:  # its message says what to do: no traceback needed
+        sys.exit(f"error: {exc}")

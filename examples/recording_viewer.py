@@ -16,9 +16,11 @@ import argparse
 import asyncio
 import logging
 import os
+import sys
 
 from kvs_peer.access import AwsAccess
 from kvs_peer.channel import ChannelResolver
+from kvs_peer.errors import KvsPeerError
 from kvs_peer.media import Recorder
 from kvs_peer.protocol import Role
 from kvs_peer.viewer import Viewer, new_client_id
@@ -40,7 +42,8 @@ async def main() -> None:
         recorder = Recorder(args.out, segment_seconds=args.segment)
         async with Viewer(access, recorder=recorder) as viewer:
             try:
-                await asyncio.wait_for(asyncio.Event().wait(), args.duration)
+                # Returns early only if the recording fails (disk full): it raises MediaError.
+                await asyncio.wait_for(viewer.wait_closed(), args.duration)
             except TimeoutError:
                 pass
         stats = recorder.stats()
@@ -55,3 +58,5 @@ if __name__ == "__main__":
         asyncio.run(main())
     except KeyboardInterrupt:
         pass
+    except KvsPeerError as exc:  # its message says what to do: no traceback needed
+        sys.exit(f"error: {exc}")

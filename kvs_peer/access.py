@@ -55,6 +55,10 @@ class ChannelAccess(Protocol):
         """Forget cached endpoints/ICE so the next call fetches them again."""
         ...
 
+    def for_viewer(self, client_id: str) -> ChannelAccess:
+        """Access to the same channel as VIEWER ``client_id`` (a master's takeover probe)."""
+        ...
+
     async def ice_config(self) -> IceConfig:
         """Current ICE servers (refreshed once their credentials expire)."""
         ...
@@ -86,6 +90,7 @@ class AwsAccess:
         self.client_id = validate_client_id(client_id) if client_id is not None else None
         self.create = create
         self.resolved: ResolvedChannel | None = None
+        self._prefetch: asyncio.Task[ResolvedChannel] | None = None
 
     async def resolve(self) -> ResolvedChannel:
         """Resolve (from cache when fresh) and remember the channel."""
@@ -95,12 +100,24 @@ class AwsAccess:
         return self.resolved
 
     async def __call__(self) -> str:
-        resolved = await self.resolve()
-        return await self.resolver.presign(resolved, client_id=self.client_id)
+        # ARN and endpoints are all a signed URL needs; the ICE servers (one more control-plane
+        # call) are fetched meanwhile, while the WebSocket opens, and wait for ice_config().
+        location = await self.resolver.locate(self.channel, self.role, create=self.create)
+        if self._prefetch is None or self._prefetch.done():
+            self._prefetch = asyncio.ensure_future(self.resolve())
+            # Failures surface from ice_config(), which asks again; not from this task.
+            self._prefetch.add_done_callback(lambda task: task.cancelled() or task.exception())
+        return await self.resolver.presign(location, client_id=self.client_id)
 
     def invalidate(self, refresh: Refresh) -> None:
+        if refresh is Refresh.CREDENTIALS:
+            self.resolver.refresh_credentials()
         if refresh is not Refresh.URL:
+            # A 404 must re-describe the channel: re-created, it has a new ARN.
             self.resolver.invalidate(self.channel, ice_only=refresh is Refresh.ICE)
+
+    def for_viewer(self, client_id: str) -> AwsAccess:
+        return AwsAccess(self.resolver, self.channel, Role.VIEWER, client_id=client_id)
 
     async def ice_config(self) -> IceConfig:
         resolved = await self.resolve()
@@ -200,6 +217,17 @@ class SignerAccess:
     def invalidate(self, refresh: Refresh) -> None:
         # The signer resolves channels itself; the next call always fetches fresh data.
         self._ice = None
+
+    def for_viewer(self, client_id: str) -> SignerAccess:
+        return SignerAccess(
+            self.signer_url,
+            self.channel,
+            Role.VIEWER,
+            client_id=client_id,
+            token=self._token,
+            timeout=self._timeout.total or 10.0,
+            ssl=self._ssl,
+        )
 
     async def ice_config(self) -> IceConfig:
         if self._ice is None or self._ice.expires_at <= time.time():

@@ -13,18 +13,22 @@ import asyncio
 import datetime as dt
 import email.utils
 import functools
+import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import boto3
 import botocore.config
 import botocore.exceptions
 
+from .channelcache import ChannelCache
 from .errors import AccessDenied, ChannelError, ChannelNotFound, InvalidArgument, Throttled
 from .protocol import Role
 from .signing import (
@@ -36,6 +40,7 @@ from .signing import (
 )
 
 __all__ = [
+    "ChannelLocation",
     "ChannelResolver",
     "IceServer",
     "ResolvedChannel",
@@ -116,6 +121,19 @@ def ice_servers_from_boto(ice_server_list: list[Mapping[str, Any]]) -> tuple[Ice
 
 
 @dataclass(frozen=True, slots=True)
+class ChannelLocation:
+    """Where a channel is, for one role: enough to sign a URL and connect. Immutable."""
+
+    name: str
+    arn: str
+    region: str
+    role: Role
+    wss_endpoint: str
+    https_endpoint: str
+    message_ttl: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ResolvedChannel:
     """Everything a peer needs to join a channel in one role. Immutable."""
 
@@ -190,6 +208,11 @@ class ChannelResolver:
         timeout: connect/read timeout of each control-plane call, seconds.
         max_workers: threads for blocking boto3 calls.
         verify: TLS verification for boto3 (a CA bundle path, or False); None = default.
+        disk_cache: keep channel ARNs and endpoints on disk across restarts
+            (:mod:`kvs_peer.channelcache`): True for the default directory
+            (``$KVS_PEER_CACHE_DIR``, ``$XDG_CACHE_HOME/kvs-peer`` or ``~/.cache/kvs-peer``), a
+            directory, or a :class:`~kvs_peer.channelcache.ChannelCache`. Off by default, as
+            in the C SDK; the CLI turns it on.
 
     Use it as ``async with ChannelResolver(...) as resolver:`` or call :meth:`close`.
     """
@@ -205,11 +228,13 @@ class ChannelResolver:
         timeout: float = 10.0,
         max_workers: int = 4,
         verify: str | bool | None = None,
+        disk_cache: bool | str | os.PathLike[str] | ChannelCache = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._verify = verify
         # AWS_REGION is what most AWS SDKs read; botocore only reads AWS_DEFAULT_REGION.
         region = region or os.environ.get("AWS_REGION") or None
+        self._own_session = session is None
         self._session = session or boto3.Session(region_name=region)
         self.region = region or self._session.region_name
         if not self.region:
@@ -232,8 +257,22 @@ class ChannelResolver:
         )
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="kvs-peer-boto3")
         self._kv: Any = None
+        self._timeout = timeout
+        self._http: Any = None  # aiohttp session for GetIceServerConfig, made on first use
+        self._ssl_context: Any = None
+        # Worker threads may ask for a client at once (ICE servers fetched while the channel
+        # is described); a boto3 session is not thread-safe, so clients are made one at a time.
+        self._client_lock = threading.Lock()
         self._signaling: dict[str, Any] = {}
         self._cache = _Cache(clock)
+        if isinstance(disk_cache, ChannelCache):
+            self.disk_cache: ChannelCache | None = disk_cache
+        elif disk_cache is True:
+            self.disk_cache = ChannelCache()
+        elif disk_cache is False or disk_cache is None:
+            self.disk_cache = None
+        else:
+            self.disk_cache = ChannelCache(Path(disk_cache))
         self.calls: dict[str, int] = {}
         """Control-plane calls made, by operation name (for tests and metrics)."""
 
@@ -244,8 +283,10 @@ class ChannelResolver:
         await self.close()
 
     async def close(self) -> None:
-        """Release the worker threads. Idempotent."""
+        """Release the worker threads and the HTTP session. Idempotent."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._http is not None:
+            await self._http.close()
 
     # -- blocking side ------------------------------------------------------------------------
 
@@ -300,9 +341,10 @@ class ChannelResolver:
     # -- control plane ---------------------------------------------------------------------
 
     def _kinesisvideo(self) -> Any:
-        if self._kv is None:
-            self._kv = self._client("kinesisvideo", self.endpoint_url)
-        return self._kv
+        with self._client_lock:
+            if self._kv is None:
+                self._kv = self._client("kinesisvideo", self.endpoint_url)
+            return self._kv
 
     async def describe(self, name: str) -> dict[str, Any]:
         """DescribeSignalingChannel by exact name (never prefix matching). Not cached."""
@@ -348,6 +390,20 @@ class ChannelResolver:
 
     async def _endpoints(self, name: str, role: Role, create: bool) -> dict[str, Any]:
         async def load() -> tuple[dict[str, Any], float]:
+            disk = self.disk_cache
+            if disk is not None:
+                # A few hundred bytes from the page cache: cheaper inline than a thread hop.
+                cached = disk.load(self.region, self.endpoint_url, name, role)
+                if cached is not None:
+                    logger.debug("channel %s (%s) from the disk cache", name, role)
+                    remaining = min(cached.expires_at - time.time(), self.endpoint_ttl)
+                    value = {
+                        "arn": cached.arn,
+                        "wss": cached.wss,
+                        "https": cached.https,
+                        "message_ttl": cached.message_ttl,
+                    }
+                    return value, max(remaining, 0.0)
             try:
                 info = await self.describe(name)
             except ChannelNotFound:
@@ -386,18 +442,11 @@ class ChannelResolver:
                 "https": endpoints["HTTPS"],
                 "message_ttl": ttl_seconds,
             }
+            if disk is not None:
+                disk.store(self.region, self.endpoint_url, name, role, value, self.endpoint_ttl)
             return value, self.endpoint_ttl
 
         return await self._cache.get(("endpoints", name, role), load)
-
-    def _signaling_client(self, https_endpoint: str) -> Any:
-        # kinesis-video-signaling must be sent to the channel's HTTPS endpoint, never the
-        # regional one (kvs-signaling.md 5.4).
-        client = self._signaling.get(https_endpoint)
-        if client is None:
-            client = self._client("kinesis-video-signaling", https_endpoint)
-            self._signaling[https_endpoint] = client
-        return client
 
     async def _ice(
         self, arn: str, https: str, client_id: str
@@ -405,16 +454,7 @@ class ChannelResolver:
         """TURN servers of a channel and the wall-clock time they must be refreshed by."""
 
         async def load() -> tuple[tuple[tuple[IceServer, ...], float], float]:
-            def call() -> list[dict[str, Any]]:
-                return self._call(
-                    "GetIceServerConfig",
-                    self._signaling_client(https).get_ice_server_config,
-                    ChannelARN=arn,
-                    ClientId=client_id,
-                    Service="TURN",
-                )["IceServerList"]
-
-            entries = await self._run(call)
+            entries = await self._get_ice_server_config(https, arn, client_id)
             ttls = [int(e["Ttl"]) for e in entries if isinstance(e.get("Ttl"), int)]
             # No TURN entries: nothing expires, but ask again after a while anyway.
             ttl = max(min(ttls) - ICE_TTL_MARGIN, 1.0) if ttls else 300.0
@@ -424,6 +464,117 @@ class ChannelResolver:
         # they are cached per channel whatever client id asked first. The API takes a
         # ClientId; that the credentials are not tied to it is our reading, not documented.
         return await self._cache.get(("ice", arn), load)
+
+    async def _get_ice_server_config(
+        self, https: str, arn: str, client_id: str
+    ) -> list[dict[str, Any]]:
+        """GetIceServerConfig as one signed HTTPS request, without a boto3 client.
+
+        A boto3 client costs 40-90 ms of CPU to create (botocore parses its 1.2 MB endpoint
+        table and the service model) with the GIL held, and this call runs while the
+        WebSocket opens and the offer is made: those would wait for it. SigV4 is still
+        botocore's (``SigV4Auth``, signing name ``kinesisvideo``); errors are translated
+        as boto3's are. It must go to the channel's HTTPS endpoint (kvs-signaling.md 5.4).
+        """
+        import aiohttp
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+
+        operation = "GetIceServerConfig"
+        url = https.rstrip("/") + "/v1/get-ice-server-config"
+        body = json.dumps({"ChannelARN": arn, "ClientId": client_id, "Service": "TURN"})
+
+        def sign() -> dict[str, str]:
+            # Reading refreshable credentials may call STS: off the event loop.
+            credentials = self._session.get_credentials()
+            if credentials is None:
+                raise botocore.exceptions.NoCredentialsError()
+            request = AWSRequest(
+                "POST", url, data=body, headers={"Content-Type": "application/json"}
+            )
+            request.context["timestamp"] = (
+                dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.clock_offset)
+            ).strftime("%Y%m%dT%H%M%SZ")
+            SigV4Auth(credentials.get_frozen_credentials(), "kinesisvideo", self.region).add_auth(
+                request
+            )
+            return {k: v for k, v in request.headers.items() if k.lower() != "host"}
+
+        self.calls[operation] = self.calls.get(operation, 0) + 1
+        headers = await self._run(sign)
+        try:
+            if self._http is None or self._http.closed:
+                # trust_env: HTTPS_PROXY and friends, which boto3 honours too.
+                self._http = aiohttp.ClientSession(
+                    trust_env=True,
+                    timeout=aiohttp.ClientTimeout(
+                        sock_connect=self._timeout, sock_read=self._timeout
+                    ),
+                )
+            async with self._http.post(
+                url, data=body.encode(), headers=headers, ssl=self._ssl_for_http()
+            ) as response:
+                text = await response.text()
+                self._learn_clock(
+                    {"ResponseMetadata": {"HTTPHeaders": {"date": response.headers.get("Date")}}}
+                )
+                try:
+                    data = json.loads(text) if text else {}
+                except ValueError:
+                    data = {}
+                if response.status == 200 and isinstance(data, dict):
+                    entries = data.get("IceServerList")
+                    return list(entries) if isinstance(entries, list) else []
+                code = response.headers.get("x-amzn-ErrorType", "").split(":", 1)[0]
+                if isinstance(data, dict):
+                    code = code or str(data.get("__type", "")).rsplit("#", 1)[-1]
+                    message = data.get("message") or data.get("Message") or text[:200]
+                else:
+                    message = text[:200]
+                error = {"Error": {"Code": code or str(response.status), "Message": message}}
+                raise _translate(botocore.exceptions.ClientError(error, operation))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ChannelError(
+                f"could not reach the channel's HTTPS endpoint for {operation}: {exc}; check "
+                "the network"
+            ) from exc
+
+    def _ssl_for_http(self) -> Any:
+        """aiohttp's ``ssl`` argument with boto3's meaning of ``verify`` and AWS_CA_BUNDLE."""
+        verify = self._verify
+        if verify is None:
+            verify = os.environ.get("AWS_CA_BUNDLE") or True
+        if verify is True:
+            return True
+        if verify is False:
+            return False
+        if self._ssl_context is None:
+            import ssl
+
+            self._ssl_context = ssl.create_default_context(cafile=str(verify))
+        return self._ssl_context
+
+    async def locate(self, name: str, role: Role | str, *, create: bool = False) -> ChannelLocation:
+        """ARN and endpoints of ``name`` for ``role``, without the ICE servers.
+
+        Enough to sign a URL and open the WebSocket (:meth:`presign` takes it), so a peer
+        can connect while :meth:`resolve` fetches the TURN servers. Served from memory, then
+        the disk cache (``disk_cache``), then the control plane.
+
+        Raises:
+            ChannelNotFound, AccessDenied, Throttled, ChannelError, InvalidArgument.
+        """
+        role = Role.parse(role)
+        endpoints = await self._endpoints(name, role, create)
+        return ChannelLocation(
+            name=name,
+            arn=endpoints["arn"],
+            region=self.region,
+            role=role,
+            wss_endpoint=endpoints["wss"],
+            https_endpoint=endpoints["https"],
+            message_ttl=endpoints["message_ttl"],
+        )
 
     async def resolve(
         self,
@@ -464,6 +615,81 @@ class ChannelResolver:
             message_ttl=endpoints["message_ttl"],
         )
 
+    # -- WebRTC ingestion ----------------------------------------------------------------------
+
+    async def media_storage(self, name: str) -> dict[str, Any]:
+        """DescribeMediaStorageConfiguration of channel ``name``: ``{"Status", "StreamARN"?}``.
+
+        Not cached: a master calls it once per start (KVS allows 5 calls/s per channel).
+        """
+        validate_channel_name(name)
+
+        def call() -> dict[str, Any]:
+            return self._call(
+                "DescribeMediaStorageConfiguration",
+                self._kinesisvideo().describe_media_storage_configuration,
+                ChannelName=name,
+            )["MediaStorageConfiguration"]
+
+        return await self._run(call)
+
+    async def webrtc_endpoint(self, arn: str, role: Role | str = Role.MASTER) -> str:
+        """The channel's WEBRTC endpoint (for JoinStorageSession), asked with ``role``.
+
+        Raises:
+            ChannelError: ``InvalidArgumentException`` when the channel stores no media.
+        """
+        role = Role.parse(role)
+
+        def call() -> list[dict[str, str]]:
+            return self._call(
+                "GetSignalingChannelEndpoint",
+                self._kinesisvideo().get_signaling_channel_endpoint,
+                ChannelARN=arn,
+                SingleMasterChannelEndpointConfiguration={
+                    "Protocols": ["WSS", "HTTPS", "WEBRTC"],
+                    "Role": role.value,
+                },
+            )["ResourceEndpointList"]
+
+        for entry in await self._run(call):
+            if entry.get("Protocol", "").upper() == "WEBRTC":
+                return entry["ResourceEndpoint"]
+        raise ChannelError("GetSignalingChannelEndpoint returned no WEBRTC endpoint")
+
+    async def join_storage_session(
+        self, endpoint: str, arn: str, *, client_id: str | None = None, timeout: float = 6.0
+    ) -> None:
+        """JoinStorageSession (or JoinStorageSessionAsViewer with ``client_id``) on the WEBRTC
+        ``endpoint``. One attempt with a ``timeout``-second HTTP timeout, as the JS SDK's
+        sample calls it: the caller decides about retries (each call sends one offer)."""
+        config = botocore.config.Config(
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            retries={"total_max_attempts": 1},
+            user_agent_extra="kvs-peer",
+        )
+
+        def call() -> None:
+            client = self._session.client(
+                "kinesis-video-webrtc-storage",
+                region_name=self.region,
+                endpoint_url=endpoint,
+                config=config,
+                verify=self._verify,
+            )
+            if client_id is None:
+                self._call("JoinStorageSession", client.join_storage_session, channelArn=arn)
+            else:
+                self._call(
+                    "JoinStorageSessionAsViewer",
+                    client.join_storage_session_as_viewer,
+                    channelArn=arn,
+                    clientId=client_id,
+                )
+
+        await self._run(call)
+
     def invalidate(self, name: str | None = None, *, ice_only: bool = False) -> None:
         """Forget what is cached for channel ``name`` (every channel when None).
 
@@ -471,11 +697,12 @@ class ChannelResolver:
             name: the channel; None for all.
             ice_only: keep the endpoints and forget only the ICE servers (TURN rotation).
         """
-        arns = {
-            entry.value["arn"]
+        endpoints = [
+            (key, entry)
             for key, entry in self._cache.items()
             if key[0] == "endpoints" and (name is None or key[1] == name)
-        }
+        ]
+        arns = {entry.value["arn"] for _, entry in endpoints}
 
         def match(key: Any) -> bool:
             if key[0] == "ice":
@@ -483,10 +710,30 @@ class ChannelResolver:
             return not ice_only and (name is None or key[1] == name)
 
         self._cache.invalidate(match)
+        if self.disk_cache is not None and not ice_only:
+            # The reconnect policy's 404/403 (and 400/5xx) refreshes end up here: the next
+            # start must describe the channel again too, not reuse a stale ARN from disk.
+            names = {name} if name is not None else {key[1] for key, _ in endpoints}
+            for each in names:
+                self.disk_cache.drop(self.region, self.endpoint_url, each)
+
+    def refresh_credentials(self) -> None:
+        """Read credentials again before the next call and signature (after an HTTP 403).
+
+        A session this resolver made itself is made again, so credentials rotated in the
+        environment or ``~/.aws`` are picked up; a session passed in is kept (its refreshable
+        credentials renew themselves). The clock offset is learned again by the next
+        control-plane call, as always.
+        """
+        if self._own_session:
+            self._session = boto3.Session(region_name=self.region)
+        # Clients hold the credentials they were made with; calls under way keep theirs.
+        self._kv = None
+        self._signaling = {}
 
     async def presign(
         self,
-        channel: ResolvedChannel,
+        channel: ResolvedChannel | ChannelLocation,
         *,
         client_id: str | None = None,
         expires: int = DEFAULT_EXPIRES,
@@ -501,7 +748,7 @@ class ChannelResolver:
 
     def sign(
         self,
-        channel: ResolvedChannel,
+        channel: ResolvedChannel | ChannelLocation,
         *,
         client_id: str | None = None,
         expires: int = DEFAULT_EXPIRES,

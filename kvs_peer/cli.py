@@ -20,9 +20,21 @@ from typing import Any
 from . import __version__
 from .errors import KvsPeerError
 
-__all__ = ["main"]
+__all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_NO_VIDEO", "EXIT_OK", "EXIT_USAGE", "main"]
 
 logger = logging.getLogger("kvs_peer.cli")
+
+# Exit codes (the README has the table).
+EXIT_OK = 0
+"""Ran as asked: until --duration, Ctrl+C / SIGTERM, or the master's source ended."""
+EXIT_ERROR = 1
+"""Something needs a person: one ``error:`` line on stderr says what and what to do."""
+EXIT_USAGE = 2
+"""Bad command line (argparse)."""
+EXIT_NO_VIDEO = 3
+"""``viewer --duration``: no video, or it stopped before the end; the ``error:`` line says why."""
+EXIT_INTERRUPTED = 130
+"""A second Ctrl+C cut the shutdown short."""
 
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
@@ -42,12 +54,20 @@ def add_connection_options(parser: argparse.ArgumentParser, *, signer: bool = Tr
     )
     group.add_argument(
         "--endpoint-url",
+        type=endpoint_url,
         default=os.environ.get("KVS_PEER_ENDPOINT_URL"),
         help="control-plane endpoint, e.g. a local emulator from `kvs-peer local` "
         "(env KVS_PEER_ENDPOINT_URL)",
     )
     group.add_argument(
         "--create-channel", action="store_true", help="create the channel if it does not exist"
+    )
+    group.add_argument(
+        "--no-channel-cache",
+        dest="channel_cache",
+        action="store_false",
+        help="do not keep the channel's ARN and endpoints on disk between runs (by default "
+        "in $KVS_PEER_CACHE_DIR, $XDG_CACHE_HOME/kvs-peer or ~/.cache/kvs-peer)",
     )
     if signer:
         group.add_argument(
@@ -62,6 +82,20 @@ def add_connection_options(parser: argparse.ArgumentParser, *, signer: bool = Tr
             help="bearer token for the signer (prefer env KVS_PEER_SIGNER_TOKEN: command "
             "lines are visible to other users)",
         )
+
+
+def endpoint_url(value: str) -> str:
+    """argparse type of ``--endpoint-url``: an http(s) URL with a host (botocore otherwise
+    fails deep inside with ``Invalid endpoint``)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an http:// or https:// URL (from --endpoint-url or "
+            "KVS_PEER_ENDPOINT_URL); write it in full, e.g. http://127.0.0.1:4577"
+        )
+    return value
 
 
 def _configure_logging(verbose: int) -> None:
@@ -81,13 +115,19 @@ async def _run_until_signal(handler: Handler, args: argparse.Namespace) -> int:
 
     Commands wait on ``args.stop`` (an ``asyncio.Event``) next to their own work, so a
     signal lets them finish normally: peers closed, recording finalized, ``--json`` printed.
+    A command still starting (``args.starting`` true: connecting to a channel that does not
+    answer yet, opening a camera) is cancelled by the first signal, with exit code 0: it
+    would only see ``args.stop`` once started.
     """
     loop = asyncio.get_running_loop()
     args.stop = asyncio.Event()
     task = asyncio.ensure_future(handler(args))
+    stopped_while_starting = False
 
     def on_signal() -> None:
-        if args.stop.is_set():
+        nonlocal stopped_while_starting
+        if args.stop.is_set() or getattr(args, "starting", False):
+            stopped_while_starting = not args.stop.is_set()
             task.cancel()
         args.stop.set()
 
@@ -97,7 +137,7 @@ async def _run_until_signal(handler: Handler, args: argparse.Namespace) -> int:
     try:
         return await task
     except asyncio.CancelledError:
-        return 130
+        return EXIT_OK if stopped_while_starting else EXIT_INTERRUPTED
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -130,13 +170,74 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return asyncio.run(_run_until_signal(handler, args))
-    except KvsPeerError as exc:
-        if getattr(args, "json", False):
-            print(json.dumps({"ok": False, "error": type(exc).__name__, "message": str(exc)}))
-        print(f"kvs-peer {args.command}: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        message = explain(exc)
+        if message is None:
+            # A bug, or a failure nobody foresaw: still one line; -v shows the traceback.
+            logger.info("unexpected failure", exc_info=exc)
+            message = (
+                f"unexpected {type(exc).__name__}: {exc} (rerun with -v for the traceback, "
+                "and please report it)"
+            )
+        if getattr(args, "json", False):
+            print(json.dumps({"ok": False, "error": type(exc).__name__, "message": message}))
+        print(f"kvs-peer {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def explain(exc: BaseException) -> str | None:
+    """One line saying what went wrong and what to do, for errors users cause; else None.
+
+    kvs-peer's own errors already say it. Those of the AWS SDK (botocore) about the
+    local setup (a profile, credentials, a certificate) arrive untranslated and are
+    explained here.
+    """
+    if isinstance(exc, KvsPeerError):
+        return str(exc)
+    botocore = sys.modules.get("botocore.exceptions")
+    if botocore is not None:
+        if isinstance(exc, botocore.ProfileNotFound):
+            profile = exc.kwargs.get("profile", "?")
+            return (
+                f"AWS profile {profile!r} not found (AWS_PROFILE): define it in ~/.aws/config "
+                "or ~/.aws/credentials, or unset AWS_PROFILE"
+            )
+        if isinstance(exc, botocore.PartialCredentialsError):
+            return (
+                f"incomplete AWS credentials in {_credential_source(exc.kwargs.get('provider'))}:"
+                f" {exc.kwargs.get('cred_var', '?')} is missing; add it, or remove the "
+                "incomplete entry"
+            )
+        if isinstance(exc, botocore.SSLError):
+            from urllib.parse import urlsplit
+
+            url = urlsplit(str(exc.kwargs.get("endpoint_url", "")))
+            reason = str(exc.kwargs.get("error", "")).split("] ")[-1].split(" (_ssl")[0]
+            return (
+                f"the TLS certificate of {url.scheme}://{url.netloc} is not trusted ({reason}): "
+                "set AWS_CA_BUNDLE to the CA certificate that signed it (`kvs-peer local "
+                "--tls` prints the path of its ca.pem)"
+            )
+        if isinstance(exc, botocore.BotoCoreError):
+            return f"AWS SDK: {exc}; check the AWS configuration (~/.aws, AWS_* variables)"
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}; check the path and its permissions"
+    return None
+
+
+def _credential_source(provider: object) -> str:
+    if provider == "env":
+        return "the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
+    if provider == "shared-credentials-file":
+        path = os.environ.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials")
+        return f"{path} (profile {os.environ.get('AWS_PROFILE', 'default')})"
+    if provider == "config-file":
+        path = os.environ.get("AWS_CONFIG_FILE", "~/.aws/config")
+        return f"{path} (profile {os.environ.get('AWS_PROFILE', 'default')})"
+    return str(provider or "the AWS configuration")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,19 +10,24 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from .cli import add_connection_options
+from .cli import EXIT_NO_VIDEO, EXIT_OK, add_connection_options
 from .media.presets import X264_PRESETS
+from .metrics.options import add_metrics_options, serve_metrics
 from .protocol import Role
+from .record import cli as record_cli
 from .signer import cli as signer_cli
 
 if TYPE_CHECKING:
     from .access import ChannelAccess
+
+logger = logging.getLogger(__name__)
 
 Configure = Callable[[argparse.ArgumentParser], None]
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
@@ -80,6 +85,8 @@ async def _url(args: argparse.Namespace) -> int:
 
 def _configure_local(p: argparse.ArgumentParser) -> None:
     from .emulator import DEFAULT_ACCESS_KEY_ID, DEFAULT_REGION, DEFAULT_SECRET_ACCESS_KEY
+    from .emulator.config import DEFAULT_TURN_SECRET
+    from .emulator.turn import DEFAULT_TURN_PORT
 
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=4577, help="port (default 4577; 0 picks one)")
@@ -98,19 +105,64 @@ def _configure_local(p: argparse.ArgumentParser) -> None:
         help="create this channel at start (repeatable)",
     )
     p.add_argument("--max-viewers", type=int, default=10, help="viewers per channel (default 10)")
+    p.add_argument(
+        "--storage-dir",
+        help="folder for what storage sessions (WebRTC ingestion) record, as "
+        "DIR/<stream name>/<start time>.mkv (default: a new temporary folder, printed at start)",
+    )
+    ice = p.add_argument_group("ICE servers (what GetIceServerConfig returns; none by default)")
+    ice.add_argument(
+        "--turn",
+        action="store_true",
+        help="run a TURN server (coturn's turnserver: apt-get install coturn) on --host while "
+        "the emulator runs, and return it with minted credentials as real KVS does",
+    )
+    ice.add_argument(
+        "--turn-port",
+        type=int,
+        default=DEFAULT_TURN_PORT,
+        help=f"its UDP and TCP port (default {DEFAULT_TURN_PORT}; 0 picks a free one)",
+    )
+    ice.add_argument(
+        "--ice-server",
+        action="append",
+        default=[],
+        metavar="URI",
+        help="also return this TURN server run elsewhere (repeatable), e.g. "
+        "turn:host:3478?transport=udp to mint credentials with --turn-secret (coturn "
+        "--use-auth-secret), or turn:USER:PASSWORD@host:3478?transport=tcp",
+    )
+    ice.add_argument(
+        "--turn-secret",
+        default=DEFAULT_TURN_SECRET,
+        help="TURN REST secret for minted credentials (coturn --static-auth-secret; "
+        "default: the published local one)",
+    )
+    add_metrics_options(p)
 
 
 async def _local(args: argparse.Namespace) -> int:
 
-    from .emulator import EmulatorConfig, LocalKvs
+    from .emulator import EmulatorConfig, LocalKvs, ice_servers_from_uris
 
     config = EmulatorConfig(
         region=args.region,
         access_key_id=args.access_key_id,
         secret_access_key=args.secret_access_key,
         max_viewers=args.max_viewers,
+        ice_servers=ice_servers_from_uris(args.ice_server),
+        turn_secret=args.turn_secret,
+        turn=args.turn,
+        turn_port=args.turn_port,
+        storage_dir=args.storage_dir,
     )
-    async with LocalKvs(config, host=args.host, port=args.port, tls=args.tls) as kvs:
+    async with (
+        serve_metrics(args, role="local") as metrics,
+        LocalKvs(config, host=args.host, port=args.port, tls=args.tls) as kvs,
+    ):
+        from .metrics.sources import EmulatorSource
+
+        metrics.add(EmulatorSource(kvs))
         for name in args.channel:
             kvs.create_channel(name)
         lines = [
@@ -123,6 +175,14 @@ async def _local(args: argparse.Namespace) -> int:
         ]
         if kvs.certificate is not None:
             lines.append(f"TLS CA certificate (trust it in clients): {kvs.ca_cert_path}")
+        if kvs.turn is not None:
+            lines.append(
+                f"TURN server (coturn, pid {kvs.turn.pid}): {', '.join(kvs.turn.uris)} "
+                f"(ready in {kvs.turn.startup_seconds * 1000:.0f} ms)"
+            )
+        for server in config.ice_servers:
+            lines.append(f"ICE server: {', '.join(server.uris)}")
+        lines.append(f"Storage sessions record to {kvs.storage.storage_dir}")
         lines.append("Press Ctrl+C to stop.")
         print("\n".join(lines), flush=True)
         await args.stop.wait()
@@ -149,10 +209,25 @@ async def open_access(
             token=args.token or _env_token(),
         )
         return
-    async with ChannelResolver(region=args.region, endpoint_url=args.endpoint_url) as resolver:
+    async with ChannelResolver(
+        region=args.region,
+        endpoint_url=args.endpoint_url,
+        # A restarted agent goes straight to the WebSocket (kvs_peer.channelcache).
+        disk_cache=getattr(args, "channel_cache", True),
+    ) as resolver:
+        await asyncio.to_thread(_check_credentials, args.region)
         yield AwsAccess(
             resolver, args.channel, role, client_id=client_id, create=args.create_channel
         )
+
+
+def _check_credentials(region: str | None) -> None:
+    """Read the AWS credentials once before connecting, so a broken setup (an incomplete
+    ``~/.aws/credentials``) stops the command at once: connect attempts would retry it as if
+    it were a network failure. No credentials at all is left to the resolver's own error."""
+    import boto3
+
+    boto3.Session(region_name=region).get_credentials()
 
 
 def _add_peer_options(p: argparse.ArgumentParser) -> None:
@@ -165,6 +240,13 @@ def _add_peer_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also offer 127.0.0.1 ICE candidates (hosts whose only interface is loopback)",
     )
+    p.add_argument(
+        "--relay-only",
+        action="store_true",
+        help="use TURN relay candidates only (ICE transport policy 'relay'), to prove a stream "
+        "works through TURN alone, as behind symmetric NATs; needs a TURN server in the "
+        "channel's ICE configuration (kvs-peer local --turn)",
+    )
 
 
 def _configure_master(p: argparse.ArgumentParser) -> None:
@@ -172,8 +254,27 @@ def _configure_master(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--source",
         default="testsrc",
-        help="testsrc, a media file, a camera index (0) or device (/dev/video0), or a URL "
-        "such as rtsp://... (default testsrc)",
+        help="testsrc, a media file, a camera index (0) or device (/dev/video0), a URL "
+        "such as rtsp://..., or - for an H.264 Annex-B stream on stdin (default testsrc)",
+    )
+    p.add_argument(
+        "--source-format",
+        choices=["h264"],
+        help="read --source (a FIFO or file) as a raw H.264 Annex-B stream",
+    )
+    p.add_argument(
+        "--video-mode",
+        default="auto",
+        choices=["auto", "passthrough", "transcode"],
+        help="H.264 sources: auto sends the stream as it is to viewers that take its profile "
+        "and encodes for the others; passthrough refuses the others; transcode encodes for "
+        "all (default auto)",
+    )
+    p.add_argument(
+        "--encoder",
+        default="libx264",
+        help="FFmpeg H.264 encoder when encoding: libx264 (default), h264_v4l2m2m, "
+        "h264_vaapi, h264_qsv, h264_nvenc (hardware ones untested)",
     )
     p.add_argument("--audio", default="none", help="tone, a media file, a URL, or none")
     p.add_argument("--width", type=int, help="video width (test pattern, cameras)")
@@ -197,19 +298,31 @@ def _configure_master(p: argparse.ArgumentParser) -> None:
         "Raspberry Pi), slower ones give a better picture per bit (default veryfast)",
     )
     p.add_argument("--max-viewers", type=int, default=10, help="viewers at once (default 10)")
+    p.add_argument(
+        "--storage",
+        action="store_true",
+        help="WebRTC ingestion: join the storage session of the KVS stream linked to the "
+        "channel (UpdateMediaStorageConfiguration) and stream into it; needs AWS credentials",
+    )
     _add_peer_options(p)
+    add_metrics_options(p)
 
 
 async def _master(args: argparse.Namespace) -> int:
     from .master import Master
-    from .media import open_audio_source, open_video_source
+    from .media import open_audio_source, open_master_video
+    from .media.encoder import check_h264_encoder
     from .media.sources import describe_url
     from .protocol import Role
 
+    check_h264_encoder(args.encoder)
+    args.starting = True  # a signal cancels the start (see cli._run_until_signal)
     # Opening may block (an RTSP camera can take seconds): keep it off the event loop.
     video = await asyncio.to_thread(
-        open_video_source,
+        open_master_video,
         args.source,
+        video_mode=args.video_mode,
+        source_format=args.source_format,
         width=args.width,
         height=args.height,
         fps=args.fps,
@@ -219,19 +332,28 @@ async def _master(args: argparse.Namespace) -> int:
     audio = await asyncio.to_thread(open_audio_source, args.audio, loop=args.loop)
     started = time.monotonic()
     async with (
+        serve_metrics(args, role="master") as metrics,  # first: a port in use fails at once
         open_access(args, Role.MASTER) as access,
         Master(
             access,
             video=video,
             audio=audio,
             max_viewers=args.max_viewers,
+            storage=args.storage,
             bitrate=args.bitrate,
             gop=args.gop,
             preset=args.preset,
+            video_mode=args.video_mode,
+            video_encoder=args.encoder,
             loopback_candidates=args.loopback_candidates,
+            relay_only=args.relay_only,
         ) as master,
         StatusLine(lambda meter: _master_status(master, meter), enabled=not args.json),
     ):
+        from .metrics.sources import MasterSource
+
+        metrics.add(MasterSource(master, channel=args.channel))
+        metrics.watch_access(access)
         source = getattr(video, "description", None) or describe_url(args.source)
         _stderr(f"streaming {source} on channel {args.channel!r} as MASTER (Ctrl+C stops)")
         await _wait(master.wait_closed(), args)
@@ -257,6 +379,7 @@ async def _master(args: argparse.Namespace) -> int:
                     "sessionsConnected": stats.sessions_connected,
                     "sessionsFailed": stats.sessions_failed,
                     "signalingReconnects": master.signaling.stats.reconnects,
+                    "storage": await _storage_report(master),
                     "endReason": master.end_reason,
                 }
             )
@@ -273,18 +396,53 @@ async def _master_status(master: Any, meter: _Meter) -> str:
     rtts = [link.round_trip_time for link in links if link.round_trip_time is not None]
     rate = meter.rate(sum(link.bytes_sent for link in links))
     rtt = f"{max(rtts) * 1000:.0f} ms" if rtts else "-"
-    encoder = master.encoder
+    encoder = master.passthrough or master.encoder
     if encoder is None:
         video = "no video"
+    elif getattr(encoder.source, "waiting", False):
+        video = "waiting for source"
     elif getattr(encoder.source, "reopening", False):
         video = "source reopening"
     else:
         video = f"{meter.rate(encoder.frames_encoded, 'frames'):.0f} fps"
-    return (
+    line = (
         f"MASTER | signaling {'up' if master.signaling.connected else 'down'} | "
         f"viewers {len(connected)}/{len(viewers)} | {video} | "
         f"{rate * 8 / 1e6:.2f} Mbit/s out | RTT max {rtt}"
     )
+    storage = await _storage_report(master)
+    if storage is not None:
+        state = (
+            "storage connected"
+            if storage["connected"]
+            else ("storage joined" if storage["joined"] else "storage joining")
+        )
+        line += (
+            f" | {state} | {storage['bytesSent'] / 1e6:.1f} MB stored | "
+            f"re-joins {storage['rejoins']}"
+        )
+    return line
+
+
+async def _storage_report(master: Any) -> dict[str, Any] | None:
+    """The storage-session part of ``master --json`` and the status line (None without
+    ``--storage``)."""
+    link = master.storage
+    if link is None:
+        return None
+    stats = link.stats
+    return {
+        "streamArn": stats.stream_arn,
+        "joined": stats.joined,
+        "connected": stats.connected,
+        "bytesSent": await link.bytes_sent(),
+        "joins": stats.joins,
+        "rejoins": stats.rejoins,
+        "offers": stats.offers,
+        "offerTimeouts": stats.offer_timeouts,
+        "sessionsConnected": stats.sessions_connected,
+        "lastError": stats.last_error,
+    }
 
 
 def _configure_viewer(p: argparse.ArgumentParser) -> None:
@@ -295,6 +453,7 @@ def _configure_viewer(p: argparse.ArgumentParser) -> None:
     p.add_argument("--snapshot", help="save the last frame as PNG here at the end")
     p.add_argument("--audio", action="store_true", help="also receive audio")
     _add_peer_options(p)
+    add_metrics_options(p)
 
 
 async def _viewer(args: argparse.Namespace) -> int:
@@ -302,51 +461,123 @@ async def _viewer(args: argparse.Namespace) -> int:
     from .protocol import Role
     from .viewer import Viewer, new_client_id
 
+    args.starting = True  # a signal cancels the start (see cli._run_until_signal)
     client_id = args.client_id or new_client_id()
+    if args.snapshot:
+        _check_snapshot_path(args.snapshot)
     recorder = (
         Recorder(args.record, segment_seconds=args.segment, audio=args.audio)
         if args.record
         else None
     )
     last: list[Any] = [None]
-    async with (
-        open_access(args, Role.VIEWER, client_id) as access,
-        Viewer(
-            access,
-            audio=args.audio,
-            recorder=recorder,
-            on_frame=lambda frame: last.__setitem__(0, frame),
-            loopback_candidates=args.loopback_candidates,
-        ) as viewer,
-        StatusLine(lambda meter: _viewer_status(viewer, meter), enabled=not args.json),
-    ):
-        _stderr(f"viewing channel {args.channel!r} as {client_id} (Ctrl+C stops)")
-        await _wait(viewer.wait_closed(), args)
+    async with contextlib.AsyncExitStack() as outputs:
+        # First in, last out: a port in use fails before anything starts, and the final
+        # stats line comes after the viewer and its recording closed.
+        metrics = await outputs.enter_async_context(serve_metrics(args, role="viewer"))
+        if recorder is not None:
+            # Starting checks the path: a typo fails here, before anything connects.
+            await outputs.enter_async_context(recorder)
+        async with (
+            open_access(args, Role.VIEWER, client_id) as access,
+            Viewer(
+                access,
+                audio=args.audio,
+                recorder=recorder,
+                on_frame=lambda frame: last.__setitem__(0, frame),
+                loopback_candidates=args.loopback_candidates,
+                relay_only=args.relay_only,
+            ) as viewer,
+            StatusLine(lambda meter: _viewer_status(viewer, meter), enabled=not args.json),
+        ):
+            from .metrics.sources import ViewerSource
+
+            metrics.add(ViewerSource(viewer, channel=args.channel))
+            metrics.watch_access(access)
+            _stderr(f"viewing channel {args.channel!r} as {client_id} (Ctrl+C stops)")
+            await _wait(viewer.wait_closed(), args)
+            ended = time.monotonic()
     if args.snapshot and last[0] is not None:
         save_snapshot(last[0], args.snapshot)
     stats = viewer.stats
+    problem = stats.video_problem(ended)
     if args.json:
-        ttff = stats.time_to_first_frame
-        print(
-            json.dumps(
-                {
-                    "ok": stats.frames_received > 0,
-                    "role": "VIEWER",
-                    "channel": args.channel,
-                    "clientId": client_id,
-                    "timeToFirstFrame": round(ttff, 3) if ttff is not None else None,
-                    "framesReceived": stats.frames_received,
-                    "audioFramesReceived": stats.audio_frames_received,
-                    "fps": round(stats.fps(), 2),
-                    "width": stats.width,
-                    "height": stats.height,
-                    "duration": round(time.monotonic() - stats.started_at, 3),
-                    "recording": [str(f) for f in recorder.files] if recorder else [],
-                    "snapshot": args.snapshot if last[0] is not None else None,
-                }
-            )
-        )
-    return 0 if stats.frames_received > 0 or not args.duration else 2
+        print(json.dumps(_viewer_report(args, viewer, ended, problem, recorder, last[0])))
+    if problem is None:
+        return EXIT_OK
+    if args.duration is not None and not args.stop.is_set():
+        _stderr(f"kvs-peer viewer: error: {problem}")
+        return EXIT_NO_VIDEO
+    _stderr(f"kvs-peer viewer: {problem}")  # stopped by Ctrl+C: the user knows, still say it
+    return EXIT_OK
+
+
+def _check_snapshot_path(path: str) -> None:
+    from .errors import InvalidArgument
+    from .media.recorder import check_output_path
+
+    if not path.lower().endswith(".png"):
+        raise InvalidArgument(f"--snapshot writes PNG: {path!r} should end in .png")
+    check_output_path(path, what="snapshot")
+
+
+def _viewer_report(
+    args: argparse.Namespace,
+    viewer: Any,
+    ended: float,
+    problem: str | None,
+    recorder: Any,
+    snapshot: Any,
+) -> dict[str, Any]:
+    """``viewer --json``: rates over the whole run, and when video stopped if it did."""
+    stats = viewer.stats
+
+    def since_start(moment: float | None) -> float | None:
+        return round(moment - stats.started_at, 3) if moment is not None else None
+
+    stopped = problem is not None and stats.last_frame_at is not None
+    return {
+        "ok": problem is None,
+        "problem": problem,
+        "role": "VIEWER",
+        "channel": args.channel,
+        "clientId": viewer.client_id,
+        "timeToFirstFrame": since_start(stats.first_frame_at),
+        "framesReceived": stats.frames_received,
+        "audioFramesReceived": stats.audio_frames_received,
+        "fps": round(stats.fps(ended), 2),
+        "width": stats.width,
+        "height": stats.height,
+        "duration": round(ended - stats.started_at, 3),
+        "lastFrameAt": since_start(stats.last_frame_at),
+        "videoStoppedAt": since_start(stats.last_frame_at) if stopped else None,
+        "videoGaps": [{"at": round(at, 3), "seconds": round(s, 3)} for at, s in stats.video_gaps],
+        "offersSent": stats.offers_sent,
+        "answersReceived": stats.answers_received,
+        "phases": _viewer_phases(stats),
+        "recording": [str(f) for f in recorder.files] if recorder else [],
+        "snapshot": args.snapshot if snapshot is not None else None,
+    }
+
+
+def _viewer_phases(stats: Any) -> dict[str, float | None]:
+    """``viewer --json``: milliseconds from start to each step of the first connection.
+
+    ``signalingOpen``: control plane (or disk cache), signed URL and WebSocket;
+    ``offerSent``: peer connection and host candidates; ``answer``: the master's answer
+    arrived; ``connected``: ICE and DTLS up on both ends; ``firstFrame``: first decoded frame.
+    """
+
+    def ms(moment: float | None) -> float | None:
+        return round((moment - stats.started_at) * 1000, 1) if moment is not None else None
+
+    return {
+        "signalingOpen": ms(stats.signaling_connected_at),
+        "offerSent": ms(stats.first_offer_at),
+        "answer": ms(stats.first_answer_at),
+        "connected": ms(stats.connected_at),
+        "firstFrame": ms(stats.first_frame_at),
+    }
 
 
 async def _viewer_status(viewer: Any, meter: _Meter) -> str:
@@ -354,7 +585,7 @@ async def _viewer_status(viewer: Any, meter: _Meter) -> str:
 
     stats = viewer.stats
     pc = viewer.pc
-    state = pc.connectionState if pc is not None else "new"
+    state = viewer.connection_state if pc is not None else "new"
     received = (await link_stats(pc)).bytes_received if pc is not None else 0
     size = f"{stats.width}x{stats.height}" if stats.width else "-"
     return (
@@ -369,6 +600,7 @@ async def _wait(aw: Awaitable[Any], args: argparse.Namespace) -> None:
 
     ``aw`` finishing with an error (e.g. signaling gave up) raises that error.
     """
+    args.starting = False  # started: from now on a signal stops the command gracefully
     work = asyncio.ensure_future(aw)
     stop = asyncio.ensure_future(args.stop.wait())
     try:
@@ -396,12 +628,18 @@ class _Meter:
         return (total - last[1]) / (now - last[0])
 
 
+STATUS_LOG_INTERVAL = 30.0
+"""Seconds between status lines logged (at INFO, so with -v) when stderr is no terminal."""
+
+
 class StatusLine:
-    """Rewrites one status line on stderr every second while a TTY is attached."""
+    """Rewrites one status line on stderr every second while a TTY is attached; without
+    one (a service, a pipe), logs it every :data:`STATUS_LOG_INTERVAL` seconds instead."""
 
     def __init__(self, render: Callable[[_Meter], Awaitable[str]], *, enabled: bool = True) -> None:
         self._render = render
-        self._enabled = enabled and sys.stderr.isatty()
+        self._enabled = enabled
+        self._tty = sys.stderr.isatty()
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> StatusLine:
@@ -414,16 +652,20 @@ class StatusLine:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            sys.stderr.write("\n")
+            if self._tty:
+                sys.stderr.write("\n")
 
     async def _loop(self) -> None:
         meter = _Meter()
         while True:
-            await asyncio.sleep(1)
+            await asyncio.sleep(1 if self._tty else STATUS_LOG_INTERVAL)
             try:
                 line = await self._render(meter)
             except Exception as exc:  # a status line must never take the command down
                 line = f"(status unavailable: {exc})"
+            if not self._tty:
+                logger.info("status: %s", line)
+                continue
             sys.stderr.write("\r\x1b[2K" + line)
             sys.stderr.flush()
 
@@ -488,6 +730,11 @@ COMMANDS: dict[str, tuple[str, Configure, Handler]] = {
         "run the signer service: signed URLs for devices and browsers without AWS credentials",
         signer_cli.configure,
         signer_cli.run,
+    ),
+    "record": (
+        "record many channels into segments and upload them to S3 (a service; see docs/deploy.md)",
+        record_cli.configure,
+        record_cli.run,
     ),
 }
 

@@ -6,6 +6,7 @@ Used by ``kvs-peer demo``; also a compact example of putting the parts together.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,10 @@ import av
 
 from .access import AwsAccess
 from .emulator import LocalKvs
+from .errors import MediaError
 from .master import Master
 from .media import Recorder, TestPatternTrack, save_snapshot
+from .media.recorder import check_output_path
 from .protocol import Role
 from .testing.video import VideoCheck
 from .viewer import Viewer, new_client_id
@@ -42,11 +45,22 @@ async def run_demo(
     Returns:
         A JSON-friendly report: time to first frame, frames, fps, verified frame counters,
         latency, the recording (and how many frames it decodes to) and a snapshot path.
+
+    Raises:
+        MediaError: ``output`` cannot be created or written to (checked before streaming),
+            or the recording failed.
     """
     out = Path(output)
-    await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
+    try:
+        await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MediaError(
+            f"cannot create the output folder {out}: {exc.strerror or exc}; "
+            "pass --output a folder you can write to"
+        ) from None
     recording = out / "demo.mkv"
     snapshot = out / "snapshot.png"
+    await asyncio.to_thread(check_output_path, snapshot, what="snapshot")
     check = VideoCheck()
     last: list[av.VideoFrame | None] = [None]
 
@@ -64,7 +78,9 @@ async def run_demo(
                 async with Viewer(viewer_access, recorder=recorder, on_frame=on_frame) as viewer:
                     ttff = await viewer.wait_first_frame(timeout=30)
                     started = time.monotonic()
-                    await asyncio.sleep(duration)
+                    # wait_closed() returns early only when the recording failed: it raises.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(viewer.wait_closed(), duration)
                     streamed = time.monotonic() - started
                     stats = viewer.stats
         endpoint = kvs.endpoint_url

@@ -16,7 +16,9 @@
     │   └── ServiceError                a STATUS_RESPONSE from the service
     ├── SessionError                    negotiation or ICE failed for one remote peer
     ├── MediaError                      a source cannot open, a recorder failed
-    └── SignerError                     the signer service refused or failed a request
+    │   └── SourceUnavailable           a camera or stream URL cannot be reached (yet)
+    ├── SignerError                     the signer service refused or failed a request
+    └── TurnServerError                 the local TURN server (coturn) is missing or did not start
 
 Messages say what to do next. Structured fields stay on the exception so callers never
 parse text.
@@ -158,6 +160,11 @@ class MediaError(KvsPeerError):
     """A media source, encoder or sink failed."""
 
 
+class SourceUnavailable(MediaError):
+    """A live source (camera, stream URL) cannot be reached now but may come later: refused,
+    timed out, not found on a streaming server. Not a wrong path, scheme or password."""
+
+
 class SignerError(KvsPeerError):
     """The signer service refused a request or could not be reached.
 
@@ -170,3 +177,7 @@ class SignerError(KvsPeerError):
         super().__init__(message)
         self.status = status
         self.code = code
+
+
+class TurnServerError(KvsPeerError):
+    """The emulator's TURN server (Debian's coturn, ``turnserver``) is missing or did not start."""

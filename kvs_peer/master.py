@@ -27,9 +27,13 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from ._tasks import invoke
 from .access import ChannelAccess
 from .errors import InvalidArgument, SessionError
+from .gathering import BackgroundGathering, without_end_of_candidates
+from .ingestion import StorageLink, StorageOptions
 from .media.encoder import AudioFanout, SharedVideoEncoder, attach_keyframe_requests, force_h264
+from .media.passthrough import VIDEO_MODES, H264Source, PassthroughVideo, VideoRoute, route_video
 from .media.redact import redact_urls
 from .media.rtpsender import use_fast_send
+from .metrics.rtcp import count_rtcp
 from .peer import SignalingPeer
 from .protocol import (
     GoAway,
@@ -40,13 +44,16 @@ from .protocol import (
     StatusResponse,
 )
 from .reconnect import Refresh
+from .sdp import for_kvs_peers
 from .session import (
     RemoteCandidates,
+    RemoteDtls,
     enable_loopback_candidates,
     rtc_configuration,
     split_mdns_candidates,
 )
 from .signaling import Connected, Disconnected, SignalingClient, SignalingEvent
+from .takeover import TakeoverWatch
 
 __all__ = ["Master", "MasterStats", "ViewerSession"]
 
@@ -66,28 +73,48 @@ class ViewerSession:
     channel: Any = None
     """The viewer's data channel, once it opened one."""
     candidates: RemoteCandidates = field(init=False)
+    dtls: RemoteDtls = field(init=False)
+    """Whether the viewer accepted our DTLS certificate (see :class:`RemoteDtls`)."""
     _tracks: list[MediaStreamTrack] = field(default_factory=list)
+    gathering: BackgroundGathering | None = None
+    """STUN/TURN candidates trickled after the answer (None: relay-only, aiortc gathers)."""
     _closed: bool = False
+    _negotiation: asyncio.Task[None] | None = None
+    _deadline: asyncio.TimerHandle | None = None
 
     def __post_init__(self) -> None:
         self.candidates = RemoteCandidates(self.pc, label=f"viewer {self.client_id}")
+        self.dtls = RemoteDtls(self.pc)
 
     @property
     def state(self) -> str:
-        """aiortc's connection state: new, connecting, connected, failed or closed."""
-        return self.pc.connectionState
+        """new, connecting, connected, failed or closed: aiortc's connection state, but
+        ``connected`` only once the viewer's DTLS accepted us too."""
+        return self.dtls.state
 
     @property
     def tracks(self) -> tuple[MediaStreamTrack, ...]:
         """This viewer's own tracks (a ``PacketTrack`` for video, one for audio)."""
         return tuple(self._tracks)
 
+    def _disarm(self) -> None:
+        # A pending timer keeps the session alive: cancel it the moment it is not needed.
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
     async def close(self) -> None:
         """Close the peer connection and release this viewer's tracks. Idempotent."""
         if self._closed:
             return
         self._closed = True
+        self._disarm()
+        negotiation, self._negotiation = self._negotiation, None
+        if negotiation is not None and negotiation is not asyncio.current_task():
+            negotiation.cancel()
         await self.candidates.close()
+        if self.gathering is not None:
+            await self.gathering.close()
         for track in self._tracks:
             track.stop()
         with contextlib.suppress(Exception):
@@ -103,6 +130,8 @@ class MasterStats:
     sessions_connected: int = 0
     sessions_replaced: int = 0
     sessions_failed: int = 0
+    sessions_evicted: int = 0
+    """Sessions not connected yet, closed to make room for a newer offer (master full)."""
     refused_over_limit: int = 0
     last_answer_time: float | None = None
     """Seconds from the last offer to its answer being sent."""
@@ -118,13 +147,31 @@ class Master(SignalingPeer):
             encoded once for all viewers with H.264; None sends no video.
         audio: an audio source track, encoded with Opus once for all viewers; None for none.
         on_message: ``callback(client_id, message)`` for data-channel messages from viewers.
-        max_viewers: sessions allowed at once (KVS allows 10 viewers per channel).
-        connect_timeout: seconds a new session may take to connect before it is dropped.
+        max_viewers: sessions allowed at once (KVS allows 10 viewers per channel). When
+            every slot is taken, a new offer takes the place of the oldest session that has
+            not connected yet; connected sessions are never closed for a newcomer.
+        connect_timeout: seconds from its offer a new session may take to connect before it
+            is dropped.
         bitrate: video bitrate in bit/s.
         gop: keyframe interval in frames.
         preset: x264 speed preset (``ultrafast`` for the least CPU, e.g. on a Raspberry Pi).
+        video_mode: with an H.264 source (:func:`kvs_peer.media.open_master_video`),
+            ``auto`` sends the stream as it is to viewers that offered its profile and encodes
+            for the others, ``passthrough`` refuses the others, ``transcode`` encodes for
+            everyone (:mod:`kvs_peer.media.passthrough`). Other sources are always encoded.
+        video_encoder: FFmpeg H.264 encoder of the transcode path (``libx264``; hardware
+            ones such as ``h264_v4l2m2m`` are untested).
         loopback_candidates: also gather 127.0.0.1 host candidates (hosts with only ``lo``).
+        relay_only: gather and use TURN relay candidates only (ICE transport policy
+            ``relay``); the channel's ICE configuration must include a TURN server.
+        takeover_check: seconds between checks that the channel's viewers still reach this
+            master and not a newer one (:mod:`kvs_peer.takeover`; each check briefly connects
+            a probe viewer); None disables them.
         signaling: extra keyword arguments for :class:`~kvs_peer.signaling.SignalingClient`.
+        storage: WebRTC ingestion: join the storage session of the channel's linked KVS
+            stream and stream into it (:mod:`kvs_peer.ingestion`); needs AWS access and a
+            video source. Viewers then go through the storage session, not this master.
+        storage_options: timeouts and re-join policy of ``storage``.
     """
 
     def __init__(
@@ -139,8 +186,14 @@ class Master(SignalingPeer):
         bitrate: int = 1_000_000,
         gop: int = 60,
         preset: str = "veryfast",
+        video_mode: str = "auto",
+        video_encoder: str = "libx264",
         loopback_candidates: bool = False,
+        relay_only: bool = False,
+        takeover_check: float | None = 60.0,
         signaling: Mapping[str, Any] | None = None,
+        storage: bool = False,
+        storage_options: StorageOptions | None = None,
     ) -> None:
         if access.role is not Role.MASTER:
             raise InvalidArgument("Master needs channel access with role MASTER")
@@ -150,10 +203,26 @@ class Master(SignalingPeer):
         self._on_message = on_message
         self.max_viewers = max_viewers
         self._connect_timeout = connect_timeout
-        self._loopback = loopback_candidates
+        # The loopback hook adds a host address even where the relay policy asks for none.
+        self._loopback = loopback_candidates and not relay_only
+        self._relay_only = relay_only
+        if video_mode not in VIDEO_MODES:
+            raise InvalidArgument(f"video_mode must be one of {', '.join(VIDEO_MODES)}")
+        self._video_mode = video_mode
+        # An H.264 source is forwarded as it is; the encoder, if any, gets its decoded frames.
+        self._passthrough = PassthroughVideo(video) if isinstance(video, H264Source) else None
+        if self._passthrough is None and video is not None and video_mode == "passthrough":
+            raise InvalidArgument(
+                "video_mode 'passthrough' needs an H.264 source (open_master_video)"
+            )
+        transcode_source = video
+        if self._passthrough is not None:
+            transcode_source = self._passthrough.decoded() if video_mode != "passthrough" else None
         self._encoder = (
-            SharedVideoEncoder(video, bitrate=bitrate, gop=gop, preset=preset)
-            if video is not None
+            SharedVideoEncoder(
+                transcode_source, bitrate=bitrate, gop=gop, preset=preset, codec=video_encoder
+            )
+            if transcode_source is not None
             else None
         )
         self._audio = AudioFanout(audio) if audio is not None else None
@@ -162,7 +231,34 @@ class Master(SignalingPeer):
         self._changed = asyncio.Condition()
         self.stats = MasterStats()
         self.end_reason: str | None = None
-        """Why the master stopped on its own (its source ended), or None."""
+        """Why the master stopped on its own (its source ended, another master took the
+        channel over), or None."""
+        self._takeover = (
+            # Frequent checks (tests) get short probes; 5 s is plenty on any real network.
+            TakeoverWatch(
+                self.signaling,
+                access,
+                access.channel,
+                interval=takeover_check,
+                timeout=min(5.0, max(1.0, takeover_check)),
+            )
+            if takeover_check is not None and hasattr(access, "for_viewer")
+            else None
+        )
+        self._storage = (
+            StorageLink(
+                access,
+                self.signaling,
+                encoder=self._encoder,
+                audio=self._audio,
+                options=storage_options,
+                loopback_candidates=loopback_candidates,
+                relay_only=relay_only,
+                on_fatal=self._fail,
+            )
+            if storage
+            else None
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -172,14 +268,39 @@ class Master(SignalingPeer):
         The master stops by itself (:meth:`wait_closed` returns, :attr:`end_reason` says why)
         when its video source ends, or its audio source when it sends no video: a file played
         to its end without ``loop``, or a camera gone for good. There is nothing left to send.
-        """
-        await super().start()
-        source = self._encoder if self._encoder is not None else self._audio
-        if source is not None:
-            kind = "video" if source is self._encoder else "audio"
-            self._tasks.spawn(self._stop_when_ended(source, kind), "watch-source")
 
-    async def _stop_when_ended(self, source: SharedVideoEncoder | AudioFanout, kind: str) -> None:
+        With ``storage``, the channel's media storage is checked first.
+
+        Raises:
+            ChannelError: ``storage`` on a channel that stores no media (or cannot be read).
+        """
+        if self._storage is not None:
+            try:
+                await self._storage.prepare()
+            except BaseException:
+                await self.close()
+                raise
+        await super().start()
+        if self._storage is not None:
+            self._tasks.spawn(self._storage.run(), "storage-session")
+        if self._passthrough is not None:
+            self._passthrough.start()
+        source = self._passthrough or self._encoder or self._audio
+        if source is not None:
+            kind = "audio" if source is self._audio else "video"
+            self._tasks.spawn(self._stop_when_ended(source, kind), "watch-source")
+        if self._takeover is not None:
+            self._tasks.spawn(self._stop_when_taken_over(self._takeover), "watch-takeover")
+
+    async def _stop_when_taken_over(self, watch: TakeoverWatch) -> None:
+        error = await watch.run()
+        self.end_reason = "another master took the channel over"
+        logger.error("%s; the master stops", error)
+        self._fail(error)  # wait_closed() raises it; close() releases the rest
+
+    async def _stop_when_ended(
+        self, source: PassthroughVideo | SharedVideoEncoder | AudioFanout, kind: str
+    ) -> None:
         await source.wait_ended()
         # The pump's own failure (the encoder's), else the source track's (a camera error).
         error = source.error or getattr(source.source, "error", None)
@@ -191,16 +312,31 @@ class Master(SignalingPeer):
             self._runner.cancel()  # wait_closed() returns; close() releases the rest
 
     async def _release(self) -> None:
+        if self._storage is not None:
+            await self._storage.close()
         sessions = list(self._sessions.values())
         self._sessions.clear()
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
         if self._encoder is not None:
             await self._encoder.close()
+        if self._passthrough is not None:
+            await self._passthrough.close()
         if self._audio is not None:
             await self._audio.close()  # both close their source
         await self._notify()
 
     # -- viewers -----------------------------------------------------------------------------
+
+    @property
+    def storage(self) -> StorageLink | None:
+        """The storage-session link (``storage=True``; its ``stats``), else None."""
+        return self._storage
+
+    @property
+    def passthrough(self) -> PassthroughVideo | None:
+        """The H.264 passthrough fan-out (``frames_forwarded``, ``replays``), None unless the
+        source is H.264."""
+        return self._passthrough
 
     @property
     def encoder(self) -> SharedVideoEncoder | None:
@@ -255,6 +391,8 @@ class Master(SignalingPeer):
     # -- signaling events --------------------------------------------------------------------
 
     async def _handle(self, event: SignalingEvent) -> None:
+        if self._storage is not None and self._storage.handle(event):
+            return
         match event:
             case SdpOffer(sender_client_id=None):
                 logger.warning("ignoring an SDP offer without a sender client id")
@@ -288,41 +426,114 @@ class Master(SignalingPeer):
         self.stats.offers += 1
         old = self._sessions.pop(client_id, None)
         if old is not None:
+            # Not signaling.forget(): the buffer has just seen this new offer, and the
+            # candidates that follow it belong to the new session.
             self.stats.sessions_replaced += 1
-            self.signaling.forget(client_id)
             logger.info("viewer %s re-offered: replacing its session", client_id)
             self._tasks.spawn(old.close(), f"close-{client_id}")
-        if len(self._sessions) >= self.max_viewers:
-            self.stats.refused_over_limit += 1
-            logger.warning(
-                "viewer %s refused: %d viewers already (max_viewers)", client_id, self.max_viewers
-            )
+        if not self._make_room(client_id):
             return
-        ice = await self.access.ice_config()
-        pc = RTCPeerConnection(
-            rtc_configuration(ice.servers, transport_policy=ice.transport_policy)
+        ice = asyncio.ensure_future(self.access.ice_config())
+        ice.add_done_callback(lambda task: task.cancelled() or task.exception())
+        await asyncio.sleep(0)  # a cached configuration (the usual case) is ready now
+        relay = self._relay_only or (
+            ice.done() and ice.exception() is None and ice.result().transport_policy == "relay"
         )
-        session = ViewerSession(client_id, pc)
+        if relay:
+            servers = (await ice).servers
+        if not self._make_room(client_id):  # sessions may have come and gone meanwhile
+            return
+        if relay:
+            pc = RTCPeerConnection(rtc_configuration(servers, transport_policy="relay"))
+            session = ViewerSession(client_id, pc)
+        else:
+            # Host candidates in the answer, STUN/TURN ones trickled after it: a TURN server
+            # that does not answer (or a GetIceServerConfig refresh) never holds it up.
+            pc = RTCPeerConnection(rtc_configuration(()))
+            session = ViewerSession(client_id, pc)
+            session.gathering = BackgroundGathering(
+                pc,
+                ice,
+                lambda line, mid, index: self.signaling.send_ice_candidate(
+                    line, sdp_mid=mid, sdp_mline_index=index, recipient_client_id=client_id
+                ),
+                label=f"viewer {client_id}",
+            )
         self._sessions[client_id] = session
         self.stats.sessions_started += 1
+        session._deadline = asyncio.get_running_loop().call_later(
+            self._connect_timeout, self._expire, session
+        )
         # Negotiate concurrently: one slow viewer (ICE gathering can take 5 s) must not hold
         # up the others' offers and candidates.
-        self._tasks.spawn(
+        session._negotiation = self._tasks.spawn(
             self._negotiate(session, offer, time.monotonic()), f"negotiate-{client_id}"
         )
+
+    def _make_room(self, client_id: str) -> bool:
+        """Whether a session for ``client_id`` fits, closing the oldest one still connecting
+        if the master is full: offers that never connect must not keep viewers out."""
+        if len(self._sessions) < self.max_viewers:
+            return True
+        # A session whose DTLS is up on our side waits for the viewer's first packet (up to
+        # ~1.5 s) to count as connected: it is no stuck offer, so it is never the one evicted.
+        pending = [
+            s
+            for s in self._sessions.values()
+            if s.connected_at is None and s.pc.connectionState != "connected"
+        ]
+        if not pending:
+            self.stats.refused_over_limit += 1
+            logger.warning(
+                "viewer %s refused: %d viewers connected already (max_viewers)",
+                client_id,
+                self.max_viewers,
+            )
+            return False
+        victim = min(pending, key=lambda s: s.created_at)
+        self.stats.sessions_evicted += 1
+        self._tasks.spawn(
+            self._drop(victim, f"not connected yet, its place goes to viewer {client_id}"),
+            f"evict-{victim.client_id}",
+        )
+        # _drop has not run yet: take the place now so this offer is not refused.
+        del self._sessions[victim.client_id]
+        self.signaling.forget(victim.client_id)
+        return True
+
+    def _expire(self, session: ViewerSession) -> None:
+        session._deadline = None
+        if session.connected_at is not None or self._sessions.get(session.client_id) is not session:
+            return
+        self.stats.sessions_failed += 1
+        why = f"not connected after {self._connect_timeout:g} s"
+        if session.pc.connectionState == "connected":
+            why += " (DTLS is up on our side only: the viewer refused our certificate?)"
+        self._tasks.spawn(self._drop(session, why), f"expire-{session.client_id}")
 
     async def _negotiate(self, session: ViewerSession, offer: SdpOffer, started: float) -> None:
         pc = session.pc
         client_id = session.client_id
 
+        async def mark_connected() -> None:
+            # Both ends must be up: aiortc's state alone says nothing of the viewer's DTLS.
+            if session.connected_at is None and session.dtls.connected:
+                session.connected_at = time.monotonic()
+                session._disarm()
+                self.stats.sessions_connected += 1
+                logger.info("viewer %s: connected", client_id)
+                await self._notify()
+
+        session.dtls.on_confirmed = lambda: self._tasks.spawn(
+            mark_connected(), f"connected-{client_id}"
+        )
+
         @pc.on("connectionstatechange")
         async def on_state() -> None:
             state = pc.connectionState
-            logger.info("viewer %s: %s", client_id, state)
-            if state == "connected" and session.connected_at is None:
-                session.connected_at = time.monotonic()
-                self.stats.sessions_connected += 1
-                await self._notify()
+            logger.info("viewer %s: peer connection %s", client_id, state)
+            if state == "connected":
+                await mark_connected()
             elif state in ("failed", "closed"):
                 if state == "failed":
                     self.stats.sessions_failed += 1
@@ -343,8 +554,17 @@ class Master(SignalingPeer):
                 raise SessionError(client_id, f"viewer {client_id} sent an offer with no media")
             # Only add what the viewer asked for: aiortc cannot answer with a transceiver
             # that matches no m-line of the offer.
-            if self._encoder is not None and "video" in kinds:
-                track = self._encoder.subscribe()
+            route: VideoRoute | None = None
+            if (self._encoder or self._passthrough) is not None and "video" in kinds:
+                # The stream as it is if the viewer takes its profile, else the encoder.
+                route = await route_video(
+                    offer.sdp,
+                    passthrough=self._passthrough,
+                    encoder=self._encoder,
+                    mode=self._video_mode,
+                    viewer=client_id,
+                )
+                track = route.fanout.subscribe()
                 session._tracks.append(track)
                 transceiver = pc.addTransceiver(track, direction="sendonly")
                 # Must happen before setRemoteDescription: aiortc fixes the answer's codecs
@@ -359,32 +579,45 @@ class Master(SignalingPeer):
                 # PCMA) encodes this viewer's copy itself.
                 use_fast_send(pc.addTransceiver(audio, direction="sendonly").sender)
             sdp, mdns_candidates = split_mdns_candidates(offer.sdp)
+            if route is not None:
+                sdp = route.offer(sdp)  # passthrough: only the payload type it uses
             for event in mdns_candidates:
                 session.candidates.add(event)  # held until the offer is applied
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp, "offer"))
             except Exception as exc:
-                if self._encoder is not None and "video" in kinds and "H264" not in offer.sdp:
+                if route is not None and "H264" not in offer.sdp:
                     reason = "it offers no H.264 video, which kvs-peer sends"
                 else:
                     reason = str(exc)
                 raise SessionError(
                     client_id, f"viewer {client_id} sent an unusable offer: {reason}"
                 ) from exc
+            if route is not None:
+                route.negotiated(transceiver)  # passthrough: the offered payload type
             session.candidates.remote_description_set()
             if self._loopback:
                 enable_loopback_candidates(pc)
+            session.dtls.attach()
+            count_rtcp(pc)  # NACK and PLI/FIR counts for metrics (RTCP only)
+            if session.gathering is not None:
+                session.gathering.prepare()
             await pc.setLocalDescription(await pc.createAnswer())
-            await self.signaling.send_answer(pc.localDescription.sdp, recipient_client_id=client_id)
+            sdp = for_kvs_peers(pc.localDescription.sdp)
+            if route is not None:
+                sdp = route.answer(sdp)  # passthrough: the stream's profile-level-id
+            if session.gathering is not None:
+                sdp = without_end_of_candidates(sdp)
+            await self.signaling.send_answer(sdp, recipient_client_id=client_id)
+            if session.gathering is not None:
+                session.gathering.described(sdp)
             self.stats.last_answer_time = time.monotonic() - started
             logger.info(
                 "answered viewer %s in %.0f ms", client_id, self.stats.last_answer_time * 1000
             )
             await self._notify()
-            await asyncio.sleep(self._connect_timeout)
-            if session.connected_at is None and self._sessions.get(client_id) is session:
-                self.stats.sessions_failed += 1
-                await self._drop(session, f"not connected after {self._connect_timeout:g} s")
+            # Done: the session's deadline (armed with the offer) or its connection state
+            # ends it; this task keeps no reference to it.
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -403,6 +636,7 @@ class Master(SignalingPeer):
         if self._sessions.get(session.client_id) is session:
             del self._sessions[session.client_id]
             self.signaling.forget(session.client_id)
+        if not session._closed:
             logger.info("viewer %s removed: %s", session.client_id, why)
         await session.close()
         await self._notify()

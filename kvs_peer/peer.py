@@ -30,6 +30,7 @@ class SignalingPeer(abc.ABC):
         self._tasks = TaskSet()
         self._runner: asyncio.Task[None] | None = None
         self._closed = False
+        self._failure: KvsPeerError | None = None
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -63,14 +64,28 @@ class SignalingPeer(abc.ABC):
 
     async def wait_closed(self) -> None:
         """Wait until the peer stops: close() was called, signaling gave up for good, or the
-        peer stopped on its own (a master whose source ended).
+        peer stopped on its own (a master whose source ended, or that another master took
+        the channel from).
 
         Raises:
-            SignalingError: why signaling gave up (e.g. HandshakeRejected).
+            KvsPeerError: why the run ended when a person must act: signaling gave up
+                (e.g. ChannelNotFound, HandshakeRejected) or the peer failed on its own.
         """
         if self._runner is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(self._runner)
+        if self._failure is not None:
+            raise self._failure
+
+    def _fail(self, error: KvsPeerError) -> None:
+        """Stop handling events because of ``error``, which :meth:`wait_closed` raises.
+
+        Peer connections keep running until :meth:`close`: the caller decides when to end.
+        """
+        if self._failure is None:
+            self._failure = error
+        if self._runner is not None:
+            self._runner.cancel()
 
     async def _run(self) -> None:
         async for event in self.signaling:

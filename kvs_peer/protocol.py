@@ -29,6 +29,7 @@ from typing import Any
 from .errors import InvalidArgument, ServiceError
 
 __all__ = [
+    "MAX_CANDIDATES_PER_PEER",
     "MAX_PAYLOAD_CHARS",
     "Action",
     "CandidateBuffer",
@@ -67,9 +68,16 @@ class Role(enum.StrEnum):
 
     @classmethod
     def parse(cls, value: str) -> Role:
-        """Accept ``master``/``MASTER``/``viewer``...; raise InvalidArgument otherwise."""
+        """Accept ``master``/``MASTER``/``viewer``...; raise InvalidArgument otherwise.
+
+        ASCII only: Unicode case mapping would turn ``ma\u017fter`` (long s) or ``v\u0131ewer``
+        (dotless i) into a valid role.
+        """
+        text = str(value)
         try:
-            return cls(str(value).upper())
+            if not text.isascii():
+                raise ValueError(text)
+            return cls(text.upper())
         except ValueError:
             raise InvalidArgument(f"invalid role {value!r}: use MASTER or VIEWER") from None
 
@@ -437,21 +445,30 @@ def encode_event(
 # ---------------------------------------------------------------------------------------------
 # Early candidates
 
+MAX_CANDIDATES_PER_PEER = 200
+"""Candidates taken from one remote peer per session, whether they came before its SDP or
+after (a real peer sends a few dozen; KVS itself allows 20 ICE messages per second)."""
+
 
 @dataclass
 class CandidateBuffer:
     """Holds ICE candidates that arrive before their sender's SDP (kvs-signaling.md 3.4).
 
     Feed every decoded event to :meth:`receive`; it returns the events to act on now, in
-    order. Bounded so a hostile peer cannot grow memory without limit.
+    order. Bounded so a hostile peer cannot grow memory without limit: per sender by the same
+    cap the session applies (a candidate held here is counted once, by the session), and in
+    total by ``max_held``.
     """
 
     max_senders: int = 64
-    max_per_sender: int = 64
+    max_per_sender: int = MAX_CANDIDATES_PER_PEER
+    max_held: int = 1024
+    """Candidates held for all senders together; the least recently active sender's go first."""
     max_known: int = 4096
     """Senders remembered as having sent an SDP; the oldest are forgotten beyond this."""
     _seen_sdp: OrderedDict[str, None] = field(default_factory=OrderedDict)
     _held: OrderedDict[str, list[IceCandidate]] = field(default_factory=OrderedDict)
+    _total: int = 0
 
     @staticmethod
     def _key(sender: str | None) -> str:
@@ -465,7 +482,7 @@ class CandidateBuffer:
             self._seen_sdp.move_to_end(key)
             while len(self._seen_sdp) > self.max_known:
                 self._seen_sdp.popitem(last=False)
-            return [event, *self._held.pop(key, [])]
+            return [event, *self._release(key)]
         if isinstance(event, IceCandidate):
             key = self._key(event.sender_client_id)
             if key in self._seen_sdp:
@@ -474,18 +491,25 @@ class CandidateBuffer:
             self._held.move_to_end(key)
             if len(held) < self.max_per_sender:
                 held.append(event)
-            while len(self._held) > self.max_senders:
-                self._held.popitem(last=False)
+                self._total += 1
+            while len(self._held) > self.max_senders or self._total > self.max_held:
+                self._release(next(iter(self._held)))
             return []
         return [event]
+
+    def _release(self, key: str) -> list[IceCandidate]:
+        held = self._held.pop(key, [])
+        self._total -= len(held)
+        return held
 
     def forget(self, sender: str | None) -> None:
         """Drop state for one sender (its session ended): its next candidates wait again."""
         key = self._key(sender)
         self._seen_sdp.pop(key, None)
-        self._held.pop(key, None)
+        self._release(key)
 
     def clear(self) -> None:
         """Drop all state (for example after a signaling reconnect)."""
         self._seen_sdp.clear()
         self._held.clear()
+        self._total = 0

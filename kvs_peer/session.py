@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,11 +18,13 @@ from aiortc import RTCConfiguration, RTCIceCandidate, RTCIceServer, RTCPeerConne
 from aiortc.sdp import candidate_from_sdp, candidate_to_sdp
 
 from .channel import IceServer
-from .protocol import IceCandidate
+from .errors import InvalidArgument
+from .protocol import MAX_CANDIDATES_PER_PEER, IceCandidate
 
 __all__ = [
     "LinkStats",
     "RemoteCandidates",
+    "RemoteDtls",
     "candidate_from_json",
     "candidate_to_json",
     "enable_loopback_candidates",
@@ -58,6 +60,9 @@ def rtc_configuration(
     ``prefer_tls_relay`` is set (networks that block UDP).
 
     An empty ``servers`` gives an empty list, never aiortc's default Google STUN server.
+
+    Raises:
+        InvalidArgument: an unknown ``transport_policy``, or ``relay`` without a TURN URL.
     """
     entries: list[RTCIceServer] = []
     for server in servers:
@@ -72,9 +77,22 @@ def rtc_configuration(
         entries.sort(key=lambda e: not any(str(u).startswith("turns:") for u in e.urls))
     kwargs: dict[str, Any] = {"iceServers": entries}
     if transport_policy != "all":
-        from aiortc import RTCIceTransportPolicy  # aiortc >= 1.16
+        # aiortc >= 1.16 hands the policy to aioice: with "relay" it gathers no host or srflx
+        # candidates (only the TURN allocation) and ignores mDNS remote candidates, per
+        # peer connection, so no hook is needed.
+        from aiortc import RTCIceTransportPolicy
 
-        kwargs["iceTransportPolicy"] = RTCIceTransportPolicy(transport_policy)
+        try:
+            kwargs["iceTransportPolicy"] = RTCIceTransportPolicy(transport_policy)
+        except ValueError:
+            raise InvalidArgument(
+                f"ICE transport policy {transport_policy!r} must be 'all' or 'relay'"
+            ) from None
+        if not any(str(url).startswith("turn") for entry in entries for url in entry.urls):
+            raise InvalidArgument(
+                "relay-only ICE needs a TURN server, but the channel's ICE configuration has "
+                "none that aiortc can use (with `kvs-peer local`, start it with --turn)"
+            )
     return RTCConfiguration(**kwargs)
 
 
@@ -211,7 +229,7 @@ async def link_stats(pc: RTCPeerConnection) -> LinkStats:
     return LinkStats(sent, received, lost, max(rtts) if rtts else None)
 
 
-MAX_REMOTE_CANDIDATES = 200
+MAX_REMOTE_CANDIDATES = MAX_CANDIDATES_PER_PEER
 """Candidates accepted per peer connection (KVS itself allows 20 ICE messages per second)."""
 
 
@@ -236,10 +254,13 @@ class RemoteCandidates:
         """Apply ``event`` now (in the background) or once the remote description is set."""
         if self._received >= MAX_REMOTE_CANDIDATES:
             return  # a real peer sends a few dozen; more is a flood
-        self._received += 1
+        self._received += 1  # once per candidate, held or not
         if not self._ready:
             self._pending.append(event)
             return
+        self._start(event)
+
+    def _start(self, event: IceCandidate) -> None:
         candidate = candidate_from_json(event.candidate, event.sdp_mid, event.sdp_mline_index)
         if candidate is None:
             return  # end-of-candidates or unparsable: aioice keeps checking what it has
@@ -258,7 +279,7 @@ class RemoteCandidates:
         self._ready = True
         pending, self._pending = self._pending, []
         for event in pending:
-            self.add(event)
+            self._start(event)  # counted when it was held
 
     async def close(self) -> None:
         """Cancel candidates still being applied (e.g. mDNS lookups). Idempotent."""
@@ -267,3 +288,92 @@ class RemoteCandidates:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+class RemoteDtls:
+    """Tells whether the remote end of a peer connection accepted our DTLS certificate.
+
+    aiortc calls a connection ``connected`` once *its* DTLS handshake and fingerprint check
+    pass. OpenSSL-based peers (the KVS C SDK, aiortc) check our fingerprint only after the
+    handshake, and one that refuses it sends no alert: our side looks connected while the
+    remote has given up. The first SRTP, SRTCP or SCTP packet the remote sends is keyed by that
+    handshake and proves it accepted us; until then the session is not connected.
+
+    The proof is seen through per-instance hooks on ``pc``'s DTLS and SCTP transports (no
+    module-wide patch), removed after the first packet. Without those aiortc internals the
+    connection state alone is trusted (logged once at debug level).
+
+    Args:
+        pc: the peer connection to watch.
+        on_confirmed: called once, on the event loop, when the remote's first packet arrives;
+            keep it quick (it runs inside aiortc's receive loop).
+    """
+
+    def __init__(
+        self, pc: RTCPeerConnection, on_confirmed: Callable[[], object] | None = None
+    ) -> None:
+        self._pc = pc
+        self.on_confirmed = on_confirmed
+        """Called once, when the remote's first packet arrives (may be set after creation)."""
+        self._hooks: list[tuple[Any, str]] = []
+        self.confirmed = False
+        """The remote sent DTLS-protected data (it completed DTLS with our certificate)."""
+
+    @property
+    def connected(self) -> bool:
+        """aiortc's connection state is ``connected`` and the remote confirmed DTLS."""
+        return self.confirmed and self._pc.connectionState == "connected"
+
+    @property
+    def state(self) -> str:
+        """aiortc's connection state, except ``connecting`` while a ``connected`` one is not
+        confirmed by the remote yet."""
+        state = self._pc.connectionState
+        return "connecting" if state == "connected" and not self.confirmed else state
+
+    def attach(self) -> None:
+        """Watch the transports ``pc`` has now. Call it once every transceiver and data
+        channel exists (an answerer: after ``setRemoteDescription``) and before
+        ``setLocalDescription``. Idempotent."""
+        if self.confirmed:
+            return
+        targets: list[tuple[Any, str]] = []
+        try:
+            transports = {
+                id(t.receiver.transport): t.receiver.transport for t in self._pc.getTransceivers()
+            }
+            sctp = self._pc.sctp
+            if sctp is not None:
+                transports[id(sctp.transport)] = sctp.transport
+                targets.append((sctp, "_handle_data"))
+            for dtls in transports.values():
+                targets += [(dtls, "_handle_rtp_data"), (dtls, "_handle_rtcp_data")]
+            for obj, name in targets:
+                if not callable(getattr(obj, name)):
+                    raise AttributeError(name)
+        except AttributeError as exc:
+            logger.debug("cannot watch the remote's DTLS (%s): trusting aiortc's state", exc)
+            self._confirm()
+            return
+        for obj, name in targets:
+            if name in vars(obj):
+                continue  # already hooked
+            original = getattr(obj, name)
+
+            async def hooked(*args: Any, _orig: Any = original, **kwargs: Any) -> Any:
+                self._confirm()
+                return await _orig(*args, **kwargs)
+
+            setattr(obj, name, hooked)
+            self._hooks.append((obj, name))
+
+    def _confirm(self) -> None:
+        if self.confirmed:
+            return
+        self.confirmed = True
+        for obj, name in self._hooks:
+            with contextlib.suppress(AttributeError):
+                delattr(obj, name)  # back to the class's method: no cost per packet
+        self._hooks.clear()
+        if self.on_confirmed is not None:
+            self.on_confirmed()

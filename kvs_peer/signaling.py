@@ -12,7 +12,9 @@ client pings every 10 s (as the C SDK does), reconnects with exponential backoff
 replaces the connection before the service's 1-hour cap and on GO_AWAY (make before break:
 the old socket keeps delivering until the new one is up), paces sends under the service's
 per-connection quotas, and holds ICE candidates that arrive before their sender's SDP.
-Decisions come from the pure modules :mod:`kvs_peer.protocol` and :mod:`kvs_peer.reconnect`.
+Decisions come from the pure modules :mod:`kvs_peer.protocol` and :mod:`kvs_peer.reconnect`:
+the first connect and every reconnect follow the same policy table, so network failures are
+retried for ever (capped backoff) and only rejections that need a person end the client.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import secrets
 import ssl as ssl_module
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -34,20 +37,19 @@ from websockets.asyncio.client import connect as ws_connect
 
 from ._tasks import invoke
 from .errors import (
-    AccessDenied,
-    ChannelNotFound,
     HandshakeRejected,
     InvalidArgument,
     InvalidState,
+    KvsPeerError,
     SignalingClosed,
     SignalingError,
-    SignerError,
 )
 from .protocol import (
     Action,
     CandidateBuffer,
     Event,
     GoAway,
+    IceCandidate,
     Role,
     candidate_payload,
     decode_message,
@@ -55,8 +57,8 @@ from .protocol import (
     sdp_payload,
 )
 from .ratelimit import TokenBucket
-from .reconnect import Refresh, backoff, decide, rotate_at
-from .signing import redact_url, validate_client_id
+from .reconnect import Decision, ReconnectPolicy, Refresh, rotate_at
+from .signing import normalize_endpoint, redact_url, validate_client_id
 
 __all__ = [
     "Connected",
@@ -68,6 +70,12 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+PROBE_MID = "kvs-peer-probe"
+"""``sdpMid`` of the ICE_CANDIDATE a probe viewer sends to check who receives the channel's
+messages; no real m-line has this mid, and any master buffers or drops it harmlessly."""
+STABLE_AFTER = 2.0
+"""Seconds a connection must stay up before its close restarts the backoff from scratch."""
 
 UrlProvider = Callable[[], Awaitable[str]]
 """Returns a freshly signed WSS URL. May also have ``invalidate(refresh: Refresh)``, called
@@ -107,6 +115,8 @@ class SignalingStats:
     connected_at: float | None = None
     connect_latency: float | None = None
     last_error: str | None = None
+    retrying_since: float | None = None
+    """``time.time()`` of the first failed attempt while (re)connecting, None when connected."""
 
 
 @dataclass
@@ -136,8 +146,9 @@ class SignalingClient:
         open_timeout: seconds allowed for one connect (URL + TCP + TLS + upgrade).
         send_timeout: seconds a send waits for a connection while reconnecting.
         reconnect: reconnect after failures and closes; False makes any close final.
-        first_connect_attempts: attempts before ``connect()`` gives up on transient errors
-            (403 and 404 fail at once).
+        first_connect_attempts: attempts before ``connect()`` gives up even on errors the
+            policy retries (network, throttling); None (default) follows the policy alone,
+            which retries those for ever, so a device started before its network waits.
         max_connection_duration: the service's cap; the connection is replaced ``rotate_margin``
             seconds before it.
         pace: wait to stay under 5 SDP/s and 20 ICE/s per connection instead of having the
@@ -157,7 +168,7 @@ class SignalingClient:
         open_timeout: float = 10.0,
         send_timeout: float = 10.0,
         reconnect: bool = True,
-        first_connect_attempts: int = 3,
+        first_connect_attempts: int | None = None,
         max_connection_duration: float = 3600.0,
         rotate_margin: float = 300.0,
         backoff_base: float = 0.1,
@@ -180,19 +191,25 @@ class SignalingClient:
         self._open_timeout = open_timeout
         self._send_timeout = send_timeout
         self._reconnect = reconnect
-        self._first_attempts = max(1, first_connect_attempts)
+        self._first_attempts = (
+            None if first_connect_attempts is None else max(1, first_connect_attempts)
+        )
         self._max_duration = max_connection_duration
         self._rotate_margin = rotate_margin
-        self._backoff = (backoff_base, backoff_cap)
         self._pace = pace
         self._ssl = ssl
         self._rng = rng or random.Random()
+        self._policy = ReconnectPolicy(base=backoff_base, cap=backoff_cap, rng=self._rng)
+        self._stop = asyncio.Event()
+        self._probes: dict[str, asyncio.Future[None]] = {}
         self._events: asyncio.Queue[Any] = asyncio.Queue()
         self._candidates = CandidateBuffer()
         self._current: _Connection | None = None
         self._connected = asyncio.Event()
         self._closing = False
         self._runner: asyncio.Task[None] | None = None
+        self._started = False
+        self._closed = False
         self._retiring: set[asyncio.Task[None]] = set()
         self._terminal: BaseException | None = None
         self._callbacks: list[Callable[[SignalingEvent], Any]] = []
@@ -215,24 +232,32 @@ class SignalingClient:
     async def connect(self) -> None:
         """Open the first connection, then keep it alive in the background.
 
+        Waits as long as the policy retries (:mod:`kvs_peer.reconnect`): network failures
+        back off for ever unless ``first_connect_attempts`` is set.
+
         Raises:
-            HandshakeRejected: 403 or 404 on the first attempt, or any refusal after
-                ``first_connect_attempts`` tries.
-            SignalingError, ChannelError, SignerError: the URL provider or the network kept
-                failing.
-            InvalidState: called twice or after close.
+            HandshakeRejected, ChannelNotFound, AccessDenied, SignerError: a rejection that
+                needs a person came back after refreshing what it pointed at.
+            SignalingError, ChannelError: ``first_connect_attempts`` ran out.
+            InvalidArgument: the URL provider returned something unusable.
+            InvalidState: called twice, or close() was called meanwhile.
         """
-        if self._runner is not None or self._closing:
+        if self._started or self._closing:
             raise InvalidState("connect() may be called once, before close()")
-        conn = await self._first_connect()
+        self._started = True
+        conn = await self._connect_loop(Refresh.URL, first=True)
+        if conn is None:
+            raise InvalidState("the signaling client was closed while connecting")
         await self._install(conn, reconnect=False)
         self._runner = asyncio.create_task(self._run(), name=f"kvs-signaling-{self.role}")
 
     async def close(self) -> None:
         """Close the connection and stop reconnecting. Idempotent."""
-        if self._closing:
+        if self._closed:
             return
+        self._closed = True
         self._closing = True
+        self._stop.set()
         if self._runner is not None:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -273,6 +298,43 @@ class SignalingClient:
         """Forget a remote peer: its next candidates wait for its next SDP again."""
         self._candidates.forget(sender_client_id)
 
+    # -- probes ------------------------------------------------------------------------------
+
+    def expect_probe(self) -> tuple[str, asyncio.Future[None]]:
+        """Register a probe: returns its nonce and a future set when it reaches this client.
+
+        A master checks that the service still routes the channel's messages to it (KVS
+        routes them to the newest master, kvs-signaling.md 4.2) by having a probe viewer
+        :meth:`send_probe` this nonce. Cancel the future when giving up on it.
+        """
+        nonce = secrets.token_hex(8)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._probes[nonce] = future
+        future.add_done_callback(lambda _: self._probes.pop(nonce, None))
+        return nonce, future
+
+    async def send_probe(self, nonce: str) -> None:
+        """Send a probe (see :meth:`expect_probe`) to the channel's master; VIEWER only.
+
+        It is an ICE_CANDIDATE with an empty candidate and a made-up mid: masters that are
+        not kvs-peer hold it until an SDP from the probe's client id arrives, which never
+        happens, so it never reaches their peer connections.
+        """
+        if self.role is not Role.VIEWER:
+            raise InvalidArgument("only a VIEWER can send a probe to the master")
+        payload = candidate_payload("", PROBE_MID, 0, nonce)
+        await self._send(Action.ICE_CANDIDATE, payload, None, None)
+
+    def _take_probe(self, event: Event) -> bool:
+        if not isinstance(event, IceCandidate) or event.sdp_mid != PROBE_MID:
+            return False
+        future = self._probes.get(event.username_fragment or "")
+        if future is not None and not future.done():
+            future.set_result(None)
+        else:
+            logger.debug("< probe from %s that is not ours", event.sender_client_id)
+        return True
+
     # -- sending -----------------------------------------------------------------------------
 
     async def send_offer(
@@ -305,14 +367,31 @@ class SignalingClient:
         payload = candidate_payload(candidate, sdp_mid, sdp_mline_index, username_fragment)
         await self._send(Action.ICE_CANDIDATE, payload, recipient_client_id, correlation_id)
 
+    async def send_storage_answer(self, sdp: str, *, correlation_id: str) -> None:
+        """Answer the storage session's offer (WebRTC ingestion); MASTER only.
+
+        The storage session's messages carry no ``senderClientId`` and the master answers it
+        with no ``recipientClientId`` (webrtc-ingestion.md 3.4-3.5), which :meth:`send_answer`
+        refuses on purpose: a master's message to nobody is a bug anywhere else. The
+        ``correlation_id`` makes the storage session report a rejected answer (codecs) with a
+        STATUS_RESPONSE instead of dropping it silently.
+        """
+        if self.role is not Role.MASTER:
+            raise InvalidArgument("only a MASTER answers the storage session")
+        await self._send(
+            Action.SDP_ANSWER, sdp_payload("answer", sdp), None, correlation_id, storage=True
+        )
+
     async def _send(
         self,
         action: Action,
         payload: dict[str, Any],
         recipient: str | None,
         correlation_id: str | None,
+        *,
+        storage: bool = False,
     ) -> None:
-        if self.role is Role.MASTER and recipient is None:
+        if self.role is Role.MASTER and recipient is None and not storage:
             raise InvalidArgument(
                 "a MASTER must address every message with recipient_client_id (the viewer's id)"
             )
@@ -353,10 +432,17 @@ class SignalingClient:
         parts = urlsplit(url)
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
             # Never echo the URL itself: it carries the signature and the session token.
-            raise SignalingError(
+            raise InvalidArgument(
                 f"the URL provider returned {redact_url(url)!r}, which is not a ws:// or "
                 "wss:// URL; check the endpoint or the signer"
             )
+        try:
+            # Connect to the host spelled as presign_url signs it and the Host header carries
+            # it: no default port (a signer may have been handed "wss://host:443").
+            url = normalize_endpoint(url)
+        except InvalidArgument as exc:
+            # InvalidArgument: a configuration error ends the run at once (reconnect policy).
+            raise InvalidArgument(f"invalid signaling URL {redact_url(url)!r}: {exc}") from None
         kwargs: dict[str, Any] = {}
         if parts.scheme == "wss" and self._ssl is not None:
             kwargs["ssl"] = self._ssl
@@ -374,7 +460,9 @@ class SignalingClient:
             body = exc.response.body.decode("utf-8", "replace") if exc.response.body else ""
             raise HandshakeRejected(exc.response.status_code, body) from None
         except websockets.InvalidURI:
-            raise SignalingError(f"invalid signaling URL {redact_url(url)!r}") from None
+            raise InvalidArgument(
+                f"invalid signaling URL {redact_url(url)!r}; check the endpoint or the signer"
+            ) from None
         except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
             raise SignalingError(
                 f"could not open the signaling connection to {parts.hostname}: {exc}"
@@ -387,35 +475,67 @@ class SignalingClient:
         if invalidate is not None and refresh is not Refresh.URL:
             invalidate(refresh)
 
-    def _note_failure(self, exc: BaseException) -> None:
+    def _note_failure(self, exc: BaseException, decision: Decision, *, final: bool) -> None:
         self.stats.failed_attempts += 1
         self.stats.last_error = str(exc)
-        logger.warning("signaling connect failed (%s): %s", self.role, exc)
+        if self.stats.retrying_since is None:
+            self.stats.retrying_since = time.time()
+        attempts = self._policy.attempts
+        if final:
+            logger.error(
+                "signaling (%s) gives up after %d attempts: %s (%s)",
+                self.role,
+                attempts,
+                exc,
+                decision.hint,
+            )
+        elif attempts <= 3 or attempts % 10 == 0:
+            # A device waiting for its network for hours must not fill the log.
+            logger.warning(
+                "signaling connect failed (%s, attempt %d, %s): %s; retrying in %.1f s",
+                self.role,
+                attempts,
+                decision.failure.value,
+                exc,
+                decision.delay,
+            )
+        else:
+            logger.info("signaling connect failed (%s, attempt %d): %s", self.role, attempts, exc)
 
-    async def _first_connect(self) -> _Connection:
-        delays = backoff(base=self._backoff[0], cap=self._backoff[1], rng=self._rng)
-        for attempt in range(1, self._first_attempts + 1):
+    async def _pause(self, delay: float) -> None:
+        """Sleep ``delay`` seconds, or less if close() is called meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), delay)
+
+    async def _connect_loop(self, refresh: Refresh, *, first: bool = False) -> _Connection | None:
+        """Open a connection as the policy says; None when close() was called meanwhile.
+
+        Raises:
+            The exception of the failure that ends the run (policy), or of the last attempt
+            when ``first_connect_attempts`` ran out on the first connect.
+        """
+        self._refresh(refresh)
+        while not self._closing:
             try:
-                return await self._open()
-            except (AccessDenied, ChannelNotFound, InvalidArgument):
-                raise
-            except SignerError as exc:
-                if exc.status in (400, 401, 403, 404):
+                conn = await self._open()
+            except Exception as exc:  # every failure goes through the policy
+                decision = self._policy.failed(exc)
+                out_of_attempts = (
+                    first
+                    and self._first_attempts is not None
+                    and self._policy.attempts >= self._first_attempts
+                )
+                final = not decision.retry or out_of_attempts
+                self._note_failure(exc, decision, final=final)
+                if final:
                     raise
-                self._note_failure(exc)
-                last: BaseException = exc
-            except HandshakeRejected as exc:
-                self._note_failure(exc)
-                if exc.status in (403, 404):
-                    raise  # a configuration problem: tell the user now
-                self._refresh(decide(exc, attempt=attempt).refresh)
-                last = exc
-            except Exception as exc:  # network, provider: retried, then raised
-                self._note_failure(exc)
-                last = exc
-            if attempt < self._first_attempts:
-                await asyncio.sleep(next(delays))
-        raise last
+                self._refresh(decision.refresh)
+                await self._pause(decision.delay)
+                continue
+            self._policy.succeeded(stable=False)
+            self.stats.retrying_since = None
+            return conn
+        return None
 
     async def _install(self, conn: _Connection, *, reconnect: bool) -> None:
         self._current = conn
@@ -453,13 +573,15 @@ class SignalingClient:
                 if isinstance(event, GoAway):
                     self.stats.go_aways += 1
                     conn.go_away.set()
+                if self._take_probe(event):
+                    continue
                 for ready in self._candidates.receive(event):
                     await self._emit(ready)
         except websockets.ConnectionClosed:
             pass
 
     async def _run(self) -> None:
-        """Keep a connection open until close(); reconnect per :func:`reconnect.decide`."""
+        """Keep a connection open until close(); reconnect per :mod:`kvs_peer.reconnect`."""
         try:
             while not self._closing:
                 conn = self._current
@@ -467,7 +589,7 @@ class SignalingClient:
                 why = await self._wait_for_end(conn)
                 if why == "replace":
                     # GO_AWAY or connection cap: make before break.
-                    new = await self._reconnect_loop(
+                    new = await self._connect_loop(
                         Refresh.ENDPOINT if conn.go_away.is_set() else Refresh.URL
                     )
                     if new is None:
@@ -490,24 +612,38 @@ class SignalingClient:
                 )
                 await self._emit(Disconnected(code, reason, will))
                 if not will:
-                    self._terminal = SignalingClosed(
-                        f"signaling connection closed (code {code} {reason})".strip(),
-                        code=code,
-                        reason=reason,
+                    self._end(
+                        SignalingClosed(
+                            f"signaling connection closed (code {code} {reason})".strip(),
+                            code=code,
+                            reason=reason,
+                        )
                     )
-                    self._closing = True
-                    self._events.put_nowait(_CLOSED)
                     return
-                new = await self._reconnect_loop(Refresh.URL)
+                if time.monotonic() - conn.opened_at >= STABLE_AFTER:
+                    self._policy.succeeded()
+                else:
+                    # Accepted and dropped at once: back off as after a failure.
+                    await self._pause(self._policy.failed(None).delay)
+                new = await self._connect_loop(Refresh.URL)
                 if new is None:
                     return
                 await self._install(new, reconnect=True)
         except asyncio.CancelledError:
             raise
+        except KvsPeerError as exc:  # the policy ended the run: a person must act
+            self._end(exc)
         except Exception as exc:  # a bug: make it visible rather than hang the iterator
             logger.exception("signaling client failed")
-            self._terminal = SignalingError(f"signaling client failed: {exc}")
-            self._events.put_nowait(_CLOSED)
+            self._end(SignalingError(f"signaling client failed: {exc}"))
+
+    def _end(self, error: BaseException) -> None:
+        """Stop for good: iterators (and so the peer's ``wait_closed()``) raise ``error``."""
+        self._terminal = error
+        self._closing = True
+        self._stop.set()
+        self._connected.clear()
+        self._events.put_nowait(_CLOSED)
 
     async def _wait_for_end(self, conn: _Connection) -> str:
         assert conn.reader is not None
@@ -530,24 +666,3 @@ class SignalingClient:
             return "replace"
         await conn.reader
         return "closed"
-
-    async def _reconnect_loop(self, refresh: Refresh) -> _Connection | None:
-        self._refresh(refresh)
-        delays = backoff(base=self._backoff[0], cap=self._backoff[1], rng=self._rng)
-        attempt = 0
-        while not self._closing:
-            try:
-                return await self._open()
-            except Exception as exc:  # every failure goes through the policy
-                attempt += 1
-                self._note_failure(exc)
-                decision = decide(exc, attempt=attempt)
-                if not decision.retry:
-                    self._terminal = exc
-                    self._closing = True
-                    self._connected.clear()
-                    self._events.put_nowait(_CLOSED)
-                    return None
-                self._refresh(decision.refresh)
-                await asyncio.sleep(next(delays))
-        return None

@@ -20,7 +20,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import av
@@ -29,12 +29,16 @@ from aiortc.mediastreams import MediaStreamError
 
 from ._tasks import invoke
 from .access import ChannelAccess
-from .errors import InvalidArgument, InvalidState, KvsPeerError, SessionError
+from .errors import InvalidArgument, InvalidState, KvsPeerError, MediaError, SessionError
+from .gathering import BackgroundGathering, without_end_of_candidates
+from .metrics.rtcp import count_rtcp
 from .peer import SignalingPeer
 from .protocol import GoAway, IceCandidate, ReconnectIceServer, Role, SdpAnswer, StatusResponse
 from .reconnect import Refresh
+from .sdp import for_kvs_peers
 from .session import (
     RemoteCandidates,
+    RemoteDtls,
     enable_loopback_candidates,
     rtc_configuration,
     split_mdns_candidates,
@@ -47,6 +51,13 @@ logger = logging.getLogger(__name__)
 
 OFFER_RETRY = 2.0
 """Seconds before trying again after an offer could not be made (signer, control plane)."""
+
+VIDEO_STALL = 2.0
+"""Seconds without a frame after which video counts as stopped (three frame intervals of a
+slower source, if longer)."""
+
+_CHANNEL_POLL = 0.02
+"""Seconds between checks whether aiortc has sent the data channel's OPEN."""
 
 FrameCallback = Callable[[av.VideoFrame], Any]
 
@@ -71,6 +82,20 @@ class ViewerStats:
     last_frame_at: float | None = None
     peer_reconnects: int = 0
     messages_received: int = 0
+    first_offer_at: float | None = None
+    signaling_connected_at: float | None = None
+    """When signaling first connected (``time.monotonic()``, as every ``*_at`` here)."""
+    first_answer_at: float | None = None
+    answers_received: int = 0
+    offer_error: str | None = None
+    """Why the latest offer could not be sent (signer, control plane), or None."""
+    lost_at: float | None = None
+    """When a peer connection last failed or was closed by the master."""
+    lost_state: str | None = None
+    """That connection's state: ``failed`` or ``closed``."""
+    video_gaps: list[tuple[float, float]] = field(default_factory=list)
+    """Pauses in the video: (seconds after start, length in seconds), each longer than
+    :meth:`stall_seconds`."""
 
     @property
     def time_to_first_frame(self) -> float | None:
@@ -87,6 +112,51 @@ class ViewerStats:
         span = (end or self.first_frame_at) - self.first_frame_at
         return (self.frames_received - 1) / span if span > 0 else 0.0
 
+    def stall_seconds(self) -> float:
+        """How long without a frame counts as stopped video: :data:`VIDEO_STALL`, or three
+        frame intervals of a source slower than that."""
+        interval = 1 / self.fps() if self.fps() > 0 else 0.0
+        return max(VIDEO_STALL, 3 * interval)
+
+    def video_problem(self, now: float | None = None) -> str | None:
+        """Why video is not flowing at ``now`` (default: the current time), or None if it is.
+
+        The viewer only sees its own side: a master that is not connected and one that
+        refuses the viewer (at its viewer limit) look the same, an offer nobody answers.
+        """
+        now = time.monotonic() if now is None else now
+        if self.last_frame_at is not None:
+            silent = now - self.last_frame_at
+            if silent <= self.stall_seconds():
+                return None
+            if self.lost_at is not None and self.lost_at >= self.last_frame_at - VIDEO_STALL:
+                cause = f"the peer connection {self.lost_state}: the master left or the network "
+                cause += "dropped"
+            else:
+                cause = "the master stopped sending video"
+            return (
+                f"video stopped {self.last_frame_at - self.started_at:.1f} s into the run, "
+                f"{silent:.1f} s before its end ({cause})"
+            )
+        if self.first_offer_at is None:
+            if self.offer_error is not None:
+                return f"no video: no offer could be sent ({self.offer_error})"
+            return "no video: no offer was sent (signaling did not connect in time)"
+        waited = now - self.first_offer_at
+        if self.answers_received == 0:
+            offers = f"{self.offers_sent} offer{'s' if self.offers_sent != 1 else ''}"
+            return (
+                f"no video: no answer from a master within {waited:.0f} s ({offers} sent): no "
+                "master is connected to the channel, or it refused this viewer (at its viewer "
+                "limit); start the master, or check how many viewers it serves"
+            )
+        if self.connected_at is None:
+            return (
+                f"no video: the master answered but no connection came up within {waited:.0f} s: "
+                "no network path between the two (firewall, NAT); a TURN server may help"
+            )
+        return "no video: connected, but the master sent no video (does it stream video?)"
+
 
 class Viewer(SignalingPeer):
     """Connect as VIEWER, offer to receive media, and consume what arrives.
@@ -100,11 +170,17 @@ class Viewer(SignalingPeer):
             or hand work to a thread: it runs on the event loop).
         on_message: callback for data-channel messages.
         recorder: a sink with ``write_video(frame)``/``write_audio(frame)`` and ``close()``,
-            e.g. :class:`kvs_peer.media.recorder.Recorder`.
+            e.g. :class:`kvs_peer.media.recorder.Recorder`; its ``start()``, if any, runs
+            before signaling connects (a bad path fails at once). When it fails (raises, or
+            sets its ``error``) the viewer stops: :meth:`wait_closed` raises
+            :class:`~kvs_peer.errors.MediaError`, :meth:`frames` ends, and :meth:`close`
+            raises it if nobody waited.
         frame_queue: frames kept for :meth:`frames` consumers; older ones are dropped.
         reconnect: send a new offer when the peer connection fails.
         connect_timeout: seconds an offer may take to connect before a new one is sent.
         loopback_candidates: also gather 127.0.0.1 host candidates (hosts with only ``lo``).
+        relay_only: gather and use TURN relay candidates only (ICE transport policy
+            ``relay``); the channel's ICE configuration must include a TURN server.
         signaling: extra keyword arguments for :class:`~kvs_peer.signaling.SignalingClient`.
     """
 
@@ -122,6 +198,7 @@ class Viewer(SignalingPeer):
         reconnect: bool = True,
         connect_timeout: float = 30.0,
         loopback_candidates: bool = False,
+        relay_only: bool = False,
         signaling: Mapping[str, Any] | None = None,
     ) -> None:
         if access.role is not Role.VIEWER:
@@ -142,7 +219,9 @@ class Viewer(SignalingPeer):
         self._queues: list[asyncio.Queue[av.VideoFrame | None]] = []
         self._reconnect = reconnect
         self._connect_timeout = connect_timeout
-        self._loopback = loopback_candidates
+        # The loopback hook adds a host address even where the relay policy asks for none.
+        self._loopback = loopback_candidates and not relay_only
+        self._relay_only = relay_only
         super().__init__(
             SignalingClient(
                 access, role=Role.VIEWER, client_id=access.client_id, **dict(signaling or {})
@@ -151,18 +230,47 @@ class Viewer(SignalingPeer):
         self.pc: RTCPeerConnection | None = None
         self.channel: Any = None
         self._candidates: RemoteCandidates | None = None
+        self._gathering: BackgroundGathering | None = None
+        self._dtls: RemoteDtls | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._offer_lock = asyncio.Lock()
         self._first_frame = asyncio.Event()
         self._connected_event = asyncio.Event()
         self.stats = ViewerStats()
+        self.error: KvsPeerError | None = None
+        """Why the viewer stopped on its own (its recording failed), or None."""
+        self.end_reason: str | None = None
+        """The same in words, or None."""
+        self._error_raised = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect to signaling; the first offer goes out once it is connected."""
+        """Start the recorder, connect to signaling; the first offer goes out once connected.
+
+        Raises:
+            MediaError: the recorder cannot write where it should (checked before connecting).
+        """
+        start_recorder = getattr(self.recorder, "start", None)
+        if start_recorder is not None:
+            result = start_recorder()
+            if inspect.isawaitable(result):
+                await result
         self.stats.started_at = time.monotonic()
         await super().start()
+
+    async def wait_closed(self) -> None:
+        """Wait until the viewer stops: :meth:`close`, signaling gave up for good, or the
+        recording failed (the viewer then stops by itself: :attr:`error`, :attr:`end_reason`).
+
+        Raises:
+            SignalingError: why signaling gave up.
+            MediaError: the recording failed (disk full, folder removed, ...).
+        """
+        await super().wait_closed()
+        if self.error is not None:
+            self._error_raised = True
+            raise self.error
 
     async def _release(self) -> None:
         if self._watchdog is not None:
@@ -170,10 +278,20 @@ class Viewer(SignalingPeer):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watchdog
         await self._close_pc()
+        self._end_frames()
         if self.recorder is not None:
-            result = self.recorder.close()
-            if inspect.isawaitable(result):
-                await result
+            try:
+                result = self.recorder.close()
+                if inspect.isawaitable(result):
+                    await result
+            except KvsPeerError as exc:
+                self.error = self.error or exc
+        # A failed recording is raised once: by wait_closed() if the caller waited, else here.
+        if self.error is not None and not self._error_raised:
+            self._error_raised = True
+            raise self.error
+
+    def _end_frames(self) -> None:
         for queue in self._queues:
             if queue.full():  # make room: the end marker must get through
                 queue.get_nowait()
@@ -184,6 +302,12 @@ class Viewer(SignalingPeer):
         await asyncio.wait_for(self._first_frame.wait(), timeout)
         assert self.stats.time_to_first_frame is not None
         return self.stats.time_to_first_frame
+
+    @property
+    def connection_state(self) -> str:
+        """new, connecting, connected, failed or closed: the peer connection's state, but
+        ``connected`` only once the master's DTLS accepted us too."""
+        return self._dtls.state if self._dtls is not None else "new"
 
     async def wait_connected(self, timeout: float = 30.0) -> None:
         """Wait until the peer connection is connected."""
@@ -213,12 +337,18 @@ class Viewer(SignalingPeer):
     async def _close_pc(self) -> None:
         pc, self.pc = self.pc, None
         candidates, self._candidates = self._candidates, None
+        gathering, self._gathering = self._gathering, None
+        if gathering is not None:
+            await gathering.close()
         self.channel = None
         if candidates is not None:
             await candidates.close()
         if pc is not None:
             with contextlib.suppress(Exception):
-                await pc.close()
+                # Shielded: a cancelled second close() cancels the future aiortc's own
+                # close() (started when a connection fails) resolves, which then raises
+                # InvalidStateError in a task nobody awaits.
+                await asyncio.shield(pc.close())
 
     async def _offer(self) -> None:
         """Create a fresh peer connection and send its offer, one offer at a time.
@@ -232,6 +362,7 @@ class Viewer(SignalingPeer):
             except KvsPeerError as exc:
                 if self._closed:
                     return
+                self.stats.offer_error = str(exc)
                 logger.warning(
                     "viewer %s: offer failed (%s); trying again in %g s",
                     self.client_id,
@@ -250,12 +381,35 @@ class Viewer(SignalingPeer):
     async def _offer_locked(self) -> None:
         await self._close_pc()
         self._connected_event.clear()
-        ice = await self.access.ice_config()
-        pc = RTCPeerConnection(
-            rtc_configuration(ice.servers, transport_policy=ice.transport_policy)
+        ice_config = asyncio.ensure_future(self.access.ice_config())
+        ice_config.add_done_callback(lambda task: task.cancelled() or task.exception())
+        await asyncio.sleep(0)  # a cached configuration (a signer's always is) is ready now
+        relay = self._relay_only or (
+            ice_config.done()
+            and ice_config.exception() is None
+            and ice_config.result().transport_policy == "relay"
         )
+        gathering = None
+        if relay:
+            pc = RTCPeerConnection(
+                rtc_configuration((await ice_config).servers, transport_policy="relay")
+            )
+        else:
+            # Host candidates in the offer, STUN/TURN ones trickled after it: neither
+            # GetIceServerConfig nor a TURN server that does not answer holds the offer up.
+            pc = RTCPeerConnection(rtc_configuration(()))
+            gathering = BackgroundGathering(
+                pc,
+                ice_config,
+                lambda line, mid, index: self.signaling.send_ice_candidate(
+                    line, sdp_mid=mid, sdp_mline_index=index
+                ),
+                label=f"viewer {self.client_id}",
+            )
         self.pc = pc
+        self._gathering = gathering
         self._candidates = RemoteCandidates(pc, label=f"viewer {self.client_id}")
+        dtls = self._dtls = RemoteDtls(pc)
         if self._want_video:
             pc.addTransceiver("video", direction="recvonly")
         if self._want_audio:
@@ -267,6 +421,14 @@ class Viewer(SignalingPeer):
         def on_track(track: MediaStreamTrack) -> None:
             self._tasks.spawn(self._consume(track), f"consume-{track.kind}")
 
+        def mark_connected() -> None:
+            # Both ends must be up: aiortc's state alone says nothing of the master's DTLS.
+            if pc is self.pc and dtls.connected and not self._connected_event.is_set():
+                self.stats.connected_at = time.monotonic()
+                self._connected_event.set()
+
+        dtls.on_confirmed = mark_connected
+
         @pc.on("connectionstatechange")
         async def on_state() -> None:
             if pc is not self.pc:
@@ -274,18 +436,30 @@ class Viewer(SignalingPeer):
             state = pc.connectionState
             logger.info("viewer %s: peer connection %s", self.client_id, state)
             if state == "connected":
-                self.stats.connected_at = time.monotonic()
-                self._connected_event.set()
+                mark_connected()
             elif state in ("failed", "closed"):
+                self.stats.lost_at, self.stats.lost_state = time.monotonic(), state
                 # "closed" here means the master ended the session (DTLS close), e.g. it
                 # restarted: offer again so a new master picks us up.
                 self._reoffer(f"peer connection {state}")
 
         if self._loopback:
             enable_loopback_candidates(pc)
+        dtls.attach()
+        count_rtcp(pc)  # NACK and PLI counts for metrics (RTCP only)
+        if gathering is not None:
+            gathering.prepare()
         await pc.setLocalDescription(await pc.createOffer())
-        await self.signaling.send_offer(pc.localDescription.sdp)
+        sdp = for_kvs_peers(pc.localDescription.sdp)
+        if gathering is not None:
+            sdp = without_end_of_candidates(sdp)
+        await self.signaling.send_offer(sdp)
+        if gathering is not None:
+            gathering.described(sdp)
         self.stats.offers_sent += 1
+        self.stats.offer_error = None
+        if self.stats.first_offer_at is None:
+            self.stats.first_offer_at = time.monotonic()
         logger.info("viewer %s: offer sent", self.client_id)
         self._arm_watchdog(pc, self._connect_timeout)
 
@@ -298,11 +472,12 @@ class Viewer(SignalingPeer):
         await asyncio.sleep(delay)
         if pc is None:
             self._reoffer("retrying a failed offer")
-        elif pc is self.pc and pc.connectionState != "connected":
+        elif pc is self.pc and self.connection_state != "connected":
             self._reoffer(f"not connected after {delay:g} s")
 
     def _setup_channel(self, channel: Any) -> None:
         self.channel = channel
+        self._tasks.spawn(self._open_on_send(channel), "data-channel-open")
 
         @channel.on("message")
         def on_message(message: str | bytes) -> None:
@@ -312,11 +487,31 @@ class Viewer(SignalingPeer):
                     invoke(self._on_message, message, what="on_message"), "on-message"
                 )
 
+    async def _open_on_send(self, channel: Any) -> None:
+        """Count the channel open once its DATA_CHANNEL_OPEN is sent, as browsers do.
+
+        aiortc waits for the master's DATA_CHANNEL_ACK, which the KVS C SDK (v1.14 and
+        earlier, in most cameras) never sends: the channel would stay ``connecting`` forever.
+        RFC 8832 (section 6) lets the opener send right after the OPEN, and the OPEN travels
+        first on the same ordered stream. aiortc assigns the stream id in the same step as it
+        sends the OPEN, so an id means the OPEN is out; a later ACK changes nothing.
+        """
+        while channel is self.channel and channel.readyState == "connecting":
+            if channel.id is not None:
+                # aiortc has no public way to open a channel; this touches this one only.
+                channel._setReadyState("open")
+                logger.debug("viewer %s: data channel open (OPEN sent)", self.client_id)
+                return
+            await asyncio.sleep(_CHANNEL_POLL)
+
     async def _on_answer(self, answer: SdpAnswer) -> None:
         pc = self.pc
         if pc is None or pc.signalingState != "have-local-offer":
             logger.debug("ignoring an answer with no offer outstanding")
             return
+        self.stats.answers_received += 1
+        if self.stats.first_answer_at is None:
+            self.stats.first_answer_at = time.monotonic()
         sdp, mdns_candidates = split_mdns_candidates(answer.sdp)
         if self._candidates is not None:
             for event in mdns_candidates:
@@ -331,9 +526,10 @@ class Viewer(SignalingPeer):
     async def _handle(self, event: SignalingEvent) -> None:
         match event:
             case Connected(reconnect=False):
+                self.stats.signaling_connected_at = time.monotonic()
                 await self._offer()
             case Connected(reconnect=True):
-                if self.pc is None or self.pc.connectionState != "connected":
+                if self.pc is None or self.connection_state != "connected":
                     await self._offer()
             case SdpAnswer():
                 await self._on_answer(event)
@@ -363,8 +559,7 @@ class Viewer(SignalingPeer):
             now = time.monotonic()
             if track.kind == "audio":
                 self.stats.audio_frames_received += 1
-                if self.recorder is not None:
-                    self.recorder.write_audio(frame)
+                self._record(frame, audio=True)
                 continue
             stats = self.stats
             if stats.first_frame_at is None:
@@ -375,11 +570,18 @@ class Viewer(SignalingPeer):
                     self.client_id,
                     (now - stats.started_at) * 1000,
                 )
+            elif stats.last_frame_at is not None and (
+                now - stats.last_frame_at > stats.stall_seconds()
+            ):
+                stats.video_gaps.append(
+                    (stats.last_frame_at - stats.started_at, now - stats.last_frame_at)
+                )
             stats.frames_received += 1
             stats.last_frame_at = now
             stats.width, stats.height = frame.width, frame.height
-            if self.recorder is not None:
-                self.recorder.write_video(frame)
+            self._record(frame, audio=False)
+            if self.error is not None:
+                return  # stopped: frames() consumers have seen the end
             for queue in self._queues:
                 if queue.full():
                     with contextlib.suppress(asyncio.QueueEmpty):
@@ -387,3 +589,34 @@ class Viewer(SignalingPeer):
                 queue.put_nowait(frame)
             if self._on_frame is not None:
                 await invoke(self._on_frame, frame, what="on_frame")
+
+    def _record(self, frame: av.VideoFrame | av.AudioFrame, *, audio: bool) -> None:
+        """Hand a frame to the recorder; a failed recording stops the viewer.
+
+        A viewer asked to record is useless once the recording fails (disk full, folder
+        removed): running on would look fine while nothing is kept.
+        """
+        recorder = self.recorder
+        if recorder is None or self.error is not None:
+            return
+        try:
+            if audio:
+                recorder.write_audio(frame)
+            else:
+                recorder.write_video(frame)
+            failure: BaseException | None = getattr(recorder, "error", None)
+        except Exception as exc:  # a user's sink: whatever it raises ends the recording
+            failure = exc
+        if failure is None:
+            return
+        where = getattr(recorder, "path", None)
+        self.error = MediaError(
+            f"recording{f' to {where}' if where else ''} failed: {failure}; "
+            "check the free space and that the folder still exists"
+        )
+        self.error.__cause__ = failure
+        self.end_reason = f"the recording failed: {failure}"
+        logger.warning("viewer %s stops: %s", self.client_id, self.end_reason)
+        self._end_frames()
+        if self._runner is not None:
+            self._runner.cancel()  # wait_closed() raises self.error; close() releases the rest

@@ -54,6 +54,8 @@ async def test_viewer_receives_advancing_frames(master: Master, resolver: Channe
     async with viewer_for(resolver, "v1", on_frame=check.add) as viewer:
         ttff = await viewer.wait_first_frame(timeout=15)
         await wait_until(lambda: check.frames >= 30)
+        # Counted once the viewer's first RTCP proves its DTLS is up too (session.RemoteDtls).
+        await master.wait_for_viewers(1, timeout=5)
     check.assert_ok(min_frames=30, size=(320, 240), max_gap_s=1.0)
     assert check.counters_advanced >= 25
     assert ttff < 5.0
@@ -306,10 +308,11 @@ async def test_master_survives_a_failing_control_plane_call(
             AwsAccess(own, CHANNEL, Role.VIEWER, client_id="unlucky"), connect_timeout=2
         )
         async with viewer:
-            # the first offer is lost to the failure; the viewer offers again and gets video
+            # The master answers at once with host candidates (STUN/TURN ones are gathered
+            # after the answer, kvs_peer.gathering), so the failure costs no offer.
             await viewer.wait_first_frame(timeout=20)
-        assert viewer.stats.offers_sent >= 2
-    assert "could not handle SdpOffer" in caplog.text
+        assert viewer.stats.offers_sent == 1
+    assert "no STUN/TURN candidates (GetIceServerConfig" in caplog.text
     assert not master._runner.done()
 
 

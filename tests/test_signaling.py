@@ -17,7 +17,6 @@ from kvs_peer.errors import (
     InvalidArgument,
     ServiceError,
     SignalingClosed,
-    SignalingError,
 )
 from kvs_peer.protocol import IceCandidate, Role, SdpAnswer, SdpOffer, StatusResponse
 from kvs_peer.signaling import Connected, Disconnected, SignalingClient
@@ -242,15 +241,17 @@ async def test_deleted_channel_gives_404(kvs: LocalKvs, resolver: ChannelResolve
     kvs.create_channel("gone")
     access = AwsAccess(resolver, "gone", Role.MASTER)
     url = await access()
-    kvs.fail_next_connects("gone", 404)
+    kvs.fail_next_connects("gone", 404, count=3)
 
     async def same() -> str:
         return url
 
+    client = SignalingClient(same, role=Role.MASTER, **FAST)
     with pytest.raises(HandshakeRejected) as info:
-        await SignalingClient(same, role=Role.MASTER).connect()
+        await client.connect()
     assert info.value.status == 404
     assert "channel" in str(info.value)
+    assert client.stats.failed_attempts == 3  # one 404 is retried after re-describing
 
 
 async def test_transient_refusals_are_retried(
@@ -345,9 +346,10 @@ async def test_bad_provider_url_never_leaks_the_signature(
     async def https_instead() -> str:
         return (await access()).replace("ws://", "https://", 1)
 
-    client = SignalingClient(https_instead, role=Role.MASTER, first_connect_attempts=1)
-    with pytest.raises(SignalingError) as info:
+    client = SignalingClient(https_instead, role=Role.MASTER)
+    with pytest.raises(InvalidArgument) as info:  # a configuration error: no retry
         await client.connect()
+    assert client.stats.failed_attempts == 1
     signature = (await access()).split("X-Amz-Signature=")[1].split("&")[0]
     assert "not a ws:// or wss:// URL" in str(info.value)
     assert signature not in str(info.value)

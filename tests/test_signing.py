@@ -18,19 +18,22 @@ import string
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, RefreshableCredentials
+from multidict import CIMultiDict
 
 from kvs_peer.errors import InvalidArgument, KvsPeerError, SignatureError
 from kvs_peer.signing import (
     CHANNEL_ARN_PARAM,
     CLIENT_ID_PARAM,
     DEFAULT_EXPIRES,
+    canonical_netloc,
     master_url,
+    normalize_endpoint,
     presign_url,
     redact_url,
     validate_channel_arn,
@@ -307,6 +310,15 @@ def _random_case(rng: random.Random) -> dict[str, Any]:
     }
 
 
+def _without_default_port(endpoint: str) -> str:
+    scheme, rest = endpoint.split("://", 1)
+    host, slash, tail = rest.partition("/")
+    default = {"wss": ":443", "ws": ":80"}[scheme]
+    if host.endswith(default):
+        host = host[: -len(default)]
+    return f"{scheme}://{host}{slash}{tail}"
+
+
 def test_presign_matches_oracle_for_random_inputs() -> None:
     rng = random.Random(20191201)
     for _ in range(1000):
@@ -331,7 +343,9 @@ def test_presign_matches_oracle_for_random_inputs() -> None:
             service=case["service"],
             now=case["when"],
         )
-        assert url == oracle_presign(**case), case
+        # kvs-peer drops a default port (wss 443, ws 80) where the JS SDK signs it verbatim.
+        expected = dict(case, endpoint=_without_default_port(case["endpoint"]))
+        assert url == oracle_presign(**expected), case
 
         verified = verify_presigned_url(
             url,
@@ -869,10 +883,21 @@ def test_verify_duplicate_param(name: str) -> None:
     assert name in str(error)
 
 
-@pytest.mark.parametrize("value", ["host%3Bx-amz-date", "x-amz-date", "content-type%3Bhost"])
-def test_verify_unsupported_signed_headers(value: str) -> None:
-    error = _refused(_replace_param(_viewer(), "X-Amz-SignedHeaders", value), "unsupported")
-    assert "host" in str(error)
+@pytest.mark.parametrize(
+    ("value", "hint"),
+    [
+        ("host%3Bx-amz-date", "x-amz-date is missing"),
+        ("content-type%3Bhost", "content-type is missing"),
+        ("x-amz-date", "must include host"),
+        ("Host", "lowercase"),
+        ("host%3B", "lowercase"),
+        ("x-amz-date%3Bhost", "sorted"),
+        ("host%3Bhost", "repeats"),
+    ],
+)
+def test_verify_bad_or_unsent_signed_headers(value: str, hint: str) -> None:
+    error = _refused(_replace_param(_viewer(), "X-Amz-SignedHeaders", value), "malformed")
+    assert hint in str(error)
 
 
 def test_verify_unsupported_algorithm() -> None:
@@ -1168,3 +1193,465 @@ def test_verify_rejects_a_non_hex_signature_cleanly() -> None:
     with pytest.raises(_SignatureError) as info:
         _verify(bad, secrets={"AK": "SK"}, now=now)
     assert info.value.reason == "malformed"
+
+
+# --------------------------------------------------------------------------------------------
+# Exactly the headers SignedHeaders names, from any client
+#
+# spec_* below is a second, header-capable SigV4 written from the AWS IAM guide ("Create a
+# signed AWS API request") with hashlib/hmac only: the verifier must accept what it signs,
+# including headers botocore would never sign (user-agent, as the C SDK does).
+
+C_SDK_USER_AGENT = "AWS-WEBRTC-KVS-AGENT/1.14.0/1.5.4"
+AMZ_DATE = DATE.strftime("%Y%m%dT%H%M%SZ")
+
+
+def _spec_path(raw_path: str) -> str:
+    # Non-S3 services: each segment of the (already encoded) path is URI-encoded again.
+    return "/".join(_uri_encode(segment) for segment in (raw_path or "/").split("/"))
+
+
+def _spec_query(raw_query: str, *, drop: str | None = None) -> str:
+    pairs = []
+    for item in filter(None, raw_query.split("&")):
+        key, _, value = item.partition("=")
+        key, value = unquote(key), unquote(value)
+        if key != drop:
+            pairs.append((_uri_encode(key), _uri_encode(value)))
+    return "&".join(f"{k}={v}" for k, v in sorted(pairs))
+
+
+def _spec_signature(
+    *,
+    method: str,
+    url: str,
+    headers: list[tuple[str, str]],
+    signed: list[str],
+    payload_hash: str,
+    amz_date: str = AMZ_DATE,
+    region: str = REGION,
+    service: str = "kinesisvideo",
+    secret_key: str = SECRET,
+    drop_param: str | None = None,
+) -> str:
+    parts = urlsplit(url)
+    canonical_headers = ""
+    for name in sorted(signed):
+        values = [v for k, v in headers if k.lower() == name]
+        canonical_headers += f"{name}:{','.join(re.sub(' +', ' ', v.strip()) for v in values)}\n"
+    canonical_request = "\n".join(
+        [
+            method,
+            _spec_path(parts.path),
+            _spec_query(parts.query, drop=drop_param),
+            canonical_headers,
+            ";".join(sorted(signed)),
+            payload_hash,
+        ]
+    )
+    scope = f"{amz_date[:8]}/{region}/{service}/aws4_request"
+    string_to_sign = "\n".join(
+        [
+            "AWS4-HMAC-SHA256",
+            amz_date,
+            scope,
+            hashlib.sha256(canonical_request.encode()).hexdigest(),
+        ]
+    )
+    key = f"AWS4{secret_key}".encode()
+    for part in (amz_date[:8], region, service, "aws4_request"):
+        key = _hmac(key, part)
+    return hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+
+
+def spec_sign(
+    method: str,
+    url: str,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    signed: list[str],
+    *,
+    payload_hash: str | None = None,
+) -> list[tuple[str, str]]:
+    """Sign with an Authorization header; returns ``headers`` plus it, as sent."""
+    signature = _spec_signature(
+        method=method,
+        url=url,
+        headers=headers,
+        signed=signed,
+        payload_hash=payload_hash or hashlib.sha256(body).hexdigest(),
+    )
+    credential = f"{AKID}/{AMZ_DATE[:8]}/{REGION}/kinesisvideo/aws4_request"
+    authorization = (
+        f"AWS4-HMAC-SHA256 Credential={credential}, "
+        f"SignedHeaders={';'.join(sorted(signed))}, Signature={signature}"
+    )
+    return [*headers, ("Authorization", authorization)]
+
+
+def spec_presign(url: str, headers: list[tuple[str, str]], signed: list[str], **kw: Any) -> str:
+    """Presign a GET ``url`` (it already carries its role parameters) over ``signed``."""
+    auth = {
+        "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
+        "X-Amz-Credential": f"{AKID}/{AMZ_DATE[:8]}/{REGION}/kinesisvideo/aws4_request",
+        "X-Amz-Date": AMZ_DATE,
+        "X-Amz-Expires": "299",
+        "X-Amz-SignedHeaders": ";".join(sorted(signed)),
+    }
+    url += "&" + "&".join(f"{k}={_uri_encode(v)}" for k, v in auth.items())
+    signature = _spec_signature(
+        method="GET",
+        url=url,
+        headers=headers,
+        signed=signed,
+        payload_hash=kw.pop("payload_hash", hashlib.sha256(b"").hexdigest()),
+        **kw,
+    )
+    return f"{url}&X-Amz-Signature={signature}"
+
+
+def _verify_post(
+    headers: Any, body: bytes = BODY, url: str = "https://127.0.0.1/describeSignalingChannel"
+) -> Any:
+    return verify_signed_request("POST", url, headers, body, secrets=SECRETS, now=DATE)
+
+
+def _refused_post(
+    headers: Any,
+    reason: str,
+    body: bytes = BODY,
+    url: str = "https://127.0.0.1/describeSignalingChannel",
+) -> str:
+    with pytest.raises(SignatureError) as info:
+        _verify_post(headers, body, url)
+    assert info.value.reason == reason, str(info.value)
+    message = str(info.value)
+    assert not HEX64.search(message) and SECRET not in message
+    return message
+
+
+C_SDK_URL = "https://127.0.0.1/createSignalingChannel"
+C_SDK_BODY = b'{"ChannelName":"c-sdk","ChannelType":"SINGLE_MASTER"}'
+
+
+def _c_sdk_request() -> list[tuple[str, str]]:
+    """A control-plane call as the KVS C SDK 1.14 sends it (kvs-signaling.md 5.1)."""
+    headers = [
+        ("Host", "127.0.0.1"),
+        ("User-Agent", C_SDK_USER_AGENT),
+        ("X-Amz-Date", AMZ_DATE),
+        ("Content-Type", "application/json"),
+    ]
+    signed = spec_sign("POST", C_SDK_URL, headers, C_SDK_BODY, ["host", "user-agent", "x-amz-date"])
+    # The C SDK adds its session token after signing, unsigned.
+    return [*signed, ("x-amz-security-token", "c-sdk-token")]
+
+
+def test_c_sdk_shaped_request_is_accepted() -> None:
+    headers = _c_sdk_request()
+    authorization = dict(headers)["Authorization"]
+    assert "SignedHeaders=host;user-agent;x-amz-date," in authorization
+    verified = _verify_post(headers, C_SDK_BODY, C_SDK_URL)
+    assert verified.access_key == AKID
+    assert verified.session_token == "c-sdk-token"
+    # botocore as a signer leaves user-agent out: recomputing its way cannot match the C SDK.
+    request = AWSRequest(method="POST", url=C_SDK_URL, data=C_SDK_BODY, headers=dict(headers))
+    request.context["timestamp"] = AMZ_DATE
+    auth = SigV4Auth(Credentials(AKID, SECRET), "kinesisvideo", REGION)
+    assert "user-agent" not in auth.signed_headers(auth.headers_to_sign(request))
+    botocore_way = auth.signature(
+        auth.string_to_sign(request, auth.canonical_request(request)), request
+    )
+    assert botocore_way not in authorization
+
+
+def test_c_sdk_shaped_request_tampered() -> None:
+    headers = _c_sdk_request()
+    changed = [(k, "curl/8.0" if k == "User-Agent" else v) for k, v in headers]
+    assert "does not match" in _refused_post(changed, "mismatch", C_SDK_BODY, C_SDK_URL)
+    dropped = [(k, v) for k, v in headers if k != "User-Agent"]
+    message = _refused_post(dropped, "malformed", C_SDK_BODY, C_SDK_URL)
+    assert "user-agent is missing" in message
+    _refused_post(headers, "mismatch", C_SDK_BODY + b" ", C_SDK_URL)
+    # An unsigned header changes nothing: Content-Type is not in SignedHeaders.
+    retyped = [(k, "text/plain" if k == "Content-Type" else v) for k, v in headers]
+    assert _verify_post(retyped, C_SDK_BODY, C_SDK_URL)
+
+
+# Headers as a client would send them: odd casing, repeated and untrimmed whitespace, a header
+# sent twice (values joined with ',' in received order).
+EXTRA_HEADERS = [
+    ("HOST", "127.0.0.1"),
+    ("user-AGENT", "  my-client/1.0   (linux;  x86_64)  "),
+    ("X-Amz-Date", AMZ_DATE),
+    ("content-type", "application/x-amz-json-1.1"),
+    ("X-AMZ-Security-Token", "tok+/="),
+    ("X-Custom", "one  two"),
+    ("x-custom", " three"),
+]
+EXTRA_SIGNED = [
+    "content-type",
+    "host",
+    "user-agent",
+    "x-amz-date",
+    "x-amz-security-token",
+    "x-custom",
+]
+
+
+def test_spec_signed_extra_headers_are_accepted() -> None:
+    headers = spec_sign("POST", CONTROL_URL, EXTRA_HEADERS, BODY, EXTRA_SIGNED)
+    url = CONTROL_URL
+    assert _verify_post(headers, url=url).session_token == "tok+/="
+    # Through a case-insensitive multidict (what aiohttp hands the emulator) too.
+    assert _verify_post(CIMultiDict(headers), url=url)
+    # Whitespace is canonicalized: a proxy re-spacing a value changes nothing.
+    respaced = [(k, " ".join(v.split()) if k == "user-AGENT" else v) for k, v in headers]
+    assert _verify_post(respaced, url=url)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason", "hint"),
+    [
+        (
+            lambda h: [(k, "my-client/2.0" if k == "user-AGENT" else v) for k, v in h],
+            "mismatch",
+            "",
+        ),
+        (lambda h: [(k, "two one" if v == "one  two" else v) for k, v in h], "mismatch", ""),
+        # Repeated values are ordered: swapping them is a different request.
+        (lambda h: [h[0], h[1], h[2], h[3], h[4], h[6], h[5], h[7]], "mismatch", ""),
+        (lambda h: [(k, v) for k, v in h if k != "x-custom"], "mismatch", ""),
+        (lambda h: [(k, v) for k, v in h if k.lower() != "x-custom"], "malformed", "x-custom"),
+        (lambda h: [(k, v) for k, v in h if k != "content-type"], "malformed", "content-type"),
+        (lambda h: [(k, v) for k, v in h if k != "HOST"], "malformed", "host"),
+        (lambda h: [*h, ("Host", "127.0.0.1")], "malformed", "more than one Host"),
+    ],
+)
+def test_spec_signed_extra_headers_tampered(change: Any, reason: str, hint: str) -> None:
+    headers = spec_sign("POST", CONTROL_URL, EXTRA_HEADERS, BODY, EXTRA_SIGNED)
+    assert hint in _refused_post(change(headers), reason, url=CONTROL_URL)
+
+
+def test_spec_signed_wrong_body_or_query() -> None:
+    url = CONTROL_URL + "?b=2&a=x+y&a=1&empty="
+    headers = spec_sign("POST", url, EXTRA_HEADERS, BODY, EXTRA_SIGNED)
+    assert _verify_post(headers, url=url).params["a"] in ("x+y", "1")
+    _refused_post(headers, "mismatch", url=url.replace("b=2", "b=3"))
+    _refused_post(headers, "mismatch", url=url.replace("x+y", "x%20y"))
+    _refused_post(headers, "mismatch", BODY + b"\n", url=url)
+    _refused_post(headers, "mismatch", b"", url=url)
+
+
+def test_spec_signed_double_encoded_path() -> None:
+    url = "https://127.0.0.1/my%20path/x"
+    headers = spec_sign("POST", url, EXTRA_HEADERS, BODY, EXTRA_SIGNED)
+    assert _verify_post(headers, url=url)
+    _refused_post(headers, "mismatch", url="https://127.0.0.1/my%2520path/x")
+
+
+class _SignsEverything(SigV4Auth):
+    """botocore as a signer that also signs user-agent (it leaves it out by default)."""
+
+    def headers_to_sign(self, request: AWSRequest) -> Any:
+        headers = super().headers_to_sign(request)
+        for name, value in request.headers.items():
+            if name.lower() == "user-agent":
+                headers["user-agent"] = value
+        return headers
+
+
+@pytest.mark.parametrize("signer", [SigV4Auth, _SignsEverything])
+def test_botocore_signed_extra_headers_are_accepted(signer: type[SigV4Auth]) -> None:
+    request = AWSRequest(
+        method="POST",
+        url=CONTROL_URL,
+        data=BODY,
+        headers={
+            "Content-Type": "application/x-amz-json-1.1",
+            "X-CuStOm-Header": "  a   b  c ",
+            "User-Agent": "Boto3/1.44 md/Botocore#1.44",
+        },
+    )
+    signer(Credentials(AKID, SECRET, "tok+/="), "kinesisvideo", REGION).add_auth(request)
+    headers = [*request.headers.items(), ("Host", "127.0.0.1:1234")]
+    authorization = request.headers["Authorization"]
+    assert "x-custom-header" in authorization and "x-amz-security-token" in authorization
+    assert ("user-agent" in authorization) is (signer is _SignsEverything)
+    signed_at = dt.datetime.strptime(request.headers["X-Amz-Date"], "%Y%m%dT%H%M%SZ")
+    now = signed_at.replace(tzinfo=dt.UTC)
+    verify = verify_signed_request
+    assert verify("POST", CONTROL_URL, headers, BODY, secrets=SECRETS, now=now)
+    retyped = [(k, "Boto3/2" if k == "User-Agent" else v) for k, v in headers]
+    if signer is _SignsEverything:
+        with pytest.raises(SignatureError, match="does not match"):
+            verify("POST", CONTROL_URL, retyped, BODY, secrets=SECRETS, now=now)
+    else:
+        assert verify("POST", CONTROL_URL, retyped, BODY, secrets=SECRETS, now=now)
+    with pytest.raises(SignatureError, match="x-custom-header is missing"):
+        verify("POST", CONTROL_URL, headers[:1] + headers[2:], BODY, secrets=SECRETS, now=now)
+
+
+def test_content_sha256_header_is_the_payload_hash_when_signed() -> None:
+    digest = hashlib.sha256(BODY).hexdigest()
+    base = [*EXTRA_HEADERS, ("X-Amz-Content-Sha256", digest)]
+    headers = spec_sign("POST", CONTROL_URL, base, BODY, [*EXTRA_SIGNED, "x-amz-content-sha256"])
+    assert _verify_post(headers)
+    message = _refused_post(headers, "mismatch", b"{}")
+    assert "x-amz-content-sha256" in message
+    # UNSIGNED-PAYLOAD is for presigned URLs only.
+    unsigned = [*EXTRA_HEADERS, ("X-Amz-Content-Sha256", "UNSIGNED-PAYLOAD")]
+    headers = spec_sign(
+        "POST",
+        CONTROL_URL,
+        unsigned,
+        BODY,
+        [*EXTRA_SIGNED, "x-amz-content-sha256"],
+        payload_hash="UNSIGNED-PAYLOAD",
+    )
+    assert "presigned" in _refused_post(headers, "unsupported")
+    # Not signed: the header is ignored and the body's own hash is used.
+    headers = spec_sign("POST", CONTROL_URL, EXTRA_HEADERS, BODY, EXTRA_SIGNED)
+    assert _verify_post([*headers, ("x-amz-content-sha256", "0" * 64)])
+
+
+@pytest.mark.parametrize(
+    ("signed", "hint"),
+    [
+        ("Host;x-amz-date", "lowercase"),
+        ("x-amz-date;host", "sorted"),
+        ("content-type;x-amz-date", "must include host"),
+        ("host;;x-amz-date", "lowercase"),
+    ],
+)
+def test_signed_headers_list_must_be_canonical(signed: str, hint: str) -> None:
+    headers = spec_sign("POST", CONTROL_URL, EXTRA_HEADERS, BODY, EXTRA_SIGNED)
+    bad = [
+        (k, re.sub(r"SignedHeaders=[^,]+", f"SignedHeaders={signed}", v))
+        if k == "Authorization"
+        else (k, v)
+        for k, v in headers
+    ]
+    assert hint in _refused_post(bad, "malformed")
+
+
+VIEWER_BASE = f"wss://127.0.0.1:8443/signaling/viewer?{CHANNEL_ARN_PARAM}={_uri_encode(ARN)}"
+
+
+def test_presigned_url_with_extra_signed_headers() -> None:
+    headers = [("Host", "127.0.0.1:8443"), ("User-Agent", "  cam/1.0  "), ("Origin", "x")]
+    url = spec_presign(f"{VIEWER_BASE}&{CLIENT_ID_PARAM}=v1", headers, ["host", "user-agent"])
+    received = [*headers, ("Upgrade", "websocket")]
+    verified = verify_presigned_url(url, secrets=SECRETS, headers=received, now=DATE)
+    assert verified.params[CLIENT_ID_PARAM] == "v1"
+    changed = [(k, "cam/2.0" if k == "User-Agent" else v) for k, v in received]
+    _refused(url, "mismatch", headers=changed)
+    error = _refused(url, "malformed", headers=[("Host", "127.0.0.1:8443")])
+    assert "user-agent is missing" in str(error)
+    # Without headers the URL's host stands for Host, and nothing else is known.
+    assert "user-agent" in str(_refused(url, "malformed"))
+
+
+def test_presigned_url_may_sign_unsigned_payload() -> None:
+    headers = [("Host", "127.0.0.1:8443")]
+    url = spec_presign(VIEWER_BASE, headers, ["host"], payload_hash="UNSIGNED-PAYLOAD")
+    assert verify_presigned_url(url, secrets=SECRETS, headers=headers, now=DATE)
+    url = spec_presign(VIEWER_BASE, headers, ["host"], payload_hash="f" * 64)
+    _refused(url, "mismatch", headers=headers)
+
+
+# --------------------------------------------------------------------------------------------
+# Default ports: one spelling for signing, verifying and connecting
+
+
+@pytest.mark.parametrize(
+    ("scheme", "netloc", "expected"),
+    [
+        ("wss", "127.0.0.1:443", "127.0.0.1"),
+        ("https", "Example.COM:443", "example.com"),
+        ("ws", "localhost:80", "localhost"),
+        ("http", "localhost:80", "localhost"),
+        ("WSS", "h:443", "h"),
+        ("ws", "127.0.0.1:443", "127.0.0.1:443"),
+        ("wss", "127.0.0.1:80", "127.0.0.1:80"),
+        ("wss", "h:8443", "h:8443"),
+        ("wss", "[::1]:443", "[::1]"),
+        ("ws", "[::1]:8080", "[::1]:8080"),
+        ("wss", "h", "h"),
+        ("ftp", "h:443", "h:443"),
+    ],
+)
+def test_canonical_netloc(scheme: str, netloc: str, expected: str) -> None:
+    assert canonical_netloc(scheme, netloc) == expected
+    assert (
+        normalize_endpoint(f"{scheme}://{netloc}/p?q=1") == f"{scheme.lower()}://{expected}/p?q=1"
+    )
+
+
+@pytest.mark.parametrize(
+    ("netloc", "hint"),
+    [
+        ("", "no host"),
+        (":443", "no host"),
+        ("h:x", "port"),
+        ("h:70000", "port"),
+        ("u@h", "user info"),
+    ],
+)
+def test_canonical_netloc_bad_input(netloc: str, hint: str) -> None:
+    with pytest.raises(InvalidArgument, match=hint):
+        canonical_netloc("wss", netloc)
+
+
+@pytest.mark.parametrize(("scheme", "port"), [("wss", 443), ("ws", 80)])
+def test_presign_with_and_without_default_port_is_identical(scheme: str, port: int) -> None:
+    plain = _viewer(endpoint=f"{scheme}://127.0.0.1/signaling/viewer")
+    explicit = _viewer(endpoint=f"{scheme}://127.0.0.1:{port}/signaling/viewer")
+    assert explicit == plain
+    assert plain.startswith(f"{scheme}://127.0.0.1/signaling/viewer?")
+    other = {"wss": 80, "ws": 443}[scheme]
+    assert f":{other}/" in _viewer(endpoint=f"{scheme}://127.0.0.1:{other}/signaling/viewer")
+    # Verified identically whichever way the URL and the Host header spell the host.
+    for url in (plain, plain.replace("127.0.0.1/", f"127.0.0.1:{port}/", 1)):
+        for host in ("127.0.0.1", f"127.0.0.1:{port}"):
+            headers = [("Host", host)]
+            assert verify_presigned_url(url, secrets=SECRETS, headers=headers, now=DATE)
+            assert verify_presigned_url(url, secrets=SECRETS, host=host, now=DATE)
+    _refused(plain, "mismatch", headers=[("Host", "127.0.0.1:8443")])
+
+
+def test_signature_over_an_explicit_default_port_still_verifies() -> None:
+    # A signer handed "wss://127.0.0.1:443" that signed the port verbatim (the JS SDK, or
+    # kvs-peer before issue 9), while its WebSocket library sent "Host: 127.0.0.1".
+    headers = [("Host", "127.0.0.1:443")]
+    url = spec_presign(
+        f"wss://127.0.0.1:443/signaling/master?{CHANNEL_ARN_PARAM}={_uri_encode(ARN)}",
+        headers,
+        ["host"],
+    )
+    for host in ("127.0.0.1", "127.0.0.1:443"):
+        assert verify_presigned_url(url, secrets=SECRETS, headers=[("Host", host)], now=DATE)
+    _refused(url, "mismatch", headers=[("Host", "127.0.0.1:4443")])
+    _refused(url.replace("wss://", "ws://", 1), "mismatch", headers=[("Host", "127.0.0.1")])
+
+
+@pytest.mark.parametrize(
+    ("url", "signed_host", "sent_host", "ok"),
+    [
+        ("https://127.0.0.1/x", "127.0.0.1:443", "127.0.0.1", True),
+        ("https://127.0.0.1/x", "127.0.0.1", "127.0.0.1:443", True),
+        ("http://127.0.0.1/x", "127.0.0.1:80", "127.0.0.1", True),
+        ("https://127.0.0.1/x", "127.0.0.1:80", "127.0.0.1", False),
+        ("https://127.0.0.1/x", "127.0.0.1:8443", "127.0.0.1", False),
+        ("http://127.0.0.1/x", "127.0.0.1:443", "127.0.0.1", False),
+    ],
+)
+def test_header_auth_default_port(url: str, signed_host: str, sent_host: str, ok: bool) -> None:
+    signed = spec_sign(
+        "POST", url, [("Host", signed_host), ("X-Amz-Date", AMZ_DATE)], BODY, ["host", "x-amz-date"]
+    )
+    sent = [("Host", sent_host) if k == "Host" else (k, v) for k, v in signed]
+    if ok:
+        assert _verify_post(sent, url=url)
+    else:
+        _refused_post(sent, "mismatch", url=url)

@@ -7,8 +7,8 @@
         kv = boto3.client("kinesisvideo", **kvs.boto3_kwargs())
 
 Parts: :mod:`.routing` (pure routing core), :mod:`.controlplane` (pure REST operations and
-channel registry), :mod:`.tls` (throw-away certificates) and :mod:`.server` (the aiohttp shell,
-:class:`LocalKvs`).
+channel registry), :mod:`.tls` (throw-away certificates), :mod:`.turn` (coturn as a child
+process) and :mod:`.server` (the aiohttp shell, :class:`LocalKvs`).
 """
 
 from .config import (
@@ -16,11 +16,13 @@ from .config import (
     DEFAULT_REGION,
     DEFAULT_SECRET_ACCESS_KEY,
     EmulatorConfig,
+    ice_servers_from_uris,
 )
 from .controlplane import IceServer
 from .routing import Presence, Takeover
 from .server import MASTER_PATH, VIEWER_PATH, LocalKvs
 from .tls import CertificateBundle, generate_certificate
+from .turn import TurnServer
 
 __all__ = [
     "DEFAULT_ACCESS_KEY_ID",
@@ -34,5 +36,7 @@ __all__ = [
     "LocalKvs",
     "Presence",
     "Takeover",
+    "TurnServer",
     "generate_certificate",
+    "ice_servers_from_uris",
 ]

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from ..errors import InvalidArgument
 from ..protocol import MAX_PAYLOAD_CHARS
 from .controlplane import IceServer
 from .routing import RouterConfig, Takeover
+from .turn import DEFAULT_TURN_PORT
 
 __all__ = [
     "DEFAULT_ACCESS_KEY_ID",
     "DEFAULT_REGION",
     "DEFAULT_SECRET_ACCESS_KEY",
     "EmulatorConfig",
+    "ice_servers_from_uris",
 ]
 
 # Local-only credentials: they protect nothing and are published on purpose so every tool
@@ -26,6 +31,65 @@ DEFAULT_ACCESS_KEY_ID = "AKIALOCALKVSPEER0000"
 DEFAULT_SECRET_ACCESS_KEY = "kvs-peer-local-secret"
 DEFAULT_ACCOUNT_ID = "123456789012"
 DEFAULT_TURN_SECRET = "kvs-peer-local-turn-secret"
+MAX_ICE_SERVERS = 5
+"""IceServer entries the C SDK accepts (kvs-signaling.md 4.5), each with up to 4 URIs."""
+MAX_URIS_PER_SERVER = 4
+
+_TURN_URI_RE = re.compile(
+    r"(?P<scheme>turns?):(?:(?P<userinfo>[^@/?]*)@)?"
+    r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(?P<port>[0-9]{1,5}))?"
+    r"(?:\?transport=(?P<transport>udp|tcp))?"
+)
+
+
+def ice_servers_from_uris(uris: Iterable[str]) -> tuple[IceServer, ...]:
+    """GetIceServerConfig entries from ``turn:``/``turns:`` URIs, e.g. ``--ice-server`` values.
+
+    A URI may carry fixed credentials as ``turn:USER:PASSWORD@host:3478?transport=udp``
+    (percent-encode ``@``, ``:`` and ``%`` inside them); without, the emulator mints TURN REST
+    credentials with its ``turn_secret``, which a coturn started with ``--use-auth-secret
+    --static-auth-secret=SECRET`` accepts. Consecutive URIs with the same credentials share
+    one entry (up to 4 URIs), as KVS returns them.
+
+    Raises:
+        InvalidArgument: a URI that is not ``turn:``/``turns:`` with a host, port 1-65535 and
+            at most ``?transport=udp|tcp``.
+    """
+    servers: list[IceServer] = []
+    for uri in uris:
+        match = _TURN_URI_RE.fullmatch(uri.strip())
+        port = match["port"] if match else None
+        if match is None or (port is not None and not 1 <= int(port) <= 65535):
+            shown = re.sub(r"^(turns?:)[^@/?]*@", r"\1***@", uri.strip())[:100]
+            raise InvalidArgument(
+                f"ICE server {shown!r} is not a TURN URI such as "
+                "turn:host:3478?transport=udp or turn:user:password@host:3478?transport=tcp "
+                "(GetIceServerConfig returns TURN servers only; clients add STUN themselves)"
+            )
+        username = password = None
+        if match["userinfo"] is not None:
+            user, sep, secret = match["userinfo"].partition(":")
+            if not user or not sep:
+                raise InvalidArgument(
+                    "credentials in an ICE server URI must be USER:PASSWORD@ (or none, "
+                    "to mint them with the TURN secret)"
+                )
+            username, password = unquote(user), unquote(secret)
+        clean = f"{match['scheme']}:{match['host']}"
+        if port is not None:
+            clean += f":{port}"
+        if match["transport"]:
+            clean += f"?transport={match['transport']}"
+        last = servers[-1] if servers else None
+        if (
+            last is not None
+            and (last.username, last.password) == (username, password)
+            and len(last.uris) < MAX_URIS_PER_SERVER
+        ):
+            servers[-1] = IceServer((*last.uris, clean), username, password, last.ttl)
+        else:
+            servers.append(IceServer((clean,), username, password))
+    return tuple(servers)
 
 
 def _positive_or_none(name: str, value: float | None) -> None:
@@ -38,7 +102,8 @@ class EmulatorConfig:
     """What the emulator accepts and how strict it is.
 
     Defaults follow the real service's documented quotas (kvs-signaling.md 4.1), except that
-    rate limits are off and GetIceServerConfig returns no servers (see ``ice_servers``).
+    rate limits are off and GetIceServerConfig returns no servers (see ``ice_servers`` and
+    ``turn``).
 
     Attributes:
         region: the only region accepted in signatures and used in ARNs.
@@ -52,8 +117,15 @@ class EmulatorConfig:
             ``{"Uris": [...], "Username": ..., "Password": ..., "Ttl": 300}`` mappings (missing
             Username/Password are minted TURN-REST style). Empty by default: real KVS always
             returns TURN servers, but a URI nobody answers makes aioice wait about 5 s per
-            server before ICE completes, so local tests run without any.
+            server before ICE completes, so local tests run without any. At most 5 entries
+            (with ``turn``'s), as the C SDK accepts; :func:`ice_servers_from_uris` builds
+            them from URIs.
         turn_secret: shared secret for minted TURN passwords (coturn ``static-auth-secret``).
+        turn: run a TURN server (Debian's coturn, ``turnserver``, see :mod:`.turn`) on the
+            emulator's host while it runs, and list it first in GetIceServerConfig
+            (``turn:HOST:PORT?transport=udp`` and ``?transport=tcp``, minted credentials,
+            TTL 300) as real KVS always lists its own.
+        turn_port: its UDP and TCP port; 0 picks a free one.
         idle_timeout: seconds without any inbound frame (pings count) before the emulator closes
             a connection with 1001; None disables.
         max_connection_duration: seconds after which every connection is closed with 1001
@@ -69,6 +141,10 @@ class EmulatorConfig:
         max_frame_bytes: largest WebSocket frame accepted; larger ones close the socket with
             1009 (message too big).
         max_queued: per-recipient cap of messages waiting for a recipient to connect.
+        storage_dir: folder of the storage sessions' recordings
+            (``<stream name>/<start time>.mkv``); None makes a temporary one on first use.
+        storage_session_duration: seconds a storage session (WebRTC ingestion) lasts at most
+            before the emulator ends it, as KVS does after one hour; None never ends it.
     """
 
     region: str = DEFAULT_REGION
@@ -79,6 +155,8 @@ class EmulatorConfig:
     payload_limit: int = MAX_PAYLOAD_CHARS
     ice_servers: Sequence[IceServer | Mapping[str, Any]] = ()
     turn_secret: str = DEFAULT_TURN_SECRET
+    turn: bool = False
+    turn_port: int = DEFAULT_TURN_PORT
     idle_timeout: float | None = 600.0
     max_connection_duration: float | None = 3600.0
     go_away_grace: float | None = 60.0
@@ -87,6 +165,8 @@ class EmulatorConfig:
     takeover: Takeover | str = Takeover.SILENT
     max_frame_bytes: int = 64 * 1024
     max_queued: int = 100
+    storage_dir: str | Path | None = None
+    storage_session_duration: float | None = 3600.0
 
     def __post_init__(self) -> None:
         if not self.region or not self.access_key_id or not self.secret_access_key:
@@ -104,6 +184,11 @@ class EmulatorConfig:
         _positive_or_none("idle_timeout", self.idle_timeout)
         _positive_or_none("max_connection_duration", self.max_connection_duration)
         _positive_or_none("go_away_grace", self.go_away_grace)
+        _positive_or_none("storage_session_duration", self.storage_session_duration)
+        if self.storage_dir is not None:
+            self.storage_dir = Path(self.storage_dir)
+            if self.storage_dir.exists() and not self.storage_dir.is_dir():
+                raise InvalidArgument(f"storage_dir {self.storage_dir} is a file, not a folder")
         if not math.isfinite(self.max_skew) or self.max_skew <= 0:
             raise InvalidArgument("max_skew must be a positive number of seconds")
         try:
@@ -113,6 +198,15 @@ class EmulatorConfig:
             raise InvalidArgument(f"takeover {self.takeover!r} must be one of {choices}") from None
         # Normalized once so a bad entry fails here, not on the first GetIceServerConfig.
         self.ice_servers = tuple(IceServer.from_value(s) for s in self.ice_servers)
+        if len(self.ice_servers) + self.turn > MAX_ICE_SERVERS:
+            raise InvalidArgument(
+                f"at most {MAX_ICE_SERVERS} ICE server entries (the C SDK accepts no more), "
+                "counting the one of turn=True"
+            )
+        if self.turn and not self.turn_secret:
+            raise InvalidArgument("turn=True needs a non-empty turn_secret")
+        if not 0 <= self.turn_port <= 65535:
+            raise InvalidArgument(f"turn_port {self.turn_port} must be from 0 to 65535")
 
     def router_config(self) -> RouterConfig:
         """The routing subset of this configuration."""

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..errors import ChannelError, InvalidArgument
 from ..signing import validate_channel_name
+from .storage import StorageError, StreamRegistry, check_join_body
 
 __all__ = [
     "OPERATIONS",
@@ -32,6 +33,7 @@ __all__ = [
     "ControlPlane",
     "Endpoints",
     "IceServer",
+    "StorageJoin",
 ]
 
 logger = logging.getLogger(__name__)
@@ -119,6 +121,18 @@ class Channel:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class StorageJoin:
+    """An accepted JoinStorageSession[AsViewer]: who joins which channel's storage session."""
+
+    channel_arn: str
+    channel_name: str
+    stream_name: str
+    stream_arn: str
+    client_id: str | None = None
+    """The viewer's client id (JoinStorageSessionAsViewer), None for the master."""
+
+
 class _ApiError(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
@@ -179,6 +193,8 @@ class ControlPlane:
         self.turn_secret = turn_secret
         self.endpoints: Endpoints | None = None
         """Set by the server once it knows its port."""
+        self.storage = StreamRegistry(region=region, account_id=account_id)
+        """Streams and media storage links (WebRTC ingestion)."""
         self._by_arn: dict[str, Channel] = {}
         self._forced: dict[str, deque[_ApiError]] = {}
         self._versions = 0
@@ -191,6 +207,10 @@ class ControlPlane:
             "/updateSignalingChannel": self._update,
             "/getSignalingChannelEndpoint": self._get_endpoint,
             "/describeMediaStorageConfiguration": self._describe_media_storage,
+            "/updateMediaStorageConfiguration": self._update_media_storage,
+            "/createStream": self.storage.create_stream,
+            "/describeStream": self.storage.describe_stream,
+            "/deleteStream": self.storage.delete_stream,
             "/v1/get-ice-server-config": self._get_ice_server_config,
         }
 
@@ -270,6 +290,7 @@ class ControlPlane:
     def delete_channel(self, arn: str) -> None:
         """Forget a channel (deletion is immediate: Describe answers 404 right away)."""
         self._by_arn.pop(arn, None)
+        self.storage.forget_channel(arn)
 
     def fail_next_calls(
         self, operation: str, *, status: int, error_type: str, count: int = 1
@@ -317,8 +338,42 @@ class ControlPlane:
             )
         try:
             return ApiResult(200, operation(payload, now))
-        except _ApiError as exc:
+        except (_ApiError, StorageError) as exc:
             return ApiResult(exc.status, {"Message": exc.message}, exc.code)
+
+    def join_storage(self, body: bytes | str, *, viewer: bool) -> ApiResult | StorageJoin:
+        """Check a ``/joinStorageSession`` (``viewer``: ``/joinStorageSessionAsViewer``) body.
+
+        Returns:
+            The join to carry out, or the error to answer (``kinesis-video-webrtc-storage``
+            error bodies spell ``message`` in lower case).
+        """
+        try:
+            try:
+                payload = json.loads(body or b"{}")
+            except (ValueError, RecursionError):
+                raise StorageError(
+                    400, "InvalidArgumentException", "body is not valid JSON"
+                ) from None
+            if not isinstance(payload, dict):
+                raise StorageError(400, "InvalidArgumentException", "body must be a JSON object")
+            arn, client_id = check_join_body(payload, viewer=viewer)
+            channel = self._by_arn.get(arn)
+            if channel is None:
+                raise StorageError(404, "ResourceNotFoundException", _NOT_FOUND)
+            stream = self.storage.linked_stream(arn)
+            if stream is None:
+                # The troubleshooting page: InvalidArgumentException "if channel is not mapped
+                # to a stream" (webrtc-ingestion.md 2).
+                raise StorageError(
+                    400,
+                    "InvalidArgumentException",
+                    f"channel {channel.name} is not mapped to a stream: link one with "
+                    "UpdateMediaStorageConfiguration (Status ENABLED)",
+                )
+        except StorageError as exc:
+            return ApiResult(exc.status, {"message": exc.message}, exc.code)
+        return StorageJoin(arn, channel.name, stream.name, stream.arn, client_id)
 
     def _channel(self, body: Mapping[str, Any], *, by_name: bool) -> Channel:
         arn = _string(body, "ChannelARN")
@@ -435,19 +490,33 @@ class ControlPlane:
             elif protocol == "HTTPS":
                 url = self.endpoints.https
             elif protocol == "WEBRTC":
-                raise _invalid(
-                    "the WEBRTC protocol needs media storage, which is not enabled on "
-                    f"{channel.name}"
-                )
+                if not self.storage.media_storage(channel.arn).enabled:
+                    raise _invalid(
+                        "the WEBRTC protocol needs media storage, which is not enabled on "
+                        f"{channel.name}: UpdateMediaStorageConfiguration first"
+                    )
+                # [inferred] KVS hands out a separate host; the emulator serves the storage
+                # API (/joinStorageSession...) on its one port.
+                url = self.endpoints.https
             else:
                 raise _invalid(f"unknown protocol {str(protocol)[:20]!r}")
             endpoints.append({"Protocol": protocol, "ResourceEndpoint": url})
         return {"ResourceEndpointList": endpoints}
 
     def _describe_media_storage(self, body: Mapping[str, Any], now: float) -> dict[str, Any]:
-        self._channel(body, by_name=True)
-        # DISABLED keeps every client in pure peer-to-peer mode (kvs-signaling.md 0).
-        return {"MediaStorageConfiguration": {"Status": "DISABLED"}}
+        channel = self._channel(body, by_name=True)
+        # DISABLED (the default) keeps every client in peer-to-peer mode (kvs-signaling.md 0).
+        return {"MediaStorageConfiguration": self.storage.media_storage(channel.arn).shape()}
+
+    def _update_media_storage(self, body: Mapping[str, Any], now: float) -> dict[str, Any]:
+        arn = _string(body, "ChannelARN", required=True)
+        assert arn is not None
+        channel = self._channel({"ChannelARN": arn}, by_name=False)
+        return self.storage.update_media_storage(channel.arn, body)
+
+    def ice_server_list(self, channel_arn: str, *, now: float) -> list[dict[str, Any]]:
+        """The ``IceServerList`` GetIceServerConfig would return for a channel now."""
+        return self._get_ice_server_config({"ChannelARN": channel_arn}, now)["IceServerList"]
 
     def _get_ice_server_config(self, body: Mapping[str, Any], now: float) -> dict[str, Any]:
         arn = _string(body, "ChannelARN", required=True)
@@ -489,6 +558,10 @@ OPERATION_PATHS = {
     "UpdateSignalingChannel": "/updateSignalingChannel",
     "GetSignalingChannelEndpoint": "/getSignalingChannelEndpoint",
     "DescribeMediaStorageConfiguration": "/describeMediaStorageConfiguration",
+    "UpdateMediaStorageConfiguration": "/updateMediaStorageConfiguration",
+    "CreateStream": "/createStream",
+    "DescribeStream": "/describeStream",
+    "DeleteStream": "/deleteStream",
     "GetIceServerConfig": "/v1/get-ice-server-config",
 }
 """botocore operation name -> POST path."""

@@ -74,6 +74,12 @@ class Takeover(enum.StrEnum):
     The docs only say the newer connection "takes precedence" and the metadata is overwritten
     (kvs-signaling.md 4.2); they do not say the old socket is closed. ``SILENT`` (the default)
     models that: the old socket stays open but receives nothing and its messages are dropped.
+    Public reports agree as far as they go: a second C SDK master gets no error (webrtc-sdk-c
+    #1151), and masters that stay connected yet receive no offers until restarted are
+    reported (webrtc-sdk-c #1304, #493, webrtc-sdk-js #195). [inferred] That the old
+    socket's own sends are dropped too is our reading of "metadata overwritten": nothing
+    public says either way. kvs-peer masters notice a silent takeover with a probe viewer
+    (:mod:`kvs_peer.takeover`), which works against both the emulator and KVS.
     """
 
     SILENT = "silent"
@@ -241,6 +247,11 @@ class Router:
         self._ids = itertools.count(1)
         self._conns: dict[int, _Conn] = {}
         self._channels: dict[str, _Channel] = {}
+        self.storage_sink: Callable[[str, ClientMessage], bool] | None = None
+        """``sink(channel, message)`` takes a master's message sent without a recipient when
+        the channel's storage session is running (WebRTC ingestion: the master answers the
+        storage session with no ``recipientClientId``, webrtc-ingestion.md 3.5) and returns
+        True; False leaves the message to the usual rule (recipient required)."""
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -386,6 +397,8 @@ class Router:
             )
         if conn.role is Role.MASTER:
             if message.recipient_client_id is None:
+                if self.storage_sink is not None and self.storage_sink(conn.channel, message):
+                    return []
                 return self._fail(
                     conn,
                     data,

@@ -26,6 +26,7 @@ from typing import Any
 
 import boto3
 from aiohttp import hdrs, web
+from aiortc import RTCIceServer
 from botocore.credentials import Credentials
 
 from ..channel import ChannelResolver
@@ -34,6 +35,7 @@ from ..protocol import MessageType, encode_event
 from ..signing import (
     CHANNEL_ARN_PARAM,
     CLIENT_ID_PARAM,
+    normalize_endpoint,
     validate_channel_arn,
     validate_client_id,
     verify_presigned_url,
@@ -43,7 +45,9 @@ from .config import EmulatorConfig
 from .connection import SignalingSocket
 from .controlplane import OPERATIONS, ApiResult, ControlPlane, Endpoints, IceServer
 from .routing import Action, Close, Deliver, Presence, Rejected, Role, Router
+from .storage_service import StorageService
 from .tls import CertificateBundle, generate_certificate
+from .turn import TurnServer
 from .webpage import WebPage
 
 __all__ = ["MASTER_PATH", "VIEWER_PATH", "LocalKvs"]
@@ -53,6 +57,12 @@ logger = logging.getLogger(__name__)
 MASTER_PATH = "/signaling/master"
 VIEWER_PATH = "/signaling/viewer"
 _CLOSE_TIMEOUT = 2.0  # how long a close waits for the client's close frame
+# The KVS C SDK's libwebsockets client asks for the WebSocket subprotocol "wss" (its protocol
+# table's name, LwsApiCalls.c). libwebsockets accepts either an echo of it or no answer at all,
+# and whether KVS itself echoes it is not documented (unsure: no capture of a real handshake).
+# Echoing it is what RFC 6455 describes for a known subprotocol, and keeps aiohttp from warning
+# about unknown ones on every C SDK connect; clients that ask for none get none.
+_SUBPROTOCOLS = ("wss",)
 
 
 class LocalKvs:
@@ -99,6 +109,17 @@ class LocalKvs:
             tls if isinstance(tls, CertificateBundle) else None
         )
         self._tls = bool(tls)
+        # Built here so a missing turnserver fails before anything listens.
+        self._turn = (
+            TurnServer(
+                self.config.turn_secret,
+                host=host,
+                port=self.config.turn_port,
+                advertised_host=self._advertised,
+            )
+            if self.config.turn
+            else None
+        )
         self._control = ControlPlane(
             region=self.config.region,
             account_id=self.config.account_id,
@@ -106,6 +127,15 @@ class LocalKvs:
             turn_secret=self.config.turn_secret,
         )
         self._router = Router(self.config.router_config(), message_ttl=self._control.message_ttl)
+        self._storage = StorageService(
+            self,
+            self._control,
+            send_to_master=self._send_to_master,
+            ice_servers=self._storage_ice_servers,
+            storage_dir=Path(self.config.storage_dir) if self.config.storage_dir else None,
+            max_duration=self.config.storage_session_duration,
+        )
+        self._router.storage_sink = self._storage.receive
         self._secrets = {self.config.access_key_id: self.config.secret_access_key}
         self._sockets: dict[int, SignalingSocket] = {}
         self._runner: web.AppRunner | None = None
@@ -122,6 +152,7 @@ class LocalKvs:
         self.app.router.add_get(MASTER_PATH, self._handle_master)
         self.app.router.add_get(VIEWER_PATH, self._handle_viewer)
         WebPage(self, self._control).add_routes(self.app)  # GET / and /_kvs/...
+        self._storage.add_routes(self.app)  # POST /joinStorageSession[AsViewer]
         self.app.on_response_prepare.append(self._stamp_headers)
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -152,10 +183,12 @@ class LocalKvs:
         self._port = sock.getsockname()[1]
         host = f"[{self._advertised}]" if ":" in self._advertised else self._advertised
         http, ws = ("https", "wss") if self._tls else ("http", "ws")
-        self._base = f"{http}://{host}:{self._port}"
+        # No default port (443 with TLS, 80 without): real KVS endpoints carry none and the
+        # C SDK cannot parse one (kvs-signaling.md 1.3, issue 9).
+        self._base = normalize_endpoint(f"{http}://{host}:{self._port}")
         self._control.endpoints = Endpoints(
-            master_wss=f"{ws}://{host}:{self._port}{MASTER_PATH}",
-            viewer_wss=f"{ws}://{host}:{self._port}{VIEWER_PATH}",
+            master_wss=normalize_endpoint(f"{ws}://{host}:{self._port}{MASTER_PATH}"),
+            viewer_wss=normalize_endpoint(f"{ws}://{host}:{self._port}{VIEWER_PATH}"),
             https=self._base,
         )
         self._wake, self._changed, self._stopped = asyncio.Event(), asyncio.Event(), asyncio.Event()
@@ -166,6 +199,14 @@ class LocalKvs:
         await web.SockSite(runner, sock, ssl_context=ssl_context).start()
         self._runner = runner
         self._ticker = asyncio.create_task(self._tick_loop(), name="kvs-emulator-ticker")
+        if self._turn is not None:
+            try:
+                await self._turn.start()  # ready once it answers: clients may use it at once
+            except BaseException:
+                await self.close()
+                raise
+            configured = [IceServer.from_value(s) for s in self.config.ice_servers]
+            self._control.ice_servers = (self._turn.ice_server(), *configured)
         logger.info("local KVS emulator serving on %s (region %s)", self._base, self.config.region)
 
     async def close(self) -> None:
@@ -173,6 +214,7 @@ class LocalKvs:
         runner, self._runner = self._runner, None
         if runner is None:
             return
+        await self._storage.close()
         for sock in list(self._sockets.values()):
             sock.send(Close(sock.conn_id, 1001, "Going away"))
         with contextlib.suppress(TimeoutError):
@@ -184,6 +226,8 @@ class LocalKvs:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
         await runner.cleanup()
+        if self._turn is not None:
+            await self._turn.close()
         self._remove_tls_files()
         assert self._stopped is not None
         self._stopped.set()
@@ -220,7 +264,10 @@ class LocalKvs:
 
     @property
     def endpoint_url(self) -> str:
-        """Control-plane endpoint, e.g. ``http://127.0.0.1:PORT`` (``https`` with TLS)."""
+        """Control-plane endpoint, e.g. ``http://127.0.0.1:PORT`` (``https`` with TLS).
+
+        A default port is left out (``https://127.0.0.1`` on 443), as in real KVS endpoints.
+        """
         self._require_started()
         return self._base
 
@@ -280,6 +327,11 @@ class LocalKvs:
         """The TLS material (PEM) when serving TLS, else None."""
         return self._certificate if self._tls else None
 
+    @property
+    def turn(self) -> TurnServer | None:
+        """The TURN server of ``EmulatorConfig(turn=True)`` (running from start to close)."""
+        return self._turn
+
     def _tls_path(self, name: str) -> Path:
         self._require_started()
         if self._tmpdir is None:
@@ -304,6 +356,23 @@ class LocalKvs:
     def now(self) -> dt.datetime:
         """The emulator's wall clock (real time plus :attr:`clock_offset`)."""
         return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.clock_offset)
+
+    @property
+    def storage(self) -> StorageService:
+        """WebRTC ingestion: storage sessions, recordings and their knobs
+        (``drop_next_offers``, ``end_session``, ``max_duration``...)."""
+        return self._storage
+
+    def _send_to_master(self, channel_arn: str, text: str) -> bool:
+        return bool(self._targets_sent(self._router.inject(channel_arn, text, master=True)))
+
+    def _storage_ice_servers(self, channel_arn: str) -> list[RTCIceServer]:
+        # Only the emulator's own TURN server: a configured one may be unreachable from here,
+        # and every unreachable server costs aioice 5 s of gathering.
+        if self._turn is None:
+            return []
+        entry = self._control.ice_server_list(channel_arn, now=self.now().timestamp())[0]
+        return [RTCIceServer(entry["Uris"], entry["Username"], entry["Password"])]
 
     # -- test hooks ----------------------------------------------------------------------------
 
@@ -393,6 +462,10 @@ class LocalKvs:
         if not 400 <= status <= 599 or count < 1:
             raise InvalidArgument("status must be an HTTP error (400-599) and count at least 1")
         self._control.fail_next_calls(operation, status=status, error_type=error_type, count=count)
+
+    def channel_names(self) -> list[str]:
+        """Names of every channel, in creation order."""
+        return [channel.name for channel in self._control.channels()]
 
     def connected(self, channel: str) -> Presence:
         """Whether a master is connected to ``channel`` and which viewers are."""
@@ -538,6 +611,7 @@ class LocalKvs:
             compress=False,
             max_msg_size=self.config.max_frame_bytes,
             timeout=_CLOSE_TIMEOUT,
+            protocols=_SUBPROTOCOLS,
         )
         if not ws.can_prepare(request).ok:
             return self._refuse(400, "InvalidArgumentException", "expected a WebSocket upgrade")
@@ -552,7 +626,7 @@ class LocalKvs:
                 f"{scheme}://{host}{request.raw_path}",
                 secrets=self._secrets,
                 region=self.config.region,
-                host=host,
+                headers=request.headers,
                 now=self.now(),
                 max_skew=self.config.max_skew,
             )

@@ -7,6 +7,9 @@ Routes added to :attr:`LocalKvs.app <kvs_peer.emulator.LocalKvs.app>`:
 - ``GET /_kvs/channels``: ``{"channels": [{"name", "arn", "master", "viewers", "createdAt"}]}``.
 - ``GET /_kvs/viewer-url?channel=NAME&clientId=ID``: ``{"url", "channelArn", "clientId",
   "region", "expiresIn"}``, a ConnectAsViewer URL signed with the emulator's own credentials.
+- ``GET /_kvs/recordings``: ``{"folder", "recordings": [{"stream", "name", "bytes", "url"}]}``,
+  what storage sessions (WebRTC ingestion) recorded; ``GET /_kvs/recordings/{stream}/{name}``
+  serves one file (Matroska) for a ``<video>`` to play.
 
 The page needs neither an AWS SDK nor credentials: it asks the emulator for a signed URL and
 speaks the signaling protocol itself (``static/kvs-viewer.js``). The JSON routes answer
@@ -22,7 +25,7 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 
@@ -85,6 +88,8 @@ class WebPage:
         app.router.add_get(f"{PAGE_PREFIX}/static/{{name}}", self._asset)
         app.router.add_get(f"{PAGE_PREFIX}/channels", self._channels)
         app.router.add_get(f"{PAGE_PREFIX}/viewer-url", self._viewer_url)
+        app.router.add_get(f"{PAGE_PREFIX}/recordings", self._recordings)
+        app.router.add_get(f"{PAGE_PREFIX}/recordings/{{stream}}/{{name}}", self._recording)
 
     # -- pages ---------------------------------------------------------------------------------
 
@@ -148,6 +153,39 @@ class WebPage:
                 }
             )
         return web.json_response({"channels": channels}, headers=_NO_STORE)
+
+    async def _recordings(self, request: web.Request) -> web.Response:
+        refused = self._refusal(request)
+        if refused is not None:
+            return refused
+        storage = self._kvs.storage
+        recordings = [
+            {
+                "stream": path.parent.name,
+                "name": path.name,
+                "bytes": path.stat().st_size,
+                "url": f"{PAGE_PREFIX}/recordings/{quote(path.parent.name)}/{quote(path.name)}",
+            }
+            for path in storage.recordings()
+        ]
+        return web.json_response(
+            {"folder": str(storage.storage_dir), "recordings": recordings}, headers=_NO_STORE
+        )
+
+    async def _recording(self, request: web.Request) -> web.StreamResponse:
+        refused = self._refusal(request)
+        if refused is not None:
+            return refused
+        wanted = (request.match_info["stream"], request.match_info["name"])
+        # Only files the listing shows: no path built from the request reaches the disk.
+        found = next(
+            (p for p in self._kvs.storage.recordings() if (p.parent.name, p.name) == wanted), None
+        )
+        if found is None:
+            return _error(404, "recording_not_found", "no such recording: list /_kvs/recordings")
+        return web.FileResponse(
+            found, headers={"Content-Type": "video/x-matroska", "Cache-Control": "no-cache"}
+        )
 
     async def _viewer_url(self, request: web.Request) -> web.Response:
         refused = self._refusal(request)

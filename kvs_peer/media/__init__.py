@@ -14,6 +14,10 @@ Per viewer, before ``setRemoteDescription(offer)``: :func:`add_shared_video` (or
 ``pc.addTransceiver(fanout.subscribe(), direction="sendonly")`` + :func:`use_fast_send` for
 audio (a viewer that negotiates PCMU/PCMA gets its own encoding from aiortc).
 
+An H.264 source (stdin, a FIFO, an RTSP camera...; :func:`open_master_video`) skips the
+encoder: :class:`PassthroughVideo` forwards its access units to every viewer that offered its
+profile, serving joins and PLI from the GOP since the last IDR (:mod:`.passthrough`).
+
 A viewer hands decoded frames to :class:`Recorder` (Matroska in a worker thread),
 :func:`save_snapshot` (PNG) or :func:`frame_to_ndarray` (numpy/OpenCV).
 :mod:`kvs_peer.media.stamp` draws and reads a frame counter and capture time in the picture,
@@ -69,6 +73,12 @@ if TYPE_CHECKING:
         h264_codec_preferences,
     )
     from .fanout import AudioFanout, AudioSubscriberTrack, EncodedAudio
+    from .passthrough import (
+        H264Source,
+        PassthroughVideo,
+        open_h264_source,
+        open_master_video,
+    )
     from .recorder import Recorder, RecorderStats, frame_to_ndarray, save_snapshot
     from .reopen import ReopeningVideoTrack
     from .rtpsender import use_fast_send
@@ -93,6 +103,10 @@ _SUBMODULE = {
     "AudioFanout": "fanout",
     "AudioSubscriberTrack": "fanout",
     "EncodedAudio": "fanout",
+    "H264Source": "passthrough",
+    "PassthroughVideo": "passthrough",
+    "open_h264_source": "passthrough",
+    "open_master_video": "passthrough",
     "Recorder": "recorder",
     "RecorderStats": "recorder",
     "frame_to_ndarray": "recorder",
@@ -118,7 +132,9 @@ __all__ = [
     "EncodedAudio",
     "EncodedVideo",
     "FileAudioTrack",
+    "H264Source",
     "PacketTrack",
+    "PassthroughVideo",
     "PyAVVideoTrack",
     "Recorder",
     "RecorderStats",
@@ -133,6 +149,8 @@ __all__ = [
     "frame_to_ndarray",
     "h264_codec_preferences",
     "open_audio_source",
+    "open_h264_source",
+    "open_master_video",
     "open_video_source",
     "read_stamp",
     "save_snapshot",

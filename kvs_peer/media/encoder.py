@@ -69,6 +69,7 @@ __all__ = [
     "SharedVideoEncoder",
     "add_shared_video",
     "attach_keyframe_requests",
+    "check_h264_encoder",
     "force_h264",
     "h264_codec_preferences",
 ]
@@ -158,6 +159,19 @@ def add_shared_video(pc: RTCPeerConnection, encoder: SharedVideoEncoder) -> RTCR
     attach_keyframe_requests(transceiver.sender)
     use_fast_send(transceiver.sender)
     return transceiver
+
+
+def check_h264_encoder(name: str) -> None:
+    """Raise :class:`MediaError` unless ``name`` is an H.264 encoder in this FFmpeg build."""
+    try:
+        codec = av.codec.Codec(name, "w")
+    except Exception:
+        raise MediaError(
+            f"the H.264 encoder {name!r} is not in this FFmpeg build (PyAV's wheel): use "
+            "libx264, or a PyAV built against an FFmpeg that has it"
+        ) from None
+    if codec.name != "libx264" and getattr(codec, "id", None) != av.codec.Codec("libx264", "w").id:
+        raise MediaError(f"{name!r} is not an H.264 encoder: use libx264 or an h264_* encoder")
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,9 +298,13 @@ class SharedVideoEncoder(Broadcast[PacketTrack]):
             ``fps`` attribute, else 30.
         queue_size: packets buffered per viewer before it is considered too slow and resynced.
         close_source: stop ``source`` in :meth:`close`.
+        codec: the FFmpeg H.264 encoder: ``libx264`` (default; the only one tested),
+            ``h264_v4l2m2m`` (Raspberry Pi 4), ``h264_nvenc``, ``h264_qsv``, ``h264_vaapi``.
+            ``preset`` applies to libx264 only.
 
     Raises:
         InvalidArgument: a bad bitrate, interval or queue size.
+        MediaError: ``codec`` is not an H.264 encoder of this FFmpeg build.
     """
 
     def __init__(
@@ -300,7 +318,9 @@ class SharedVideoEncoder(Broadcast[PacketTrack]):
         fps: float | None = None,
         queue_size: int = 15,
         close_source: bool = True,
+        codec: str = "libx264",
     ) -> None:
+        check_h264_encoder(codec)
         if source.kind != "video":
             raise InvalidArgument(f"SharedVideoEncoder needs a video track, got {source.kind}")
         if not 50_000 <= bitrate <= 50_000_000:
@@ -322,6 +342,7 @@ class SharedVideoEncoder(Broadcast[PacketTrack]):
         self.gop = gop
         self.min_keyframe_gap = min_keyframe_gap
         self.preset = preset
+        self.codec = codec
         self.fps = float(fps or getattr(source, "fps", None) or 30.0)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._codec: Any = None
@@ -379,6 +400,8 @@ class SharedVideoEncoder(Broadcast[PacketTrack]):
         return packets
 
     def _open_codec(self, width: int, height: int) -> Any:
+        if self.codec != "libx264":
+            return self._open_other_codec(width, height)
         codec = av.CodecContext.create("libx264", "w")
         codec.width = width
         codec.height = height
@@ -408,6 +431,29 @@ class SharedVideoEncoder(Broadcast[PacketTrack]):
             raise MediaError(f"cannot start the H.264 encoder ({width}x{height}): {exc}") from exc
         self.encoder_contexts += 1
         logger.debug("libx264 opened: %dx%d, %d bit/s", width, height, self.bitrate)
+        return codec
+
+    def _open_other_codec(self, width: int, height: int) -> Any:
+        # Hardware encoders take none of x264's options; keyframes are still forced per
+        # frame (pict_type), which h264_nvenc and h264_qsv honour (not tested here: no such
+        # hardware on the test machine).
+        codec = av.CodecContext.create(self.codec, "w")
+        codec.width = width
+        codec.height = height
+        codec.pix_fmt = "yuv420p"
+        codec.time_base = VIDEO_TIME_BASE
+        codec.framerate = fractions.Fraction(self.fps).limit_denominator(1001)
+        codec.bit_rate = self.bitrate
+        codec.gop_size = self.gop if self.gop is not None else 1 << 30
+        codec.max_b_frames = 0
+        try:
+            codec.open()
+        except (av.FFmpegError, ValueError) as exc:
+            raise MediaError(
+                f"cannot start the H.264 encoder {self.codec} ({width}x{height}): {exc}; is its "
+                "hardware present and its driver loaded? --encoder libx264 always works"
+            ) from exc
+        self.encoder_contexts += 1
         return codec
 
     def _encode(self, frame: av.VideoFrame, force: bool) -> list[EncodedVideo]:

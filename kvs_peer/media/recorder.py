@@ -14,6 +14,7 @@ import fractions
 import logging
 import os
 import queue
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -27,7 +28,13 @@ from av.video.reformatter import VideoReformatter
 
 from ..errors import InvalidArgument, InvalidState, MediaError
 
-__all__ = ["Recorder", "RecorderStats", "frame_to_ndarray", "save_snapshot"]
+__all__ = [
+    "Recorder",
+    "RecorderStats",
+    "check_output_path",
+    "frame_to_ndarray",
+    "save_snapshot",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -306,18 +313,15 @@ class Recorder:
         """Start the writer thread (idempotent; ``async with`` calls it).
 
         Raises:
-            MediaError: the output directory does not exist or is not writable.
+            MediaError: no file can be created where the recording goes (see
+                :func:`check_output_path`).
             InvalidState: the recorder was closed.
         """
         if self._closed:
             raise InvalidState("this recorder is closed; create a new one")
         if self._thread is not None:
             return
-        directory = self.path.parent
-        if not directory.is_dir():
-            raise MediaError(f"cannot record to {self.path}: directory {directory} does not exist")
-        if not os.access(directory, os.W_OK):
-            raise MediaError(f"cannot record to {self.path}: directory {directory} is not writable")
+        check_output_path(self.segment_path(0), what="recording")
         self._thread = threading.Thread(target=self._run, name="kvs-recorder", daemon=True)
         self._thread.start()
 
@@ -391,7 +395,13 @@ class Recorder:
         if self._closed or self.error is not None:
             return False
         if self._thread is None:
-            self.start()
+            try:
+                self.start()
+            except MediaError as exc:
+                # write_* never raise (they run in frame callbacks): close() reports it.
+                self.error = exc
+                logger.error("%s", exc)
+                return False
         try:
             self._queue.put_nowait((kind, frame, time.monotonic()))
             return True
@@ -490,6 +500,45 @@ class Recorder:
             if item is _CLOSE:
                 return
             self.frames_dropped += 1
+
+
+def check_output_path(path: str | os.PathLike[str], *, what: str = "output") -> Path:
+    """Check that a file can be created at ``path``, and leave nothing behind.
+
+    Recordings and snapshots are written long after a command starts (at the first frame, at
+    the end): checking first turns a typo in a path into an error before anything connects.
+    The check creates and removes a hidden probe file, so it catches read-only and pseudo
+    file systems (``/proc``) that permission bits do not reveal.
+
+    Args:
+        path: the file to be written.
+        what: names the file in the error message (``"recording"``, ``"snapshot"``).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        MediaError: the folder does not exist or refuses new files, or ``path`` is a folder.
+    """
+    target = Path(path)
+    directory = target.parent
+    if target.is_dir():
+        raise MediaError(f"cannot write the {what} to {target}: it is a folder; give a file name")
+    if not directory.is_dir():
+        raise MediaError(
+            f"cannot write the {what} to {target}: folder {directory} does not exist; "
+            "create it or choose another path"
+        )
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".kvs-peer-probe-", dir=directory)
+    except OSError as exc:
+        raise MediaError(
+            f"cannot write the {what} to {target}: {exc.strerror or exc} in {directory}; "
+            "choose a folder you can write to"
+        ) from None
+    os.close(handle)
+    os.unlink(probe)
+    return target
 
 
 def _own_video_frame(

@@ -81,6 +81,7 @@ class ReopeningVideoTrack(MediaStreamTrack):
         self._last_pts = -1
         self.opens = 0
         self.failed_attempts = 0
+        self._ever_opened = first is not None
         # What the shared encoder and the CLI read from a source, when the first one has them.
         self.width: int | None = getattr(first, "width", None)
         self.height: int | None = getattr(first, "height", None)
@@ -91,6 +92,12 @@ class ReopeningVideoTrack(MediaStreamTrack):
         """Whether this track holds no open source: before the first open (``first=None``) and
         from the moment the source ends until it is open again."""
         return self.readyState == "live" and self._inner is None
+
+    @property
+    def waiting(self) -> bool:
+        """Whether no source was ever opened yet (``first=None``, e.g. a master started
+        before its camera): attempts run, with backoff, while someone reads."""
+        return self.readyState == "live" and not self._ever_opened
 
     async def recv(self) -> Any:
         """Return the next frame, reopening the source as often as it takes.
@@ -186,7 +193,12 @@ class ReopeningVideoTrack(MediaStreamTrack):
         self._inner = inner
         self._opened_at = time.monotonic()
         self.opens += 1
-        logger.info("%s is back", self.description)
+        logger.info("%s is %s", self.description, "back" if self._ever_opened else "up")
+        if not self._ever_opened:  # what the first source says, as if it had been ``first``
+            self.width = getattr(inner, "width", None)
+            self.height = getattr(inner, "height", None)
+            self.fps = getattr(inner, "fps", None)
+        self._ever_opened = True
 
 
 def _in_daemon_thread(function: Callable[[], MediaStreamTrack]) -> asyncio.Future[MediaStreamTrack]:

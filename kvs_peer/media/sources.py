@@ -24,7 +24,7 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from ..errors import InvalidArgument, MediaError
+from ..errors import InvalidArgument, MediaError, SourceUnavailable
 from .capture import CameraTrack, FileAudioTrack, PyAVVideoTrack
 from .redact import describe_url, redact_urls
 from .stamp import MIN_HEIGHT, MIN_WIDTH, stamp_band_height, write_stamp
@@ -53,6 +53,17 @@ logger = logging.getLogger(__name__)
 _LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "rtp", "srt", "udp", "tcp"})
 _TEST_PATTERN_NAMES = frozenset({"testsrc", "test", "testpattern"})
 _URL_PATTERN = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+://")
+# Failures no waiting cures: an unknown scheme, a refused user or password, a bad option.
+# Everything else from a live URL (refused, timed out, unreachable, 404 from a relay whose
+# camera has not published yet, 5xx) may be a source that is not up yet.
+_WRONG_URL = (
+    av.error.ProtocolNotFoundError,
+    av.error.HTTPBadRequestError,
+    av.error.HTTPUnauthorizedError,
+    av.error.HTTPForbiddenError,
+    av.error.OptionNotFoundError,
+    av.error.DemuxerNotFoundError,
+)
 
 
 class TestPatternTrack(MediaStreamTrack):
@@ -259,15 +270,19 @@ def open_video_source(
         reopen: for live sources (cameras, streaming URLs), open the source again, with
             backoff, whenever it ends, instead of ending the track: a
             :class:`~kvs_peer.media.reopen.ReopeningVideoTrack`. Files and the test pattern
-            ignore it (files have ``loop``). Only the first opening raises.
+            ignore it (files have ``loop``). A streaming URL that cannot be reached yet
+            (refused, timed out, not found on the server: a camera still booting) does not
+            raise either: the track waits for it with the same backoff (its ``waiting`` is
+            True until it opens). A wrong path, scheme or password still raises here.
 
     Returns:
         A video ``MediaStreamTrack`` producing yuv420p frames.
 
     Raises:
         InvalidArgument: empty spec or bad size/rate.
+        SourceUnavailable: (a ``MediaError``, without ``reopen``) the URL cannot be reached.
         MediaError: the file is missing or unreadable, the device cannot be opened, the URL
-            cannot be reached, or there is no video stream.
+            is malformed or refused our credentials, or there is no video stream.
     """
 
     def open_once() -> MediaStreamTrack:
@@ -275,10 +290,18 @@ def open_video_source(
             spec, width=width, height=height, fps=fps, loop=loop, options=options, timeout=timeout
         )
 
-    track = open_once()
-    if reopen and getattr(track, "live", False):
-        from .reopen import ReopeningVideoTrack
+    if not reopen:
+        return open_once()
+    from .reopen import ReopeningVideoTrack
 
+    try:
+        track = open_once()
+    except SourceUnavailable as exc:
+        # Started before its camera (a power cut brings both up, the camera slower): wait.
+        description = f"video URL {describe_url(spec.strip())}"
+        logger.warning("%s: waiting for it (%s)", description, exc)
+        return ReopeningVideoTrack(open_once, description=description)
+    if getattr(track, "live", False):
         return ReopeningVideoTrack(open_once, first=track)
     return track
 
@@ -424,6 +447,7 @@ def _open_input(
         ffmpeg_options = {"rtsp_transport": "tcp"} if scheme.startswith("rtsp") else {}
         ffmpeg_options.update(options or {})
         description = f"{kind} URL {describe_url(spec)}"
+        live = scheme in _LIVE_SCHEMES
         container = _open_container(
             spec,
             description,
@@ -432,8 +456,9 @@ def _open_input(
             timeout=timeout,
             kind=kind,
             missing=f"{description} not found: check the address",
+            may_come_later=live,
         )
-        return container, description, scheme in _LIVE_SCHEMES
+        return container, description, live
     path = urlsplit(spec).path if scheme == "file" else spec
     _check_file(path, kind)
     description = f"{kind} file {path!r}"
@@ -458,7 +483,14 @@ def _open_container(
     timeout: float | None,
     kind: str,
     missing: str,
+    may_come_later: bool = False,
 ) -> Any:
+    """Open ``target`` with PyAV.
+
+    Args:
+        may_come_later: a live URL: failures that a source not up yet causes raise
+            :class:`SourceUnavailable` instead of :class:`MediaError`.
+    """
     try:
         container = av.open(
             target, mode="r", format=format, options=dict(options or {}), timeout=timeout
@@ -469,6 +501,15 @@ def _open_container(
         raise MediaError(f"cannot open {description}: permission denied") from None
     except (av.FFmpegError, OSError, ValueError) as exc:
         reason = redact_urls(getattr(exc, "strerror", None) or str(exc))
+        if isinstance(exc, _WRONG_URL):
+            raise MediaError(
+                f"cannot open {description}: {reason}; check the scheme, address, user and password"
+            ) from None
+        if may_come_later and isinstance(exc, av.FFmpegError):
+            raise SourceUnavailable(
+                f"cannot open {description}: {reason}; check that the camera or server is up "
+                "and reachable"
+            ) from None
         raise MediaError(
             f"cannot open {description}: {reason}; check that it is a readable media source"
         ) from None

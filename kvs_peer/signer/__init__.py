@@ -5,7 +5,9 @@
 ``RTCConfiguration`` (STUN/TURN), after checking the token against the config file.
 
 Parts: :mod:`.config` (TOML format, pure), :mod:`.auth` (tokens, globs, roles, rate limits,
-pure), :mod:`.forwarded` (client address behind proxies, pure), :mod:`.views` and
+pure), :mod:`.forwarded` (client address behind proxies, pure), :mod:`.clock` (a clock skew
+behind an AWS refusal, pure), :mod:`.cache` (channels served through AWS outages),
+:mod:`.connections` (per-address connection limit, redacted parser errors), :mod:`.views` and
 :mod:`.middleware` (HTTP), :mod:`.app` (factory and server), :mod:`.cli` (``kvs-peer signer``).
 """
 

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from aiohttp import web
@@ -21,8 +22,17 @@ from aiohttp import web
 from ..channel import ChannelResolver
 from ..errors import InvalidArgument
 from .auth import Authorizer
-from .config import SignerConfig
-from .keys import authorizer_key, clock_key, config_key, resolver_key
+from .cache import ChannelCache
+from .config import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, SignerConfig
+from .connections import ConnectionGuard, GuardedSite, RedactingHttpLogger
+from .keys import (
+    authorizer_key,
+    cache_key,
+    clock_key,
+    config_key,
+    resolver_key,
+    sign_executor_key,
+)
 from .middleware import create_cors_middleware, error_middleware
 from .views import healthz, kinesis_video_url
 
@@ -36,14 +46,18 @@ URL_PATH = "/kinesis-video-url"
 async def _resolver_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[config_key]
     logger.info(
-        "signer ready: %d token(s), %d anonymous rule(s), create_channels=%s, region %s",
+        "signer ready: %d token(s) (%d may create channels), %d anonymous rule(s), region %s, "
+        "request timeout %g s",
         len(config.tokens),
+        sum(t.create_channels for t in config.tokens),
         len(config.anonymous),
-        config.create_channels,
         app[resolver_key].region,
+        config.request_timeout,
     )
     yield
     # The app owns the resolver's worker threads from here on (close() is idempotent).
+    await app[cache_key].close()
+    app[sign_executor_key].shutdown(wait=False, cancel_futures=True)
     await app[resolver_key].close()
 
 
@@ -109,6 +123,10 @@ def create_app(
     )
     app[config_key] = config
     app[resolver_key] = resolver
+    app[cache_key] = ChannelCache(resolver)
+    # Presigning is CPU work on credentials already in memory; its own threads keep it from
+    # waiting behind boto3 calls to a hung control plane in the resolver's executor.
+    app[sign_executor_key] = ThreadPoolExecutor(2, thread_name_prefix="kvs-peer-signer-sign")
     app[authorizer_key] = Authorizer.from_config(config)
     app[clock_key] = clock
     app.cleanup_ctx.append(_resolver_ctx)
@@ -122,14 +140,34 @@ async def serve(
 ) -> AsyncIterator[str]:
     """Serve ``app`` on ``host:port`` (0 picks a free port); yields the base URL.
 
+    A signer app's config sets ``header_timeout`` and ``max_connections_per_address``
+    (trusted proxies are exempt from the latter); other apps get the defaults.
+
     Raises:
         InvalidArgument: the address cannot be bound.
     """
-    # No aiohttp access log: it would duplicate the views' log lines, which say who got what.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+    config = app.get(config_key)
+    header_timeout = config.header_timeout if config else DEFAULT_HEADER_TIMEOUT
+    guard = ConnectionGuard(
+        config.max_connections_per_address if config else DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+        exempt=config.trusted_proxies if config else (),
+    )
+    runner = web.AppRunner(
+        app,
+        # No aiohttp access log: it would duplicate the views' log lines, which say who got
+        # what.
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=5.0,
+        # aiohttp arms this timer when a connection opens and after each answer, and closes
+        # the connection if no complete request head arrived by then: a header read timeout.
+        keepalive_timeout=header_timeout,
+        # Malformed requests are logged without the bytes that broke them (a token).
+        logger=RedactingHttpLogger(logging.getLogger(f"{__name__}.http")),
+    )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = GuardedSite(runner, host, port, guard=guard)
         try:
             await site.start()
         except OSError as exc:

@@ -56,6 +56,8 @@ class Principal:
     name: str
     """Token name, or ``anonymous``."""
     anonymous: bool = False
+    may_create: bool = False
+    """The token may create a channel it covers that does not exist yet."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +196,7 @@ class Authorizer:
             refusal = _take(bucket, now, f"token {rule.name!r}", rule.rate_per_minute)
             if refusal is not None:
                 return refusal
-        return Principal(rule.name)
+        return Principal(rule.name, may_create=rule.create_channels)
 
     def _check_anonymous(
         self, channel: str, role: Role, address: str, now: float

@@ -19,8 +19,15 @@ import os
 import secrets
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import InvalidArgument
+from ..metrics.options import add_metrics_options, serve_metrics
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from .config import SignerConfig
 
 __all__ = ["MIN_TOKEN_LENGTH", "configure", "run"]
 
@@ -48,6 +55,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="also serve this folder at / (e.g. examples/browser), so a page and the API "
         "share an origin",
     )
+    add_metrics_options(parser)
     actions = parser.add_subparsers(dest="signer_action", metavar="ACTION")
     hash_parser = actions.add_parser(
         "hash-token",
@@ -118,7 +126,7 @@ async def run(args: argparse.Namespace) -> int:
         return _hash_token(args)
 
     from ..channel import ChannelResolver
-    from .app import create_app, serve
+    from .app import create_app
     from .config import load_config
 
     if args.config is None:
@@ -140,12 +148,24 @@ async def run(args: argparse.Namespace) -> int:
             f"{args.config} grants nothing: add a [[tokens]] table (or [[anonymous]] for "
             "viewers) as shown in docs/signer.md"
         )
-    resolver = ChannelResolver(region=config.region, endpoint_url=config.endpoint_url)
-    try:
-        app = create_app(config, resolver)
-    except BaseException:
-        await resolver.close()
-        raise
+    # Metrics first: a metrics port in use fails before the signer listens.
+    async with serve_metrics(args, role="signer") as metrics:
+        from ..metrics.signer import watch_signer
+
+        resolver = ChannelResolver(region=config.region, endpoint_url=config.endpoint_url)
+        try:
+            app = create_app(config, resolver)
+            watch_signer(app, metrics)
+        except BaseException:
+            await resolver.close()
+            raise
+        await _serve(app, config, args)
+    return 0
+
+
+async def _serve(app: web.Application, config: SignerConfig, args: argparse.Namespace) -> None:
+    from .app import serve
+
     async with serve(app, host=args.host, port=args.port) as url:
         print(f"kvs-peer signer listening on {url}", flush=True)
         print(f"  GET {url}/kinesis-video-url?channel=NAME&role=VIEWER", flush=True)
@@ -154,4 +174,3 @@ async def run(args: argparse.Namespace) -> int:
         print("Press Ctrl+C to stop.", flush=True)
         # The CLI sets args.stop on SIGINT/SIGTERM; called from Python, cancel the task.
         await getattr(args, "stop", asyncio.Event()).wait()
-    return 0

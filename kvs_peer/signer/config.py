@@ -4,8 +4,10 @@ A complete file (every key but ``[[tokens]]`` is optional)::
 
     region = "eu-west-1"                 # else --region, AWS_REGION, ~/.aws/config
     endpoint_url = "http://127.0.0.1:4577"   # control-plane override (a local emulator)
-    create_channels = false              # create unknown channels instead of answering 404
     url_expires = 299                    # seconds a signed URL stays valid (10-3600)
+    request_timeout = 5                  # deadline of one request; past it: 503 + Retry-After
+    header_timeout = 10                  # seconds a connection has to send a request head
+    max_connections_per_address = 32     # open connections per client address (not proxies)
     cors_origins = ["https://app.example.com"]   # exact browser origins allowed to call
     trusted_proxies = ["127.0.0.1", "10.0.0.0/8"] # peers whose X-Forwarded-For is believed
     static_dir = "../examples/browser"   # serve these files at / (relative to this file)
@@ -17,6 +19,7 @@ A complete file (every key but ``[[tokens]]`` is optional)::
     roles = ["MASTER"]                   # MASTER and/or VIEWER
     rate_per_minute = 20                 # optional request limit for this token
     burst = 5                            # optional; defaults to rate_per_minute
+    create_channels = false              # true: may create unknown channels it covers
 
     [[anonymous]]                        # viewer access without a token; off when absent
     channels = ["lobby-*"]
@@ -57,6 +60,10 @@ DEFAULT_ANONYMOUS_RATE = 60.0
 """Requests per minute per client address when an ``[[anonymous]]`` rule sets no limit."""
 MIN_URL_EXPIRES = 10
 MAX_URL_EXPIRES = 3600  # a signed URL is a bearer credential for the channel: keep it short
+DEFAULT_REQUEST_TIMEOUT = 5.0
+"""Seconds one request may take; below :class:`~kvs_peer.access.SignerAccess`'s 10 s timeout."""
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 32
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -93,6 +100,8 @@ class TokenRule:
     """Requests per minute; None means no limit."""
     burst: float | None = None
     """Largest burst of requests; defaults to ``rate_per_minute``."""
+    create_channels: bool = False
+    """May create a channel it covers that does not exist yet (instead of a 404)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,12 +126,18 @@ class SignerConfig:
     anonymous: tuple[AnonymousRule, ...] = ()
     region: str | None = None
     endpoint_url: str | None = None
-    create_channels: bool = False
     url_expires: int = 299
     """X-Amz-Expires of the URLs handed out, in seconds."""
     cors_origins: frozenset[str] = field(default_factory=frozenset)
     trusted_proxies: tuple[IpNetwork, ...] = ()
     static_dir: Path | None = None
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    """Deadline of one request, AWS calls included; past it the answer is 503 + Retry-After."""
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    """Seconds a connection has, from opening or from its previous answer, to send a complete
+    request head; then it is closed (slow-client protection, also the keep-alive limit)."""
+    max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
+    """Open connections one client address may hold; trusted proxies are exempt."""
 
     def __post_init__(self) -> None:
         if not MIN_URL_EXPIRES <= self.url_expires <= MAX_URL_EXPIRES:
@@ -130,12 +145,25 @@ class SignerConfig:
                 f"url_expires must be from {MIN_URL_EXPIRES} to {MAX_URL_EXPIRES} seconds, got "
                 f"{self.url_expires}"
             )
+        for name, low, high in (("request_timeout", 0.05, 60), ("header_timeout", 0.05, 3600)):
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise InvalidArgument(
+                    f"{name} must be from {low:g} to {high:g} seconds, got {value}"
+                )
+        if self.max_connections_per_address < 1:
+            raise InvalidArgument("max_connections_per_address must be at least 1")
         digests = [t.digest for t in self.tokens]
         if len(set(digests)) != len(digests):
             raise InvalidArgument("two tokens have the same sha256: give every token its own")
         names = [t.name for t in self.tokens]
         if len(set(names)) != len(names):
             raise InvalidArgument("two tokens have the same name: names must be unique")
+
+    @property
+    def create_channels(self) -> bool:
+        """Whether any token may create channels."""
+        return any(t.create_channels for t in self.tokens)
 
 
 # -- parsing -----------------------------------------------------------------------------------
@@ -145,13 +173,16 @@ _TOP_KEYS = {
     "endpoint_url",
     "create_channels",
     "url_expires",
+    "request_timeout",
+    "header_timeout",
+    "max_connections_per_address",
     "cors_origins",
     "trusted_proxies",
     "static_dir",
     "tokens",
     "anonymous",
 }
-_TOKEN_KEYS = {"name", "sha256", "channels", "roles", "rate_per_minute", "burst"}
+_TOKEN_KEYS = {"name", "sha256", "channels", "roles", "rate_per_minute", "burst", "create_channels"}
 _ANONYMOUS_KEYS = {"channels", "rate_per_minute", "burst"}
 
 
@@ -234,6 +265,9 @@ def _token(where: str, table: Any) -> TokenRule:
     burst = table.get("burst")
     if burst is not None and rate is None:
         raise _fail(f"{where}.burst", "only makes sense with rate_per_minute")
+    create = table.get("create_channels", False)
+    if not isinstance(create, bool):
+        raise _fail(f"{where}.create_channels", "must be true or false")
     return TokenRule(
         name=name,
         digest=bytes.fromhex(sha.lower()),
@@ -241,6 +275,7 @@ def _token(where: str, table: Any) -> TokenRule:
         roles=parsed_roles,
         rate_per_minute=None if rate is None else _rate(f"{where}.rate_per_minute", rate),
         burst=None if burst is None else _burst(f"{where}.burst", burst),
+        create_channels=create,
     )
 
 
@@ -249,6 +284,12 @@ def _anonymous(where: str, table: Any) -> AnonymousRule:
         raise _fail(
             f"{where}.roles",
             "anonymous access is VIEWER only and a MASTER always needs a token: remove 'roles'",
+        )
+    if isinstance(table, Mapping) and "create_channels" in table:
+        raise _fail(
+            f"{where}.create_channels",
+            "anonymous viewers can never create channels: give create_channels = true to the "
+            "[[tokens]] that may",
         )
     table = _check_keys(where, table, _ANONYMOUS_KEYS)
     if "channels" not in table:
@@ -260,6 +301,12 @@ def _anonymous(where: str, table: Any) -> AnonymousRule:
         rate_per_minute=_rate(f"{where}.rate_per_minute", rate),
         burst=None if burst is None else _burst(f"{where}.burst", burst),
     )
+
+
+def _seconds(where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _fail(where, "must be a number of seconds")
+    return float(value)
 
 
 def _origin(value: str) -> str:
@@ -327,9 +374,27 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Si
     create = data.get("create_channels", False)
     if not isinstance(create, bool):
         raise _fail("create_channels", "must be true or false")
+    if create:
+        # A service-wide switch let anonymous viewers create channels: refuse it loudly
+        # rather than silently creating nothing after an upgrade.
+        raise _fail(
+            "create_channels",
+            "is a per-token permission: remove it here and put create_channels = true in the "
+            "[[tokens]] tables that may create channels (anonymous viewers never can)",
+        )
     expires = data.get("url_expires", 299)
     if isinstance(expires, bool) or not isinstance(expires, int):
         raise _fail("url_expires", "must be a whole number of seconds")
+    timeouts = {
+        name: _seconds(name, data.get(name, default))
+        for name, default in (
+            ("request_timeout", DEFAULT_REQUEST_TIMEOUT),
+            ("header_timeout", DEFAULT_HEADER_TIMEOUT),
+        )
+    }
+    per_address = data.get("max_connections_per_address", DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)
+    if isinstance(per_address, bool) or not isinstance(per_address, int) or per_address < 1:
+        raise _fail("max_connections_per_address", "must be a whole number, at least 1")
     origins = frozenset(
         _origin(o)
         for o in _string_list("cors_origins", data.get("cors_origins", []), allow_empty=True)
@@ -351,11 +416,12 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Si
         anonymous=anonymous,
         region=region,
         endpoint_url=endpoint_url,
-        create_channels=create,
         url_expires=expires,
         cors_origins=origins,
         trusted_proxies=proxies,
         static_dir=static_dir,
+        max_connections_per_address=per_address,
+        **timeouts,
     )
 
 

@@ -1,14 +1,19 @@
-"""HTTP handlers: parse the request, ask :mod:`.auth` and the resolver, render JSON.
+"""HTTP handlers: parse the request, ask :mod:`.auth` and the channel cache, render JSON.
 
 Control-plane errors are translated to HTTP here, once; AWS's own messages stay in the
-service's log and never reach the caller.
+service's log and never reach the caller. Every request has a deadline
+(``request_timeout``): past it the answer is a 503 with ``Retry-After``, whatever AWS does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import functools
 import logging
+import math
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -22,8 +27,16 @@ from ..errors import AccessDenied, ChannelError, ChannelNotFound, InvalidArgumen
 from ..protocol import Role
 from ..signing import validate_channel_name, validate_client_id
 from .auth import Principal, Refusal
+from .clock import clock_skew
 from .forwarded import client_address
-from .keys import authorizer_key, clock_key, config_key, resolver_key
+from .keys import (
+    authorizer_key,
+    cache_key,
+    clock_key,
+    config_key,
+    resolver_key,
+    sign_executor_key,
+)
 from .responses import NO_STORE, error_response
 
 __all__ = [
@@ -33,6 +46,7 @@ __all__ = [
     "new_client_id",
     "parse_url_query",
     "refusal_from_channel_error",
+    "timeout_refusal",
     "url_response",
 ]
 
@@ -92,14 +106,46 @@ def new_client_id() -> str:
     return f"viewer-{secrets.token_hex(8)}"
 
 
-def refusal_from_channel_error(exc: ChannelError, channel: str, region: str) -> Refusal:
-    """The HTTP answer for a control-plane failure, without AWS's internal details."""
+def _skew_text(skew: float) -> str:
+    if abs(skew) < 1:
+        # AWS blamed the time but sent no Date header.
+        return "the signer's clock is off by more than 5 minutes"
+    side = "behind" if skew > 0 else "ahead of"
+    return f"the signer's clock is off by {abs(skew):.0f} s ({side} AWS)"
+
+
+def refusal_from_channel_error(
+    exc: ChannelError,
+    channel: str,
+    region: str,
+    *,
+    may_create: bool = False,
+    now: float | None = None,
+) -> Refusal:
+    """The HTTP answer for a control-plane failure, without AWS's internal details.
+
+    Args:
+        exc: the failure.
+        channel: the channel asked for.
+        region: the signer's region.
+        may_create: whether the caller's token may create channels (said in the 404).
+        now: ``time.time()`` when the failure arrived, to measure a clock skew.
+    """
     if isinstance(exc, ChannelNotFound):
+        hint = "" if may_create else "; the signer creates channels only for tokens allowed to"
         return Refusal(
             404,
             "channel_not_found",
             f"signaling channel {channel!r} does not exist in {region}: check the name "
-            "(exact match, case-sensitive)",
+            f"(exact match, case-sensitive){hint}",
+        )
+    skew = clock_skew(exc, time.time() if now is None else now)
+    if skew is not None:
+        return Refusal(
+            502,
+            "signer_clock_skew",
+            f"{_skew_text(skew)}: the operator must sync it (NTP); AWS refuses its requests "
+            "until then",
         )
     if isinstance(exc, AccessDenied):
         return Refusal(
@@ -128,6 +174,18 @@ def refusal_from_channel_error(exc: ChannelError, channel: str, region: str) -> 
         "aws_error",
         "Kinesis Video Streams failed the signer's request: retry later, and tell the operator "
         "if it persists",
+    )
+
+
+def timeout_refusal(timeout: float) -> Refusal:
+    """The 503 for a request that ran past its deadline (AWS slow or hung)."""
+    retry = max(THROTTLED_RETRY_AFTER, math.ceil(timeout))
+    return Refusal(
+        503,
+        "aws_timeout",
+        f"Kinesis Video Streams did not answer the signer within {timeout:g} s: retry after "
+        f"{retry} s",
+        retry_after=retry,
     )
 
 
@@ -208,14 +266,32 @@ async def kinesis_video_url(request: web.Request) -> web.Response:
     if query.role is Role.VIEWER and client_id is None:
         client_id = new_client_id()
     resolver = app[resolver_key]
+    # On threads no boto3 call occupies: CPU only, as credentials are in memory (role
+    # credentials close to expiry are refreshed here; the deadline bounds that).
+    sign = functools.partial(resolver.sign, client_id=client_id, expires=config.url_expires)
     try:
-        resolved = await resolver.resolve(
-            query.channel, query.role, client_id=client_id, create=config.create_channels
+        async with asyncio.timeout(config.request_timeout):
+            resolved = await app[cache_key].get(
+                query.channel, query.role, client_id=client_id, create=principal.may_create
+            )
+            url = await asyncio.get_running_loop().run_in_executor(
+                app[sign_executor_key], sign, resolved
+            )
+    except TimeoutError:
+        refusal = timeout_refusal(config.request_timeout)
+        logger.warning(
+            "channel %r not resolved within %g s (AWS slow or unreachable)",
+            query.channel,
+            config.request_timeout,
         )
-        url = await resolver.presign(resolved, client_id=client_id, expires=config.url_expires)
+        return _log_refusal(refusal, query, address, repr(principal.name))
     except ChannelError as exc:
-        refusal = refusal_from_channel_error(exc, query.channel, resolver.region)
-        if refusal.status >= 500:
+        refusal = refusal_from_channel_error(
+            exc, query.channel, resolver.region, may_create=principal.may_create
+        )
+        if refusal.error == "signer_clock_skew":
+            logger.warning("%s; AWS refused channel %r: %s", refusal.message, query.channel, exc)
+        elif refusal.status >= 500:
             logger.warning("control plane failed for channel %r: %s", query.channel, exc)
         return _log_refusal(refusal, query, address, repr(principal.name))
     logger.info(

@@ -67,6 +67,14 @@
     });
   }
 
+  // opts.iceTransportPolicy: 'relay' gathers and uses TURN relay candidates only.
+  function rtcConfig(opts) {
+    return {
+      iceServers: opts.iceServers || [],
+      iceTransportPolicy: opts.iceTransportPolicy || 'all',
+    };
+  }
+
   function watchPeer(pc, remote) {
     state.connectionStates[remote] = pc.connectionState;
     pc.addEventListener('connectionstatechange', () => {
@@ -102,7 +110,7 @@
   async function startViewer(opts) {
     startedAt = performance.now();
     state.role = 'VIEWER';
-    const pc = new RTCPeerConnection({ iceServers: opts.iceServers || [] });
+    const pc = new RTCPeerConnection(rtcConfig(opts));
     peers.set('MASTER', pc);
     watchPeer(pc, 'MASTER');
     pc.addTransceiver('video', { direction: 'recvonly' });
@@ -161,7 +169,7 @@
   async function answer(offer, remote, opts) {
     log('sdp-offer', remote);
     if (peers.has(remote)) peers.get(remote).close();
-    const pc = new RTCPeerConnection({ iceServers: opts.iceServers || [] });
+    const pc = new RTCPeerConnection(rtcConfig(opts));
     peers.set(remote, pc);
     watchPeer(pc, remote);
     pc.addEventListener('icecandidate', ({ candidate }) => {
@@ -255,5 +263,26 @@
     return null;
   }
 
-  window.kvsTest = { state, startViewer, startMaster, grabFrame, audioStats, send, close };
+  // The candidate pair the transport uses with `remote`, from getStats, or null before one is
+  // selected: {local: {candidateType, protocol, address, port}, remote: {...}}.
+  async function selectedPair(remote = 'MASTER') {
+    const pc = peers.get(remote);
+    if (!pc) return null;
+    const report = await pc.getStats();
+    for (const stats of report.values()) {
+      if (stats.type !== 'transport' || !stats.selectedCandidatePairId) continue;
+      const pair = report.get(stats.selectedCandidatePairId);
+      const describe = (id) => {
+        const c = report.get(id);
+        const { candidateType, protocol, address, port } = c;
+        return { candidateType, protocol, address, port };
+      };
+      return { local: describe(pair.localCandidateId), remote: describe(pair.remoteCandidateId) };
+    }
+    return null;
+  }
+
+  window.kvsTest = {
+    state, startViewer, startMaster, grabFrame, audioStats, selectedPair, send, close,
+  };
 })();

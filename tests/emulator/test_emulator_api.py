@@ -19,10 +19,12 @@ from typing import Any
 import aiohttp
 import boto3
 import pytest
-from botocore.auth import SigV4Auth
+from botocore.auth import SigV4Auth, SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import InvalidStatus
 
 from kvs_peer.emulator import (
     DEFAULT_ACCESS_KEY_ID,
@@ -370,4 +372,77 @@ async def test_forced_api_errors_raise_the_modelled_classes(kvs: LocalKvs) -> No
     assert (await call(kv, "describe_signaling_channel", ChannelARN=arn))["ChannelInfo"]
     assert (await call(signaling, "get_ice_server_config", ChannelARN=arn))["IceServerList"] == []
     with pytest.raises(InvalidArgument, match="DescribeSignalingChannel"):
-        kvs.fail_next_api_calls("DescribeStream")
+        kvs.fail_next_api_calls("GetMedia")
+
+
+class _SignsUserAgent(SigV4Auth):
+    """botocore as a signer that also signs user-agent, as the KVS C SDK does."""
+
+    def headers_to_sign(self, request: AWSRequest) -> Any:
+        headers = super().headers_to_sign(request)
+        headers["user-agent"] = request.headers["User-Agent"]
+        return headers
+
+
+C_SDK_USER_AGENT = "AWS-WEBRTC-KVS-AGENT/1.14.0/1.5.4"
+
+
+async def test_c_sdk_signed_headers_are_accepted(kvs: LocalKvs) -> None:
+    # The C SDK signs host;user-agent;x-amz-date (kvs-signaling.md 5.1, issue 9).
+    body = json.dumps({"ChannelName": "c-sdk", "ChannelType": "SINGLE_MASTER"}).encode()
+    url = f"{kvs.endpoint_url}/createSignalingChannel"
+
+    def signed(user_agent: str) -> dict[str, str]:
+        request = AWSRequest(
+            "POST",
+            url,
+            data=body,
+            headers={"Content-Type": "application/json", "User-Agent": C_SDK_USER_AGENT},
+        )
+        credentials = Credentials(DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY)
+        _SignsUserAgent(credentials, "kinesisvideo", kvs.region).add_auth(request)
+        assert "SignedHeaders=content-type;host;user-agent;x-amz-date," in str(
+            request.headers["Authorization"]
+        )
+        return {**dict(request.headers), "User-Agent": user_agent}
+
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, data=body, headers=signed(C_SDK_USER_AGENT)) as ok:
+            assert ok.status == 200, await ok.text()
+        async with http.post(url, data=body, headers=signed("other-agent/1.0")) as bad:
+            assert bad.status == 403
+            assert "does not match" in (await bad.json())["Message"]
+        # aiohttp leaves User-Agent to its own default when the header is absent: drop it
+        # through skip_auto_headers so the request lacks a header it signed.
+        headers = signed(C_SDK_USER_AGENT)
+        del headers["User-Agent"]
+        async with http.post(
+            url, data=body, headers=headers, skip_auto_headers=["User-Agent"]
+        ) as missing:
+            assert missing.status == 403
+            assert "user-agent is missing" in (await missing.json())["Message"]
+    assert ":channel/c-sdk/" in kvs.channel_arn("c-sdk")
+
+
+async def test_connect_verifies_every_signed_header(kvs: LocalKvs) -> None:
+    arn = kvs.create_channel("signed-ua")
+    endpoint = kvs.endpoint_url.replace("http://", "ws://", 1)
+    query = f"X-Amz-ChannelARN={arn}&X-Amz-ClientId=cam"
+    request = AWSRequest(
+        "GET", f"{endpoint}/signaling/viewer?{query}", headers={"User-Agent": "cam/1.0"}
+    )
+    credentials = Credentials(DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY)
+
+    class QueryAuth(SigV4QueryAuth, _SignsUserAgent):
+        pass
+
+    QueryAuth(credentials, "kinesisvideo", kvs.region, expires=299).add_auth(request)
+    assert "X-Amz-SignedHeaders=host%3Buser-agent" in request.url
+    async with ws_connect(request.url, user_agent_header="cam/1.0"):
+        async with asyncio.timeout(5):
+            await kvs.wait_connected("signed-ua", viewers=["cam"])
+    with pytest.raises(InvalidStatus) as info:
+        async with ws_connect(request.url, user_agent_header="cam/2.0"):
+            pass
+    assert info.value.response.status_code == 403
+    assert b"does not match" in info.value.response.body

@@ -20,8 +20,11 @@ DIGEST = "a" * 64
 FULL = f"""
 region = "eu-west-1"
 endpoint_url = "http://127.0.0.1:4577"
-create_channels = true
+create_channels = false
 url_expires = 120
+request_timeout = 2.5
+header_timeout = 65
+max_connections_per_address = 8
 cors_origins = ["https://App.Example.com", "http://localhost:8080"]
 trusted_proxies = ["127.0.0.1", "10.0.0.0/8"]
 static_dir = "web"
@@ -33,6 +36,7 @@ channels = ["garage", "cam-*"]
 roles = ["MASTER"]
 rate_per_minute = 20
 burst = 5
+create_channels = true
 
 [[tokens]]
 name = "viewers"
@@ -55,8 +59,10 @@ def test_full_file(tmp_path: Path) -> None:
     config = load_config(path)
     assert config.region == "eu-west-1"
     assert config.endpoint_url == "http://127.0.0.1:4577"
-    assert config.create_channels is True
+    assert config.create_channels is True  # some token may
     assert config.url_expires == 120
+    assert (config.request_timeout, config.header_timeout) == (2.5, 65.0)
+    assert config.max_connections_per_address == 8
     # Origins are compared exactly, so scheme and host are normalized to lower case.
     assert config.cors_origins == {"https://app.example.com", "http://localhost:8080"}
     assert config.trusted_proxies == (
@@ -70,8 +76,10 @@ def test_full_file(tmp_path: Path) -> None:
     assert camera.channels == ("garage", "cam-*")
     assert camera.roles == {Role.MASTER}
     assert (camera.rate_per_minute, camera.burst) == (20.0, 5.0)
+    assert camera.create_channels is True
     assert viewers.roles == {Role.VIEWER, Role.MASTER}
     assert viewers.rate_per_minute is None
+    assert viewers.create_channels is False
     lobby, public = config.anonymous
     assert lobby.channels == ("lobby-*",) and lobby.rate_per_minute == 30.0
     assert public.rate_per_minute == DEFAULT_ANONYMOUS_RATE
@@ -84,6 +92,8 @@ def test_defaults_are_closed() -> None:
     assert config.cors_origins == frozenset()
     assert config.trusted_proxies == ()
     assert config.url_expires == 299
+    assert (config.request_timeout, config.header_timeout) == (5.0, 10.0)
+    assert config.max_connections_per_address == 32
 
 
 def _token(**over: Any) -> dict[str, Any]:
@@ -126,6 +136,18 @@ def _token(**over: Any) -> dict[str, Any]:
         ({"url_expires": 86400}, "url_expires must be from 10 to 3600"),
         ({"url_expires": "299"}, "whole number"),
         ({"create_channels": "yes"}, "true or false"),
+        # A service-wide switch let anonymous viewers create channels (issue 10).
+        ({"create_channels": True}, "per-token permission"),
+        ({"tokens": [_token(create_channels="yes")]}, "tokens[0].create_channels"),
+        ({"anonymous": [{"channels": ["x"], "create_channels": True}]}, "never create"),
+        ({"tokens": [_token(roles=["ma\u017fter"])]}, "invalid role 'ma\u017fter'"),
+        ({"tokens": [_token(roles=["v\u0131ewer"])]}, "invalid role 'v\u0131ewer'"),
+        ({"request_timeout": 0}, "request_timeout must be from"),
+        ({"request_timeout": 600}, "request_timeout must be from"),
+        ({"request_timeout": "5"}, "request_timeout: must be a number"),
+        ({"header_timeout": 0.001}, "header_timeout must be from"),
+        ({"max_connections_per_address": 0}, "at least 1"),
+        ({"max_connections_per_address": 2.5}, "whole number"),
         ({"endpoint_url": "127.0.0.1:4577"}, "http:// or https://"),
     ],
 )

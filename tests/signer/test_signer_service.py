@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import logging
 import socket
+import uuid
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -24,6 +25,7 @@ from signer_helpers import (
 
 from kvs_peer.channel import ChannelResolver
 from kvs_peer.emulator import EmulatorConfig, LocalKvs
+from kvs_peer.errors import ChannelNotFound
 from kvs_peer.signing import verify_presigned_url
 
 # -- authorization matrix ---------------------------------------------------------------------
@@ -129,6 +131,9 @@ async def test_anonymous_rate_limit_per_forwarded_address_only_from_trusted_prox
         ({"channel": "c" * 257, "role": "VIEWER"}, "invalid_channel", "1-256 characters"),
         ({"channel": "cam-1"}, "missing_role", "role=MASTER or role=VIEWER"),
         ({"channel": "cam-1", "role": "ADMIN"}, "invalid_role", "use MASTER or VIEWER"),
+        # Unicode case mapping: long s and dotless i upper-case to S and I.
+        ({"channel": "cam-1", "role": "ma\u017fter"}, "invalid_role", "use MASTER or VIEWER"),
+        ({"channel": "cam-1", "role": "v\u0131ewer"}, "invalid_role", "use MASTER or VIEWER"),
         (
             {"channel": "cam-1", "role": "VIEWER", "clientId": "a b"},
             "invalid_client_id",
@@ -181,13 +186,38 @@ async def test_unknown_channel_is_404_and_never_created() -> None:
         assert response.status == 403  # "cam" does not match cam-*: refused before AWS
 
 
-async def test_create_channels_when_configured() -> None:
-    config = {"tokens": standard_tokens(), "create_channels": True}
+async def test_only_tokens_allowed_to_create_create_channels() -> None:
+    config = {
+        "tokens": [
+            token("camera", MASTER_TOKEN, ["cam-*"], ["MASTER"], create_channels=True),
+            token("viewer-app", VIEWER_TOKEN, ["cam-*"], ["VIEWER"]),
+        ],
+        "anonymous": [{"channels": ["*"], "rate_per_minute": 1000}],
+    }
     async with signer_stack(config) as stack:
-        response = await stack.get_url("cam-new", "MASTER", bearer=MASTER_TOKEN)
-        assert response.status == 200, response.body
+        # Anonymous viewers (issue 10: 20 of 20 random names were created) and tokens
+        # without the permission get a 404 and create nothing.
+        names = [f"cam-{uuid.uuid4().hex[:12]}" for _ in range(20)]
+        for name in names:
+            response = await stack.get_url(name, "VIEWER")
+            assert (response.status, response.body["error"]) == (404, "channel_not_found")
+            assert "only for tokens allowed to" in response.body["message"]
+        refused = await stack.get_url(names[0], "VIEWER", bearer=VIEWER_TOKEN)
+        assert (refused.status, refused.body["error"]) == (404, "channel_not_found")
+        assert "CreateSignalingChannel" not in stack.resolver.calls
+        for name in names:
+            with pytest.raises(ChannelNotFound):
+                stack.kvs.channel_arn(name)
+        # The token allowed to create does, within its channels only.
+        created = await stack.get_url("cam-new", "MASTER", bearer=MASTER_TOKEN)
+        assert created.status == 200, created.body
         assert stack.resolver.calls["CreateSignalingChannel"] == 1
-        assert stack.kvs.channel_arn("cam-new") == response.body["channelARN"]
+        assert stack.kvs.channel_arn("cam-new") == created.body["channelARN"]
+        outside = await stack.get_url("lobby-new", "MASTER", bearer=MASTER_TOKEN)
+        assert (outside.status, outside.body["error"]) == (403, "channel_not_allowed")
+        # Once it exists, viewers join it.
+        joined = await stack.get_url("cam-new", "VIEWER")
+        assert joined.status == 200, joined.body
 
 
 async def test_unknown_path_and_method_are_json() -> None:

@@ -118,6 +118,33 @@ async function refreshStats() {
     `${stats.fps} fps ${stats.codec}`;
 }
 
+// Storage sessions (WebRTC ingestion): what they recorded, played back in a <video>.
+async function refreshRecordings() {
+  let listing;
+  try {
+    listing = await getJson('/_kvs/recordings');
+  } catch (error) {
+    $('recordings-folder').textContent = `cannot list recordings: ${error.message}`;
+    return;
+  }
+  $('recordings-folder').textContent = `folder ${listing.folder}`;
+  const body = $('recordings').tBodies[0];
+  body.replaceChildren();
+  for (const recording of listing.recordings) {
+    const row = body.insertRow();
+    cell(row, recording.stream);
+    cell(row, recording.name);
+    cell(row, `${(recording.bytes / 1e6).toFixed(2)} MB`);
+    const button = document.createElement('button');
+    button.textContent = 'Play';
+    button.onclick = () => {
+      $('playback').src = recording.url;
+      $('playback').hidden = false;
+    };
+    row.insertCell().append(button);
+  }
+}
+
 window.addEventListener('DOMContentLoaded', () => {
   $('endpoint').textContent = `endpoint ${location.origin}`;
   $('stop').onclick = () => {
@@ -127,6 +154,8 @@ window.addEventListener('DOMContentLoaded', () => {
   };
   refreshChannels();
   setInterval(refreshChannels, 2000);
+  refreshRecordings();
+  setInterval(refreshRecordings, 5000);
   setInterval(() => refreshStats().catch((error) => log(`stats: ${error}`)), 1000);
   const wanted = new URLSearchParams(location.search).get('channel');
   if (wanted) watch(wanted);

@@ -1,0 +1,288 @@
+"""The emulator's WebRTC storage API (``kinesis-video-webrtc-storage``) and its sessions.
+
+``POST /joinStorageSession`` and ``POST /joinStorageSessionAsViewer`` are SigV4-verified
+(service ``kinesisvideo``, as botocore's model signs them), take camelCase bodies and answer
+200 with an empty body, or KVS's errors with a lower-case ``message``
+(webrtc-ingestion.md 2). A master's join starts a :class:`~.storage_peer.StoragePeer` for the
+channel (the newest join replaces a running session: "the most recent client request takes
+precedence"); recordings go to ``<storage dir>/<stream name>/<start time>.mkv``.
+
+Not emulated: viewers through the storage session (``/joinStorageSessionAsViewer`` checks its
+input and the 3-viewer limit, then answers that the emulator does not serve viewers this way).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import tempfile
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aiohttp import hdrs, web
+from aiortc import RTCIceServer
+
+from ..errors import InvalidArgument, SignatureError
+from ..protocol import ClientMessage
+from ..signing import verify_signed_request
+from .controlplane import ApiResult, ControlPlane, StorageJoin
+from .storage_peer import SessionInfo, StoragePeer, recording_name
+
+if TYPE_CHECKING:
+    from .server import LocalKvs
+
+__all__ = ["JOIN_PATH", "JOIN_VIEWER_PATH", "StorageService"]
+
+logger = logging.getLogger(__name__)
+
+JOIN_PATH = "/joinStorageSession"
+JOIN_VIEWER_PATH = "/joinStorageSessionAsViewer"
+MAX_STORAGE_VIEWERS = 3
+"""Viewers per storage session (multi-viewer preview, webrtc-ingestion.md 7)."""
+_HISTORY = 200
+
+
+class StorageService:
+    """Storage sessions of every channel, the join API and the knobs tests use.
+
+    Args:
+        kvs: the emulator (clock, credentials, presence).
+        control: its control plane (channels, streams, links).
+        send_to_master: ``send_to_master(channel_arn, text)`` delivers a frame to the
+            channel's master and returns whether one was connected.
+        ice_servers: ``ice_servers(channel_arn)``: what the storage peer uses (the emulator's
+            own TURN server, or nothing: never an unreachable one).
+        storage_dir: where recordings go; None makes a temporary folder on first use.
+        max_duration: seconds a session lasts at most (KVS: one hour), or None.
+    """
+
+    def __init__(
+        self,
+        kvs: LocalKvs,
+        control: ControlPlane,
+        *,
+        send_to_master: Callable[[str, str], bool],
+        ice_servers: Callable[[str], list[RTCIceServer]],
+        storage_dir: Path | None,
+        max_duration: float | None,
+    ) -> None:
+        self._kvs = kvs
+        self._control = control
+        self._send_to_master = send_to_master
+        self._ice_servers = ice_servers
+        self._dir = storage_dir
+        self.max_duration = max_duration
+        """Seconds a session lasts at most; may be changed while running (new sessions)."""
+        self._sessions: dict[str, StoragePeer] = {}
+        self._ending: set[StoragePeer] = set()
+        self._history: list[SessionInfo] = []
+        self._drop_offers: dict[str, int] = {}
+        self._joins: dict[str, int] = {}
+        self._changed = asyncio.Event()
+
+    # -- configuration -------------------------------------------------------------------------
+
+    @property
+    def storage_dir(self) -> Path:
+        """The folder of the recordings (``<stream name>/<start time>.mkv`` inside)."""
+        if self._dir is None:
+            self._dir = Path(tempfile.mkdtemp(prefix="kvs-peer-storage-"))
+        return self._dir
+
+    def add_routes(self, app: web.Application) -> None:
+        """Add the join API's routes to ``app`` (before it starts)."""
+        app.router.add_post(JOIN_PATH, self._handle_join)
+        app.router.add_post(JOIN_VIEWER_PATH, self._handle_join_viewer)
+
+    # -- knobs ---------------------------------------------------------------------------------
+
+    def drop_next_offers(self, channel: str, count: int = 1) -> None:
+        """Answer the next ``count`` joins of ``channel`` with 200 but never send the offer
+        (the lost-offer case the SDKs retry, webrtc-ingestion.md 6)."""
+        if count < 1:
+            raise InvalidArgument("count must be at least 1")
+        arn = self._kvs.channel_arn(channel)
+        self._drop_offers[arn] = self._drop_offers.get(arn, 0) + count
+
+    def end_session(self, channel: str, reason: str = "ended by the emulator") -> bool:
+        """End the channel's running session (the storage peer drops); False if none."""
+        peer = self._sessions.get(self._kvs.channel_arn(channel))
+        if peer is None:
+            return False
+        peer.end(reason)
+        return True
+
+    def joins(self, channel: str) -> int:
+        """How many master joins the channel has had (accepted with 200)."""
+        return self._joins.get(self._kvs.channel_arn(channel), 0)
+
+    def session(self, channel: str) -> SessionInfo | None:
+        """The channel's running session, or None."""
+        peer = self._sessions.get(self._kvs.channel_arn(channel))
+        return None if peer is None else replace(peer.refresh_counters())
+
+    def sessions(self, channel: str | None = None) -> list[SessionInfo]:
+        """Every session (ended ones first, oldest first), of one channel or all."""
+        arn = None if channel is None else self._kvs.channel_arn(channel)
+        running = [replace(p.refresh_counters()) for p in self._sessions.values()]
+        return [s for s in [*self._history, *running] if arn is None or s.channel_arn == arn]
+
+    def recordings(self) -> list[Path]:
+        """Recording files in the storage folder, oldest first per stream."""
+        if self._dir is None or not self._dir.is_dir():
+            return []
+        return sorted(p for p in self._dir.glob("*/*.mkv") if p.is_file())
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate()`` holds, re-checked on every session change and every
+        0.1 s (frame counters grow without events). Wrap it in ``asyncio.timeout()``."""
+        while not predicate():
+            self._changed.clear()
+            try:
+                async with asyncio.timeout(0.1):
+                    await self._changed.wait()
+            except TimeoutError:
+                pass
+
+    # -- signaling -----------------------------------------------------------------------------
+
+    def receive(self, channel_arn: str, message: ClientMessage) -> bool:
+        """A master's message without a recipient: the storage session's if one runs."""
+        peer = self._sessions.get(channel_arn)
+        if peer is None:
+            return False
+        peer.receive(message)
+        return True
+
+    # -- HTTP ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _response(result: ApiResult) -> web.Response:
+        headers = {} if result.error_type is None else {"x-amzn-ErrorType": result.error_type}
+        if result.status == 200:
+            return web.Response(status=200, headers=headers)  # the model's empty output
+        return web.json_response(result.body, status=result.status, headers=headers)
+
+    async def _handle_join(self, request: web.Request) -> web.Response:
+        return await self._join(request, viewer=False)
+
+    async def _handle_join_viewer(self, request: web.Request) -> web.Response:
+        return await self._join(request, viewer=True)
+
+    async def _join(self, request: web.Request, *, viewer: bool) -> web.Response:
+        body = await request.read()
+        scheme = "https" if self._kvs.certificate is not None else "http"
+        url = f"{scheme}://{request.headers.get(hdrs.HOST, '')}{request.raw_path}"
+        config = self._kvs.config
+        try:
+            verify_signed_request(
+                request.method,
+                url,
+                request.headers,
+                body,
+                secrets={config.access_key_id: config.secret_access_key},
+                region=config.region,
+                service="kinesisvideo",
+                now=self._kvs.now(),
+                max_skew=config.max_skew,
+            )
+        except SignatureError as exc:
+            logger.info("refused %s: %s (%s)", request.path, exc.reason, exc)
+            return self._response(ApiResult(403, {"message": str(exc)}, "AccessDeniedException"))
+        result = self._control.join_storage(body, viewer=viewer)
+        if isinstance(result, ApiResult):
+            logger.info("%s -> %d %s", request.path, result.status, result.error_type)
+            return self._response(result)
+        if viewer:
+            return self._response(self._viewer_refusal(result))
+        if not self._kvs.connected(result.channel_arn).master:
+            # [inferred] KVS does not document a join without a connected master; refusing
+            # it tells the caller what to fix (connect signaling first, webrtc-ingestion.md 3).
+            return self._response(
+                ApiResult(
+                    400,
+                    {
+                        "message": f"no master is connected to channel {result.channel_name}: "
+                        "connect to signaling as master before JoinStorageSession"
+                    },
+                    "InvalidArgumentException",
+                )
+            )
+        self._joins[result.channel_arn] = self._joins.get(result.channel_arn, 0) + 1
+        await self._start_session(result)
+        return self._response(ApiResult(200, {}))
+
+    def _viewer_refusal(self, join: StorageJoin) -> ApiResult:
+        presence = self._kvs.connected(join.channel_arn)
+        if join.client_id not in presence.viewers:
+            return ApiResult(
+                400,
+                {
+                    "message": f"viewer {join.client_id} is not connected to channel "
+                    f"{join.channel_name}: ConnectAsViewer with this clientId first"
+                },
+                "InvalidArgumentException",
+            )
+        if len(presence.viewers) > MAX_STORAGE_VIEWERS:
+            return ApiResult(
+                400,
+                {"message": "maximum number of viewers connected to the session reached"},
+                "ClientLimitExceededException",
+            )
+        return ApiResult(
+            400,
+            {
+                "message": "the kvs-peer emulator does not route viewers through the storage "
+                "session; connect viewers to a channel without media storage"
+            },
+            "InvalidArgumentException",
+        )
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    async def _start_session(self, join: StorageJoin) -> None:
+        old = self._sessions.pop(join.channel_arn, None)
+        if old is not None:
+            self._ending.add(old)
+            old.end("replaced by a newer JoinStorageSession")
+        started = self._kvs.now()
+        path = self.storage_dir / join.stream_name / recording_name(started)
+        while path.exists():  # two joins in one millisecond
+            started += dt.timedelta(milliseconds=1)
+            path = path.with_name(recording_name(started))
+        peer = StoragePeer(
+            join,
+            send=lambda text: self._send_to_master(join.channel_arn, text),
+            path=path,
+            ice_servers=self._ice_servers(join.channel_arn),
+            max_duration=self.max_duration,
+            on_end=self._ended,
+        )
+        self._sessions[join.channel_arn] = peer
+        self._changed.set()
+        drop = self._drop_offers.get(join.channel_arn, 0)
+        if drop:
+            self._drop_offers[join.channel_arn] = drop - 1
+        try:
+            await peer.start(drop_offer=bool(drop))
+        except Exception as exc:
+            logger.warning("storage session of %s failed to start: %s", join.channel_name, exc)
+            peer.end(f"could not start: {exc}")
+
+    def _ended(self, peer: StoragePeer) -> None:
+        if self._sessions.get(peer.join.channel_arn) is peer:
+            del self._sessions[peer.join.channel_arn]
+        self._ending.discard(peer)
+        self._history.append(replace(peer.info))
+        del self._history[:-_HISTORY]
+        self._changed.set()
+
+    async def close(self) -> None:
+        """End every session and wait for their files to be finished."""
+        peers = [*self._sessions.values(), *self._ending]
+        for peer in peers:
+            peer.end("the emulator stopped")
+        await asyncio.gather(*(p.wait_ended() for p in peers), return_exceptions=True)

@@ -1,0 +1,294 @@
+"""Interop with the official KVS WebRTC C SDK (v1.14.0 sample apps, prebuilt).
+
+The samples are what most cameras in the field run. They talk to ``kvs-peer local --tls
+--port 443 --turn`` exactly as to KVS (HTTPS/WSS on 443, SigV4 over ``host;user-agent;
+x-amz-date``, TURN from GetIceServerConfig), and kvs-peer's own master and viewer run in this
+process against the same emulator. What the C SDK saw is read from its log (see csdk.py).
+
+Skipped locally when the samples, their runtime libraries, coturn or port 443 are missing;
+``KVS_PEER_REQUIRE_CSDK=1`` (CI) turns those skips into failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import ssl
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import av
+import boto3
+import numpy as np
+import pytest
+from conftest import MS
+from csdk import (
+    LOG_INFO,
+    LOG_VERBOSE,
+    MASTER,
+    VIEWER,
+    CsdkEnvironment,
+    locate_samples,
+    start_sample,
+    unavailable,
+)
+from local_cli import LocalCli, can_bind_privileged_port, run_local
+
+from kvs_peer.access import AwsAccess
+from kvs_peer.channel import ChannelResolver
+from kvs_peer.emulator import DEFAULT_ACCESS_KEY_ID, DEFAULT_REGION, DEFAULT_SECRET_ACCESS_KEY
+from kvs_peer.errors import ChannelNotFound
+from kvs_peer.master import Master
+from kvs_peer.media import Recorder, TestPatternTrack, ToneTrack
+from kvs_peer.protocol import Role
+from kvs_peer.viewer import Viewer, new_client_id
+
+PORT = 443
+SET_UP = r"\[KVS Master\] Channel (\S+) set up done"
+"""The master sample's line once its signaling client is connected."""
+CONNECTED = r"New connection state 3\b"
+"""RTC_PEER_CONNECTION_STATE_CONNECTED (ICE and DTLS done on the C SDK's side)."""
+MASTER_REPLY = "This message is from the KVS Master"
+VIEWER_GREETING = "This message is from the KVS Viewer"
+
+
+def _channel(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def samples() -> Path:
+    return locate_samples()
+
+
+@pytest.fixture(scope="module")
+def local(samples: Path) -> Iterator[LocalCli]:
+    """``kvs-peer local --tls --port 443 --turn``, one per module (443 is held by one at once)."""
+    if not can_bind_privileged_port(PORT):
+        unavailable(f"port {PORT} needs root (or net.ipv4.ip_unprivileged_port_start <= {PORT})")
+    if shutil.which("turnserver") is None:
+        unavailable("coturn's turnserver is not installed: apt-get install coturn")
+    # -vv: the emulator logs every control-plane call with its status (read by a test below).
+    with run_local(["--tls", "--port", str(PORT), "--turn", "-vv"]) as cli:
+        yield cli
+
+
+@pytest.fixture
+def csdk_env(local: LocalCli) -> CsdkEnvironment:
+    return CsdkEnvironment(
+        access_key_id=DEFAULT_ACCESS_KEY_ID,
+        secret_access_key=DEFAULT_SECRET_ACCESS_KEY,
+        region=DEFAULT_REGION,
+        ca_cert_path=local.ca_cert_path,
+    )
+
+
+@pytest.fixture
+async def resolver(local: LocalCli) -> AsyncIterator[ChannelResolver]:
+    """kvs-peer's control-plane client for the emulator (overrides tests/conftest.py)."""
+    session = boto3.Session(
+        aws_access_key_id=DEFAULT_ACCESS_KEY_ID,
+        aws_secret_access_key=DEFAULT_SECRET_ACCESS_KEY,
+        region_name=DEFAULT_REGION,
+    )
+    async with ChannelResolver(
+        region=DEFAULT_REGION,
+        endpoint_url=local.endpoint_url,
+        session=session,
+        verify=str(local.ca_cert_path),
+    ) as r:
+        yield r
+
+
+@pytest.fixture
+def tls(local: LocalCli) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(local.ca_cert_path))
+
+
+async def _wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def _assert_quiet(local: LocalCli, mark: int) -> None:
+    """The emulator logged no warning or error since ``mark`` (e.g. about the C SDK's
+    WebSocket subprotocol, or a message it could not route)."""
+    noisy = [
+        line
+        for line in local.stderr[mark:]
+        if re.search(r" (WARNING|ERROR|CRITICAL) |Traceback", line)
+    ]
+    assert not noisy, "the emulator complained:\n" + "\n".join(noisy)
+
+
+def _decode(path: Path) -> tuple[list[np.ndarray], int, dict[str, str]]:
+    """Luma planes of every video frame, the number of audio frames, and the codecs."""
+    lumas: list[np.ndarray] = []
+    audio_frames = 0
+    with av.open(str(path)) as container:
+        codecs = {s.type: s.codec_context.name for s in container.streams}
+        for frame in container.decode(*container.streams):
+            if isinstance(frame, av.VideoFrame):
+                lumas.append(frame.to_ndarray(format="gray"))
+            else:
+                audio_frames += 1
+    return lumas, audio_frames, codecs
+
+
+async def test_csdk_master_to_kvs_peer_viewer(
+    samples: Path,
+    local: LocalCli,
+    csdk_env: CsdkEnvironment,
+    resolver: ChannelResolver,
+    tls: ssl.SSLContext,
+    tmp_path: Path,
+) -> None:
+    """A C SDK camera streams H.264 + Opus to kvs-peer's viewer, which records both and
+    talks on a data channel; the first frame comes within 1 s of the viewer's start."""
+    channel = _channel("csdk-master")
+    mark = len(local.stderr)
+    async with start_sample(samples, MASTER, [channel], csdk_env, log_level=LOG_INFO) as master:
+        await master.wait_for_line(SET_UP, 20_000 * MS)
+        replies: list[str | bytes] = []
+        recording = tmp_path / "csdk.mkv"
+        access = AwsAccess(resolver, channel, Role.VIEWER, client_id=new_client_id("kvs-peer"))
+        async with Viewer(
+            access,
+            audio=True,
+            data_channel=True,
+            on_message=replies.append,
+            recorder=Recorder(recording, audio=True, fps=25, preset="ultrafast"),
+            signaling={"ssl": tls},
+        ) as viewer:
+            try:
+                ttff = await viewer.wait_first_frame(timeout=15_000 * MS)
+            except TimeoutError:
+                raise AssertionError(f"no frame from the C SDK master:\n{master.tail()}") from None
+            await master.wait_for_line(CONNECTED, 5_000 * MS)
+            await master.wait_for_line(r"New DataChannel has been opened kvs-peer", 5_000 * MS)
+            await _wait_until(
+                lambda: viewer.channel is not None and viewer.channel.readyState == "open",
+                5_000 * MS,
+                f"the viewer's data channel to open:\n{master.tail()}",
+            )
+            await viewer.send("hello from kvs-peer")
+            await master.wait_for_line(
+                r"DataChannel String Message: hello from kvs-peer", 5_000 * MS
+            )
+            await _wait_until(lambda: MASTER_REPLY in replies, 5_000 * MS, "the master's reply")
+            # Two seconds of media: 50 video frames at 25 fps, 100 Opus frames of 20 ms.
+            await _wait_until(
+                lambda: (
+                    viewer.stats.frames_received >= 50 and viewer.stats.audio_frames_received >= 100
+                ),
+                10_000 * MS,
+                f"two seconds of media (have {viewer.stats})",
+            )
+            stats = viewer.stats
+    assert ttff <= 1000 * MS, f"first frame after {ttff * 1000:.0f} ms (want <= 1000 ms)"
+    assert (stats.width, stats.height) == (1280, 720)
+
+    lumas, audio_frames, codecs = _decode(recording)
+    assert codecs == {"video": "h264", "audio": "opus"}
+    assert len(lumas) >= 40, f"only {len(lumas)} video frames decode from the recording"
+    assert all(luma.shape == (720, 1280) for luma in lumas)
+    # The sample is a real video: a recording of gray or green error frames would be flat.
+    assert float(np.median([luma.std() for luma in lumas])) > 10
+    assert audio_frames >= 80, f"only {audio_frames} Opus frames decode from the recording"
+    _assert_quiet(local, mark)
+
+
+async def test_kvs_peer_master_to_csdk_viewer(
+    samples: Path,
+    local: LocalCli,
+    csdk_env: CsdkEnvironment,
+    resolver: ChannelResolver,
+    tls: ssl.SSLContext,
+) -> None:
+    """kvs-peer's master streams H.264 + Opus to the C SDK viewer, which logs the frames,
+    connects (DTLS included) and opens its data channel."""
+    channel = _channel("kvs-master")
+    mark = len(local.stderr)
+    messages: list[tuple[str, str | bytes]] = []
+    access = AwsAccess(resolver, channel, Role.MASTER, create=True)
+    async with Master(
+        access,
+        video=TestPatternTrack(320, 240, 15),
+        audio=ToneTrack(440),
+        on_message=lambda client_id, message: messages.append((client_id, message)),
+        signaling={"ssl": tls},
+    ) as master:
+        async with start_sample(
+            samples, VIEWER, [channel], csdk_env, log_level=LOG_VERBOSE
+        ) as viewer:
+            await viewer.wait_for_line(CONNECTED, 15_000 * MS)
+            await viewer.wait_for_line(r"New DataChannel has been opened", 5_000 * MS)
+            await _wait_until(
+                lambda: any(m == VIEWER_GREETING for _, m in messages),
+                5_000 * MS,
+                f"the C SDK viewer's data-channel greeting:\n{viewer.tail()}",
+            )
+            await _wait_until(
+                lambda: (
+                    viewer.count(r"Video Frame received") >= 15
+                    and viewer.count(r"Audio Frame received") >= 25
+                ),
+                10_000 * MS,
+                f"a second of video and audio frames at the C SDK viewer:\n{viewer.tail()}",
+            )
+            assert master.stats.sessions_connected == 1
+            assert master.stats.sessions_failed == 0
+        # The C SDK closes DTLS when it quits: its seat is free again at once.
+        await _wait_until(lambda: not master.viewers, 3_000 * MS, "the master to drop the viewer")
+    assert viewer.find(r"(?i)dtls.*(fail|error)") is None, viewer.tail()
+    _assert_quiet(local, mark)
+
+
+async def test_csdk_control_plane_creates_channel(
+    samples: Path, local: LocalCli, csdk_env: CsdkEnvironment, resolver: ChannelResolver
+) -> None:
+    """On a channel that does not exist yet, the C SDK master describes it (not found),
+    creates it, describes it again, gets its endpoints and ICE servers, and connects."""
+    channel = _channel("csdk-new")
+    # The emulator's log arrives through a pipe, maybe after this call returns: count this
+    # describe in the expected sequence rather than racing it.
+    mark = len(local.stderr)
+    with pytest.raises(ChannelNotFound):
+        await resolver.describe(channel)
+    async with start_sample(samples, MASTER, [channel], csdk_env, log_level=LOG_INFO) as master:
+        await master.wait_for_line(SET_UP, 20_000 * MS)
+        await _wait_until(
+            lambda: any(f"master connected to {channel}" in line for line in local.stderr[mark:]),
+            5_000 * MS,
+            "the emulator to see the master's WebSocket",
+        )
+    calls = [
+        (m.group(1), int(m.group(2)))
+        for line in local.stderr[mark:]
+        if (m := re.search(r"(/[\w/-]+) -> (\d{3})", line))
+    ]
+    assert calls[:6] == [
+        ("/describeSignalingChannel", 404),  # ours, above
+        ("/describeSignalingChannel", 404),
+        ("/createSignalingChannel", 200),
+        ("/describeSignalingChannel", 200),
+        ("/getSignalingChannelEndpoint", 200),
+        ("/v1/get-ice-server-config", 200),
+    ], f"control-plane calls: {calls}\n{master.tail()}"
+    _assert_quiet(local, mark)
+    described = await resolver.describe(channel)
+    assert described["ChannelStatus"] == "ACTIVE"
+    # What the C SDK was given: TURN over UDP and TCP, with credentials that expire.
+    resolved = await resolver.resolve(channel, Role.MASTER)
+    uris = [uri for server in resolved.ice_servers for uri in server.urls]
+    assert any(u.startswith("turn:") and u.endswith("transport=udp") for u in uris), uris
+    assert any(u.startswith("turn:") and u.endswith("transport=tcp") for u in uris), uris
+    # No port in the endpoints: the C SDK cannot parse one, and real KVS never sends one.
+    assert re.fullmatch(r"https://127\.0\.0\.1", resolved.https_endpoint or ""), resolved
+    assert re.fullmatch(r"wss://127\.0\.0\.1/[\w/]+", resolved.wss_endpoint), resolved

@@ -1,0 +1,116 @@
+"""The recorder's TOML config: valid files parse, every mistake names its key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from kvs_peer.errors import InvalidArgument
+from kvs_peer.record.config import load_config, parse_config, parse_size
+
+GOOD = """
+region = "eu-west-1"
+channels = ["garage", "cam-*", "garage"]
+processes = 2
+
+[output]
+dir = "spool"
+segment_seconds = 5
+max_bytes = "2GiB"
+max_age = 3600
+
+[s3]
+bucket = "my-recordings"
+prefix = "/site-1/"
+storage_class = "STANDARD_IA"
+"""
+
+
+def test_a_full_config_parses(tmp_path: Path) -> None:
+    path = tmp_path / "recorder.toml"
+    path.write_text(GOOD)
+    config = load_config(path)
+    assert config.channels == ("garage", "cam-*")
+    assert config.exact_channels == ("garage",)
+    assert config.globs == ("cam-*",)
+    assert config.output.dir == tmp_path / "spool"
+    assert config.output.segment_seconds == 5
+    assert config.output.max_bytes == 2 * 1024**3
+    assert config.s3.region == "eu-west-1"
+    assert config.s3.key("garage", "20250101T000000.000Z.mkv") == (
+        "site-1/garage/20250101T000000.000Z.mkv"
+    )
+    assert config.processes == 2
+
+
+def test_sizes() -> None:
+    assert parse_size("500MB") == 500_000_000
+    assert parse_size("1.5GiB") == int(1.5 * 1024**3)
+    assert parse_size(10_000_000) == 10_000_000
+    with pytest.raises(InvalidArgument, match="not a size"):
+        parse_size("lots")
+
+
+def _mutate(change: str) -> dict:
+    data = tomllib.loads(GOOD)
+    exec(change, {}, {"data": data})
+    return data
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("data['segment_second'] = 5", r"config: unknown key segment_second"),
+        ("data['output']['segment_second'] = 5", r"output: unknown key segment_second"),
+        ("data['s3']['bukket'] = 'x'", r"s3: unknown key bukket"),
+        ("data['token'] = 'abc'", r"token: keep the signer token out"),
+        ("del data['channels']", r"missing 'channels'"),
+        ("data['channels'] = []", r"channels: must be a non-empty list"),
+        ("data['channels'] = ['cam 1']", r"channels: invalid channel name 'cam 1'"),
+        ("data['channels'] = ['..']", r"channels: '..' cannot be recorded"),
+        ("del data['s3']", r"missing the \[s3\] table"),
+        ("del data['s3']['bucket']", r"s3: missing 'bucket'"),
+        ("data['s3']['bucket'] = 's3://b/x'", r"s3.bucket: 's3://b/x' is not a bucket name"),
+        ("data['s3']['storage_class'] = 'COLD'", r"s3.storage_class: 'COLD' is not"),
+        ("data['s3']['endpoint_url'] = 'localhost:9000'", r"s3.endpoint_url: must be an http"),
+        ("data['output']['segment_seconds'] = 0.5", r"output.segment_seconds: must be from 1"),
+        ("data['output']['max_bytes'] = 100", r"output.max_bytes: must be at least 1 MiB"),
+        ("data['output']['audio'] = 'yes'", r"output.audio: must be true or false"),
+        ("del data['output']['dir']", r"output: missing 'dir'"),
+        ("data['processes'] = 0", r"processes: must be a whole number from 1"),
+        ("data['token_file'] = 't'", r"token_file: only makes sense with signer_url"),
+        (
+            "data['signer_url'] = 'https://signer.example.com'",
+            r"channels: globs need ListSignalingChannels",
+        ),
+    ],
+)
+def test_mistakes_name_the_key(change: str, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        parse_config(_mutate(change))
+
+
+def test_cli_refuses_a_bad_config_and_names_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "recorder.toml"
+    path.write_text(GOOD.replace("segment_seconds = 5", "segment_secs = 5"))
+    result = subprocess.run(
+        [sys.executable, "-m", "kvs_peer", "record", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "output: unknown key segment_secs" in result.stderr
+    assert str(path) in result.stderr
+    missing = subprocess.run(
+        [sys.executable, "-m", "kvs_peer", "record", "--config", str(tmp_path / "nope.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert missing.returncode == 1
+    assert "not found: pass --config" in missing.stderr
