@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -17,6 +18,10 @@ from kvs_peer.emulator import EmulatorConfig, LocalKvs
 
 # Tests never look for credentials on an instance metadata service (a network call).
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+# CLI subprocesses keep their channel cache in a folder of the test run, not in ~/.cache.
+os.environ.setdefault(
+    "KVS_PEER_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"kvs-peer-tests-{os.getpid()}")
+)
 
 MS = 0.001 * float(os.environ.get("KVS_PEER_TEST_TIMEOUT_FACTOR", "1"))
 

@@ -143,8 +143,8 @@ def test_per_viewer_fit_ignores_saturated_windows() -> None:
 
 
 def test_a_worker_that_cannot_start_is_reported_with_its_log(tmp_path: Path) -> None:
-    # Nothing listens on port 9: the master cannot resolve its channel and exits.
-    argv = ["--endpoint", "http://127.0.0.1:9", "--channel", "nothing"]
+    # A channel name KVS refuses: the master fails at once (network errors would be retried).
+    argv = ["--endpoint", "http://127.0.0.1:9", "--channel", "no spaces allowed"]
     with pytest.raises(BenchmarkError, match=r"master worker exited .*see .*\.log"):
         asyncio.run(Worker.start("master", argv, tmp_path))
     logs = list(tmp_path.glob("master-*.log"))
