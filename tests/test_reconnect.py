@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import ssl
 
 import pytest
 
@@ -221,3 +222,26 @@ def test_token_bucket_time_going_backwards_does_not_add_tokens() -> None:
 def test_token_bucket_rejects_bad_parameters(kwargs: dict[str, float]) -> None:
     with pytest.raises(InvalidArgument):
         TokenBucket(**kwargs)
+
+
+def _chained(outer: BaseException, inner: BaseException) -> BaseException:
+    try:
+        try:
+            raise inner
+        except BaseException as exc:
+            raise outer from exc
+    except BaseException as caught:
+        return caught
+
+
+def test_an_untrusted_certificate_ends_the_run_instead_of_retrying() -> None:
+    # botocore and websockets both wrap the ssl error; it is found anywhere in the chain.
+    untrusted = _chained(ChannelError("could not reach the control plane"), ssl_error())
+    assert classify(untrusted) is Failure.INVALID
+    assert not decide(untrusted).retry
+    # A plain unreachable control plane is still a network failure, retried.
+    assert classify(ChannelError("could not reach the control plane")) is Failure.NETWORK
+
+
+def ssl_error() -> BaseException:
+    return ssl.SSLCertVerificationError(1, "certificate verify failed: self-signed certificate")
