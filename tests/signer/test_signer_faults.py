@@ -243,9 +243,10 @@ async def test_half_sent_requests_are_closed_after_header_timeout() -> None:
                 *(_closed_at(r, header_timeout + 2000 * MS) for r, _ in conns),
             )
             assert None not in closed
-            # Closed by the timeout, not before it: the first opened lived at least that long
-            # and the last one no longer than it, with some slack.
-            assert min(closed) - all_open >= header_timeout * 0.8
+            # Closed by the timeout, not before it: each connection's timer starts when it is
+            # opened, so none closes before the first opened one's timeout (opening 300
+            # connections can itself take a good part of a second on a loaded machine).
+            assert min(closed) - opened >= header_timeout * 0.8
             assert max(closed) - opened <= header_timeout + 1000 * MS
             print(
                 f"\n300 half-sent requests: a legitimate one served in {served * 1000:.0f} ms; "
