@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ from urllib.parse import urlsplit
 
 from ..errors import InvalidArgument
 from ..signing import validate_channel_name
+from ..tomlconfig import check_keys, config_error, load_toml_config
 
 __all__ = [
     "STORAGE_CLASSES",
@@ -179,53 +179,36 @@ class RecordConfig:
 # -- parsing -----------------------------------------------------------------------------------
 
 
-def _fail(where: str, message: str) -> InvalidArgument:
-    return InvalidArgument(f"{where}: {message}")
-
-
-def _check_keys(where: str, table: Any, allowed: set[str]) -> Mapping[str, Any]:
-    if not isinstance(table, Mapping):
-        raise _fail(where, "must be a table")
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        raise _fail(
-            where,
-            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
-            f"(allowed: {', '.join(sorted(allowed))})",
-        )
-    return table
-
-
 def _number(where: str, value: Any, low: float, high: float, unit: str = "seconds") -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise _fail(where, f"must be a number of {unit}")
+        raise config_error(where, f"must be a number of {unit}")
     if not low <= value <= high:
-        raise _fail(where, f"must be from {low:g} to {high:g} {unit}, got {value}")
+        raise config_error(where, f"must be from {low:g} to {high:g} {unit}, got {value}")
     return float(value)
 
 
 def _whole(where: str, value: Any, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise _fail(where, f"must be a whole number from {low} to {high}")
+        raise config_error(where, f"must be a whole number from {low} to {high}")
     return value
 
 
 def _bool(where: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise _fail(where, "must be true or false")
+        raise config_error(where, "must be true or false")
     return value
 
 
 def _url(where: str, value: Any) -> str:
     parts = urlsplit(value) if isinstance(value, str) else None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _fail(where, "must be an http:// or https:// URL with a host")
+        raise config_error(where, "must be an http:// or https:// URL with a host")
     return value
 
 
 def _text(where: str, value: Any, hint: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise _fail(where, hint)
+        raise config_error(where, hint)
     return value
 
 
@@ -238,7 +221,7 @@ def parse_size(value: Any, *, where: str = "max_bytes") -> int:
         InvalidArgument: not a positive size.
     """
     if isinstance(value, bool):
-        raise _fail(where, 'must be a size in bytes (e.g. 20000000000 or "20GB")')
+        raise config_error(where, 'must be a size in bytes (e.g. 20000000000 or "20GB")')
     if isinstance(value, int):
         size = value
     elif isinstance(value, str) and (match := _SIZE_RE.fullmatch(value.strip())):
@@ -246,21 +229,21 @@ def parse_size(value: Any, *, where: str = "max_bytes") -> int:
         base = 1024 if binary else 1000
         size = int(float(number) * base ** " KMGT".index(unit.upper() or " "))
     else:
-        raise _fail(where, f'{value!r} is not a size: write bytes or e.g. "500MB", "20GiB"')
+        raise config_error(where, f'{value!r} is not a size: write bytes or e.g. "500MB", "20GiB"')
     if size < 1024 * 1024:
-        raise _fail(where, f"must be at least 1 MiB (1048576 bytes), got {size}")
+        raise config_error(where, f"must be at least 1 MiB (1048576 bytes), got {size}")
     return size
 
 
 def _channels(value: Any) -> tuple[str, ...]:
     where = "channels"
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or not value:
-        raise _fail(where, "must be a non-empty list of channel names or globs")
+        raise config_error(where, "must be a non-empty list of channel names or globs")
     seen: list[str] = []
     for entry in value:
         if is_glob(entry):
             if not _PATTERN_RE.fullmatch(entry):
-                raise _fail(
+                raise config_error(
                     where,
                     f"{entry!r} is not a channel glob: use channel-name characters "
                     "(a-z, A-Z, 0-9, '_', '.', '-') and the wildcards * ? [...]",
@@ -269,19 +252,21 @@ def _channels(value: Any) -> tuple[str, ...]:
             try:
                 validate_channel_name(entry)
             except InvalidArgument as exc:
-                raise _fail(where, str(exc)) from None
+                raise config_error(where, str(exc)) from None
             if entry in (".", ".."):
                 # Each channel gets a folder in the spool named after it.
-                raise _fail(where, f"{entry!r} cannot be recorded: it is not a folder name")
+                raise config_error(where, f"{entry!r} cannot be recorded: it is not a folder name")
         if entry not in seen:
             seen.append(entry)
     return tuple(seen)
 
 
 def _output(data: Any, base_dir: Path | None) -> OutputConfig:
-    table = _check_keys("output", data, _OUTPUT_KEYS)
+    table = check_keys("output", data, _OUTPUT_KEYS)
     if "dir" not in table:
-        raise _fail("output", "missing 'dir' (the spool folder, e.g. dir = \"/var/spool/kvs\")")
+        raise config_error(
+            "output", "missing 'dir' (the spool folder, e.g. dir = \"/var/spool/kvs\")"
+        )
     directory = Path(_text("output.dir", table["dir"], "must be a folder path"))
     if base_dir is not None and not directory.is_absolute():
         directory = base_dir / directory
@@ -300,22 +285,22 @@ def _output(data: Any, base_dir: Path | None) -> OutputConfig:
 
 
 def _s3(data: Any, region: str | None) -> S3Config:
-    table = _check_keys("s3", data, _S3_KEYS)
+    table = check_keys("s3", data, _S3_KEYS)
     if "bucket" not in table:
-        raise _fail("s3", "missing 'bucket' (where segments are uploaded)")
+        raise config_error("s3", "missing 'bucket' (where segments are uploaded)")
     bucket = table["bucket"]
     if not isinstance(bucket, str) or not _BUCKET_RE.fullmatch(bucket):
-        raise _fail(
+        raise config_error(
             "s3.bucket",
             f"{bucket!r} is not a bucket name: 3-63 of a-z, 0-9, '.', '-' (no s3:// and no "
             "path: put the path in prefix)",
         )
     prefix = table.get("prefix", "")
     if not isinstance(prefix, str) or ".." in prefix.split("/"):
-        raise _fail("s3.prefix", 'must be a string such as "recordings/site-1"')
+        raise config_error("s3.prefix", 'must be a string such as "recordings/site-1"')
     storage_class = table.get("storage_class")
     if storage_class is not None and storage_class not in STORAGE_CLASSES:
-        raise _fail(
+        raise config_error(
             "s3.storage_class",
             f"{storage_class!r} is not an S3 storage class (one of "
             f"{', '.join(sorted(STORAGE_CLASSES))})",
@@ -348,18 +333,20 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Re
     Raises:
         InvalidArgument: naming the key that is wrong and how to fix it.
     """
-    data = _check_keys("config", data, _TOP_KEYS)
+    data = check_keys("config", data, _TOP_KEYS)
     if "token" in data:
-        raise _fail(
+        raise config_error(
             "token",
             "keep the signer token out of the config: put it in a file and set token_file, "
             "or set KVS_PEER_SIGNER_TOKEN",
         )
     if "channels" not in data:
-        raise _fail("config", "missing 'channels' (names or globs of the channels to record)")
+        raise config_error(
+            "config", "missing 'channels' (names or globs of the channels to record)"
+        )
     for table in ("output", "s3"):
         if table not in data:
-            raise _fail("config", f"missing the [{table}] table")
+            raise config_error("config", f"missing the [{table}] table")
     region = data.get("region")
     if region is not None:
         _text("region", region, "must be a region name such as 'us-west-2'")
@@ -371,7 +358,7 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Re
     if signer_url is not None:
         _url("signer_url", signer_url)
         if endpoint is not None or profile is not None:
-            raise _fail(
+            raise config_error(
                 "signer_url",
                 "a signer replaces AWS credentials for signaling: drop endpoint_url and "
                 "profile, or drop signer_url",
@@ -380,13 +367,13 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Re
     token_path = None
     if token_file is not None:
         if signer_url is None:
-            raise _fail("token_file", "only makes sense with signer_url")
+            raise config_error("token_file", "only makes sense with signer_url")
         token_path = Path(_text("token_file", token_file, "must be a file path"))
         if base_dir is not None and not token_path.is_absolute():
             token_path = base_dir / token_path
     channels = _channels(data["channels"])
     if signer_url is not None and any(is_glob(c) for c in channels):
-        raise _fail(
+        raise config_error(
             "channels",
             "globs need ListSignalingChannels, which a signer does not offer: list the "
             "channel names, or use AWS credentials instead of signer_url",
@@ -413,22 +400,4 @@ def load_config(path: str | Path) -> RecordConfig:
         InvalidArgument: the file is missing, not TOML, or has a wrong key (the message names
             the file and the key).
     """
-    path = Path(path)
-    try:
-        with path.open("rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise InvalidArgument(
-            f"recorder config {str(path)!r} not found: pass --config with the path of a TOML "
-            "file (format in docs/deploy.md)"
-        ) from None
-    except OSError as exc:
-        raise InvalidArgument(
-            f"cannot read recorder config {str(path)!r}: {exc.strerror}"
-        ) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InvalidArgument(f"recorder config {str(path)!r} is not valid TOML: {exc}") from None
-    try:
-        return parse_config(data, base_dir=path.parent)
-    except InvalidArgument as exc:
-        raise InvalidArgument(f"recorder config {str(path)!r}: {exc}") from None
+    return load_toml_config(path, parse_config, what="recorder config", docs="docs/deploy.md")

@@ -34,7 +34,6 @@ import fnmatch
 import ipaddress
 import math
 import re
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ from urllib.parse import urlsplit
 from ..errors import InvalidArgument
 from ..protocol import Role
 from ..signing import validate_channel_name
+from ..tomlconfig import check_keys, config_error, load_toml_config
 
 __all__ = [
     "DEFAULT_ANONYMOUS_RATE",
@@ -186,28 +186,11 @@ _TOKEN_KEYS = {"name", "sha256", "channels", "roles", "rate_per_minute", "burst"
 _ANONYMOUS_KEYS = {"channels", "rate_per_minute", "burst"}
 
 
-def _fail(where: str, message: str) -> InvalidArgument:
-    return InvalidArgument(f"{where}: {message}")
-
-
-def _check_keys(where: str, table: Any, allowed: set[str]) -> Mapping[str, Any]:
-    if not isinstance(table, Mapping):
-        raise _fail(where, "must be a table")
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        raise _fail(
-            where,
-            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
-            f"(allowed: {', '.join(sorted(allowed))})",
-        )
-    return table
-
-
 def _string_list(where: str, value: Any, *, allow_empty: bool = False) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _fail(where, "must be a list of strings")
+        raise config_error(where, "must be a list of strings")
     if not value and not allow_empty:
-        raise _fail(where, "must not be empty")
+        raise config_error(where, "must not be empty")
     return value
 
 
@@ -215,7 +198,7 @@ def _patterns(where: str, value: Any) -> tuple[str, ...]:
     patterns = _string_list(where, value)
     for pattern in patterns:
         if not _PATTERN_RE.fullmatch(pattern):
-            raise _fail(
+            raise config_error(
                 where,
                 f"{pattern!r} is not a channel glob: use channel-name characters "
                 "(a-z, A-Z, 0-9, '_', '.', '-') and the wildcards * ? [...]",
@@ -225,33 +208,33 @@ def _patterns(where: str, value: Any) -> tuple[str, ...]:
 
 def _rate(where: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _fail(where, "must be a number")
+        raise config_error(where, "must be a number")
     if not math.isfinite(value) or value <= 0:
-        raise _fail(where, "must be a positive number (remove the key to disable the limit)")
+        raise config_error(where, "must be a positive number (remove the key to disable the limit)")
     return float(value)
 
 
 def _burst(where: str, value: Any) -> float:
     burst = _rate(where, value)
     if burst < 1:
-        raise _fail(where, "must be at least 1")
+        raise config_error(where, "must be at least 1")
     return burst
 
 
 def _token(where: str, table: Any) -> TokenRule:
-    table = _check_keys(where, table, _TOKEN_KEYS)
+    table = check_keys(where, table, _TOKEN_KEYS)
     for key in ("name", "sha256", "channels", "roles"):
         if key not in table:
-            raise _fail(where, f"missing {key!r}")
+            raise config_error(where, f"missing {key!r}")
     name = table["name"]
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        raise _fail(
+        raise config_error(
             f"{where}.name",
             "use 1-64 characters from a-z, A-Z, 0-9, '_', '.', '@', ':', '-'",
         )
     sha = table["sha256"]
     if not isinstance(sha, str) or not _SHA256_RE.fullmatch(sha.lower()):
-        raise _fail(
+        raise config_error(
             f"{where}.sha256",
             "must be the 64 hex digits of the token's SHA-256 "
             "(kvs-peer signer hash-token prints it); never put the token itself in the file",
@@ -260,14 +243,14 @@ def _token(where: str, table: Any) -> TokenRule:
     try:
         parsed_roles = frozenset(Role.parse(r) for r in roles)
     except InvalidArgument as exc:
-        raise _fail(f"{where}.roles", str(exc)) from None
+        raise config_error(f"{where}.roles", str(exc)) from None
     rate = table.get("rate_per_minute")
     burst = table.get("burst")
     if burst is not None and rate is None:
-        raise _fail(f"{where}.burst", "only makes sense with rate_per_minute")
+        raise config_error(f"{where}.burst", "only makes sense with rate_per_minute")
     create = table.get("create_channels", False)
     if not isinstance(create, bool):
-        raise _fail(f"{where}.create_channels", "must be true or false")
+        raise config_error(f"{where}.create_channels", "must be true or false")
     return TokenRule(
         name=name,
         digest=bytes.fromhex(sha.lower()),
@@ -281,19 +264,19 @@ def _token(where: str, table: Any) -> TokenRule:
 
 def _anonymous(where: str, table: Any) -> AnonymousRule:
     if isinstance(table, Mapping) and "roles" in table:
-        raise _fail(
+        raise config_error(
             f"{where}.roles",
             "anonymous access is VIEWER only and a MASTER always needs a token: remove 'roles'",
         )
     if isinstance(table, Mapping) and "create_channels" in table:
-        raise _fail(
+        raise config_error(
             f"{where}.create_channels",
             "anonymous viewers can never create channels: give create_channels = true to the "
             "[[tokens]] that may",
         )
-    table = _check_keys(where, table, _ANONYMOUS_KEYS)
+    table = check_keys(where, table, _ANONYMOUS_KEYS)
     if "channels" not in table:
-        raise _fail(where, "missing 'channels'")
+        raise config_error(where, "missing 'channels'")
     rate = table.get("rate_per_minute", DEFAULT_ANONYMOUS_RATE)
     burst = table.get("burst")
     return AnonymousRule(
@@ -305,14 +288,14 @@ def _anonymous(where: str, table: Any) -> AnonymousRule:
 
 def _seconds(where: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise _fail(where, "must be a number of seconds")
+        raise config_error(where, "must be a number of seconds")
     return float(value)
 
 
 def _origin(value: str) -> str:
     where = "cors_origins"
     if value == "*" or "*" in value:
-        raise _fail(
+        raise config_error(
             where,
             "wildcards are not allowed: list every browser origin exactly "
             "(e.g. 'https://app.example.com')",
@@ -326,7 +309,7 @@ def _origin(value: str) -> str:
         or parts.fragment
         or parts.username
     ):
-        raise _fail(
+        raise config_error(
             where,
             f"{value!r} is not an origin: use scheme://host[:port] with no path or trailing "
             "slash, e.g. 'https://app.example.com'",
@@ -338,7 +321,7 @@ def _network(value: Any) -> IpNetwork:
     try:
         return ipaddress.ip_network(value, strict=False)
     except (TypeError, ValueError):
-        raise _fail(
+        raise config_error(
             "trusted_proxies", f"{value!r} is not an IP address or network (e.g. '10.0.0.0/8')"
         ) from None
 
@@ -353,38 +336,40 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Si
     Raises:
         InvalidArgument: naming the key that is wrong and how to fix it.
     """
-    data = _check_keys("config", data, _TOP_KEYS)
+    data = check_keys("config", data, _TOP_KEYS)
     tokens_value = data.get("tokens", [])
     if not isinstance(tokens_value, list):
-        raise _fail("tokens", "must be an array of tables: write each one as [[tokens]]")
+        raise config_error("tokens", "must be an array of tables: write each one as [[tokens]]")
     anonymous_value = data.get("anonymous", [])
     if not isinstance(anonymous_value, list):
-        raise _fail("anonymous", "must be an array of tables: write each one as [[anonymous]]")
+        raise config_error(
+            "anonymous", "must be an array of tables: write each one as [[anonymous]]"
+        )
     tokens = tuple(_token(f"tokens[{i}]", t) for i, t in enumerate(tokens_value))
     anonymous = tuple(_anonymous(f"anonymous[{i}]", a) for i, a in enumerate(anonymous_value))
 
     region = data.get("region")
     if region is not None and (not isinstance(region, str) or not region):
-        raise _fail("region", "must be a region name such as 'us-west-2'")
+        raise config_error("region", "must be a region name such as 'us-west-2'")
     endpoint_url = data.get("endpoint_url")
     if endpoint_url is not None and (
         not isinstance(endpoint_url, str) or not endpoint_url.startswith(("http://", "https://"))
     ):
-        raise _fail("endpoint_url", "must start with http:// or https://")
+        raise config_error("endpoint_url", "must start with http:// or https://")
     create = data.get("create_channels", False)
     if not isinstance(create, bool):
-        raise _fail("create_channels", "must be true or false")
+        raise config_error("create_channels", "must be true or false")
     if create:
         # A service-wide switch let anonymous viewers create channels: refuse it loudly
         # rather than silently creating nothing after an upgrade.
-        raise _fail(
+        raise config_error(
             "create_channels",
             "is a per-token permission: remove it here and put create_channels = true in the "
             "[[tokens]] tables that may create channels (anonymous viewers never can)",
         )
     expires = data.get("url_expires", 299)
     if isinstance(expires, bool) or not isinstance(expires, int):
-        raise _fail("url_expires", "must be a whole number of seconds")
+        raise config_error("url_expires", "must be a whole number of seconds")
     timeouts = {
         name: _seconds(name, data.get(name, default))
         for name, default in (
@@ -394,7 +379,7 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Si
     }
     per_address = data.get("max_connections_per_address", DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)
     if isinstance(per_address, bool) or not isinstance(per_address, int) or per_address < 1:
-        raise _fail("max_connections_per_address", "must be a whole number, at least 1")
+        raise config_error("max_connections_per_address", "must be a whole number, at least 1")
     origins = frozenset(
         _origin(o)
         for o in _string_list("cors_origins", data.get("cors_origins", []), allow_empty=True)
@@ -407,7 +392,7 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Si
     static_dir = None
     if static is not None:
         if not isinstance(static, str) or not static:
-            raise _fail("static_dir", "must be a directory path")
+            raise config_error("static_dir", "must be a directory path")
         static_dir = Path(static)
         if base_dir is not None and not static_dir.is_absolute():
             static_dir = base_dir / static_dir
@@ -432,20 +417,4 @@ def load_config(path: str | Path) -> SignerConfig:
         InvalidArgument: the file is missing, not TOML, or has a wrong key (the message names
             the file and the key).
     """
-    path = Path(path)
-    try:
-        with path.open("rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise InvalidArgument(
-            f"signer config {str(path)!r} not found: pass --config with the path of a TOML file "
-            "(format in docs/signer.md)"
-        ) from None
-    except OSError as exc:
-        raise InvalidArgument(f"cannot read signer config {str(path)!r}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InvalidArgument(f"signer config {str(path)!r} is not valid TOML: {exc}") from None
-    try:
-        return parse_config(data, base_dir=path.parent)
-    except InvalidArgument as exc:
-        raise InvalidArgument(f"signer config {str(path)!r}: {exc}") from None
+    return load_toml_config(path, parse_config, what="signer config", docs="docs/signer.md")

@@ -1,0 +1,71 @@
+"""Reading the TOML config files of kvs-peer's services (signer, recorder), with one error style.
+
+Every error names the file and the key, so a typo in a config is found from the message alone.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import InvalidArgument
+
+T = TypeVar("T")
+
+
+def config_error(where: str, message: str) -> InvalidArgument:
+    """An error about the config key ``where``."""
+    return InvalidArgument(f"{where}: {message}")
+
+
+def check_keys(where: str, table: Any, allowed: set[str]) -> Mapping[str, Any]:
+    """``table`` as a mapping, refusing any key outside ``allowed`` (unknown keys are errors)."""
+    if not isinstance(table, Mapping):
+        raise config_error(where, "must be a table")
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise config_error(
+            where,
+            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+            f"(allowed: {', '.join(sorted(allowed))})",
+        )
+    return table
+
+
+def load_toml_config(
+    path: str | Path,
+    parse: Callable[..., T],
+    *,
+    what: str,
+    docs: str,
+) -> T:
+    """Read the TOML file at ``path`` and hand it to ``parse(data, base_dir=...)``.
+
+    Args:
+        path: the file.
+        parse: validates the decoded data; its errors get the file's name in front.
+        what: the file's kind in messages, e.g. ``"signer config"``.
+        docs: where the format is documented, for the not-found hint.
+
+    Raises:
+        InvalidArgument: the file is missing, unreadable, not TOML, or refused by ``parse``.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise InvalidArgument(
+            f"{what} {str(path)!r} not found: pass --config with the path of a TOML file "
+            f"(format in {docs})"
+        ) from None
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read {what} {str(path)!r}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidArgument(f"{what} {str(path)!r} is not valid TOML: {exc}") from None
+    try:
+        return parse(data, base_dir=path.parent)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{what} {str(path)!r}: {exc}") from None
