@@ -60,20 +60,26 @@ class _Handoff:
         self._ready = asyncio.Event()
         self.dropped = 0
 
-    def put(self, item: Any, stop: threading.Event) -> None:
+    def put(self, item: Any, stop: threading.Event, *, keyframe: bool = True) -> None:
+        """Hand ``item`` over (``_END`` always goes through); ``keyframe`` is for subclasses."""
         with self._cond:
-            if item is not _END:
-                if self._block:
-                    while len(self._items) >= self._maxlen and not stop.is_set():
-                        self._cond.wait(0.1)
-                elif len(self._items) >= self._maxlen:
-                    self._items.popleft()
-                    self.dropped += 1
+            if item is not _END and not self._admit(stop, keyframe):
+                return
             self._items.append(item)
         try:
             self._loop.call_soon_threadsafe(self._ready.set)
         except RuntimeError:
             pass  # the loop is closed; nobody is waiting any more
+
+    def _admit(self, stop: threading.Event, keyframe: bool) -> bool:
+        """Make room for one item (called with the lock held); False drops the item."""
+        if self._block:
+            while len(self._items) >= self._maxlen and not stop.is_set():
+                self._cond.wait(0.1)
+        elif len(self._items) >= self._maxlen:
+            self._items.popleft()
+            self.dropped += 1
+        return True
 
     def wake(self) -> None:
         with self._cond:

@@ -53,6 +53,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from ..errors import InvalidArgument, KvsPeerError, MediaError, SessionError
 from ..reconnect import backoff
 from .broadcast import Broadcast
+from .capture import _END, _Handoff
 from .encoder import EncodedVideo, PacketTrack, SharedVideoEncoder
 from .h264 import (
     AccessUnit,
@@ -106,7 +107,7 @@ class _Unit:
 _Reader = Iterator[_Unit]
 
 
-class _UnitHandoff:
+class _UnitHandoff(_Handoff):
     """Access units from the worker thread to the event loop.
 
     Files wait for room (nothing is read ahead of its viewers). A live source never waits:
@@ -115,52 +116,23 @@ class _UnitHandoff:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, maxlen: int, *, block: bool) -> None:
-        self._loop = loop
-        self._maxlen = maxlen
-        self._block = block
-        self._items: deque[Any] = deque()
-        self._cond = threading.Condition()
-        self._ready = asyncio.Event()
+        super().__init__(loop, maxlen, block=block)
         self._resync = False
-        self.dropped = 0
 
-    def put(self, item: Any, stop: threading.Event, *, keyframe: bool = True) -> None:
-        with self._cond:
-            if item is not None:
-                if self._block:
-                    while len(self._items) >= self._maxlen and not stop.is_set():
-                        self._cond.wait(0.1)
-                elif len(self._items) >= self._maxlen:
-                    self.dropped += len(self._items)
-                    self._items.clear()
-                    self._resync = True
-                if self._resync:
-                    if not keyframe:
-                        self.dropped += 1
-                        return
-                    self._resync = False
-            self._items.append(item)
-        try:
-            self._loop.call_soon_threadsafe(self._ready.set)
-        except RuntimeError:
-            pass  # the loop is closed
-
-    def wake(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
-
-    async def get(self) -> Any:
-        while True:
-            self._ready.clear()
-            with self._cond:
-                if self._items:
-                    item = self._items.popleft()
-                    self._cond.notify_all()
-                    return item
-            await self._ready.wait()
-
-
-_END = None
+    def _admit(self, stop: threading.Event, keyframe: bool) -> bool:
+        if self._block:
+            while len(self._items) >= self._maxlen and not stop.is_set():
+                self._cond.wait(0.1)
+        elif len(self._items) >= self._maxlen:
+            self.dropped += len(self._items)
+            self._items.clear()
+            self._resync = True
+        if self._resync:
+            if not keyframe:
+                self.dropped += 1
+                return False
+            self._resync = False
+        return True
 
 
 class H264Source(MediaStreamTrack):
