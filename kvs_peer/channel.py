@@ -3,8 +3,8 @@
 One :class:`ChannelResolver` per process (or per signer service). It runs boto3 in worker
 threads (boto3 blocks), caches endpoints for a long time and ICE servers until their ``Ttl``
 minus a margin, and makes concurrent callers share one in-flight request, so a burst of
-viewers or signer requests costs one control-plane round trip per channel (kvs-signaling.md
-0, 4.5, 5.4).
+viewers or signer requests costs one control-plane round trip per channel
+(docs/protocol.md#control-plane, #ice-configuration).
 """
 
 from __future__ import annotations
@@ -18,19 +18,22 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import boto3
 import botocore.config
 import botocore.exceptions
 
 from .channelcache import ChannelCache
+from .endpoints import EndpointMode, control_plane_url
+from .endpoints import stun_url as partition_stun_url
 from .errors import AccessDenied, ChannelError, ChannelNotFound, InvalidArgument, Throttled
-from .protocol import Role
+from .protocol import IceServer, Role
+from .rules import ICE_SERVER_TTL, ICE_TTL_MARGIN
 from .signing import (
     DEFAULT_EXPIRES,
     master_url,
@@ -38,6 +41,14 @@ from .signing import (
     validate_client_id,
     viewer_url,
 )
+
+if TYPE_CHECKING:
+    from mypy_boto3_kinesisvideo import KinesisVideoClient
+    from mypy_boto3_kinesisvideo.type_defs import (
+        ChannelInfoTypeDef,
+        MediaStorageConfigurationTypeDef,
+        ResourceEndpointListItemTypeDef,
+    )
 
 __all__ = [
     "ChannelLocation",
@@ -51,9 +62,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R", bound=Mapping[str, Any])
 
 DEFAULT_ENDPOINT_TTL = 3600.0  # the C SDK caches for 10 h; an hour keeps a deleted channel visible
-ICE_TTL_MARGIN = 30.0  # the C SDK refreshes at Ttl - 30 s (kvs-signaling.md 4.5)
 
 _AUTH_CODES = {
     "AccessDeniedException",
@@ -76,47 +87,23 @@ _THROTTLE_CODES = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class IceServer:
-    """One entry of ``RTCConfiguration.iceServers``."""
+def regional_stun_url(region: str, mode: EndpointMode | None = None) -> str:
+    """The KVS STUN server of a region in its partition; GetIceServerConfig does not return it.
 
-    urls: tuple[str, ...]
-    username: str | None = None
-    credential: str | None = None
-
-    @classmethod
-    def from_json(cls, entry: Mapping[str, Any]) -> IceServer | None:
-        """Parse the browser form (``urls`` may be one string); None when it has no URL."""
-        urls = entry.get("urls")
-        urls = (
-            (urls,) if isinstance(urls, str) else tuple(u for u in urls or () if isinstance(u, str))
-        )
-        if not urls:
-            return None
-        return cls(urls, entry.get("username"), entry.get("credential"))
-
-    def to_json(self) -> dict[str, Any]:
-        """The browser form: ``{"urls": [...], "username": ..., "credential": ...}``."""
-        out: dict[str, Any] = {"urls": list(self.urls)}
-        if self.username is not None:
-            out["username"] = self.username
-        if self.credential is not None:
-            out["credential"] = self.credential
-        return out
+    See :func:`kvs_peer.endpoints.stun_url`.
+    """
+    return partition_stun_url(region, mode or EndpointMode())
 
 
-def regional_stun_url(region: str) -> str:
-    """The KVS STUN server of a region; GetIceServerConfig does not return it."""
-    return f"stun:stun.kinesisvideo.{region}.amazonaws.com:443"
-
-
-def ice_servers_from_boto(ice_server_list: list[Mapping[str, Any]]) -> tuple[IceServer, ...]:
+def ice_servers_from_boto(ice_server_list: Sequence[Mapping[str, Any]]) -> tuple[IceServer, ...]:
     """Convert GetIceServerConfig's ``IceServerList`` into :class:`IceServer` values."""
     servers = []
     for entry in ice_server_list:
         uris = tuple(u for u in entry.get("Uris", ()) if isinstance(u, str))
         if uris:
-            servers.append(IceServer(uris, entry.get("Username"), entry.get("Password")))
+            ttl = entry.get("Ttl")
+            ttl = ttl if isinstance(ttl, int) and not isinstance(ttl, bool) else None
+            servers.append(IceServer(uris, entry.get("Username"), entry.get("Password"), ttl))
     return tuple(servers)
 
 
@@ -152,7 +139,7 @@ class ResolvedChannel:
 
 @dataclass
 class _Entry:
-    value: Any
+    value: Any  # endpoints or ICE servers, by the key's kind
     expires_at: float  # time.monotonic()
 
 
@@ -167,7 +154,7 @@ class _Cache:
     async def get(self, key: Any, load: Callable[[], Awaitable[tuple[T, float]]]) -> T:
         entry = self._values.get(key)
         if entry is not None and entry.expires_at > self.clock():
-            return entry.value
+            return cast(T, entry.value)  # a key is always loaded by the same kind of loader
         pending = self._inflight.get(key)
         if pending is None:
             pending = asyncio.ensure_future(self._load(key, load))
@@ -243,8 +230,10 @@ class ChannelResolver:
                 "or set a region in ~/.aws/config"
             )
         self.endpoint_url = endpoint_url
+        self.endpoint_mode = EndpointMode.from_session(self._session)
+        """FIPS and dual-stack switches, read as every AWS SDK reads them."""
         if stun_url == "auto":
-            stun_url = None if endpoint_url else regional_stun_url(self.region)
+            stun_url = None if endpoint_url else regional_stun_url(self.region, self.endpoint_mode)
         self.stun_url = stun_url
         self.endpoint_ttl = endpoint_ttl
         self.clock_offset = 0.0
@@ -256,7 +245,7 @@ class ChannelResolver:
             user_agent_extra="kvs-peer",
         )
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="kvs-peer-boto3")
-        self._kv: Any = None
+        self._kv: KinesisVideoClient | None = None
         self._timeout = timeout
         self._http: Any = None  # aiohttp session for GetIceServerConfig, made on first use
         self._ssl_context: Any = None
@@ -290,7 +279,9 @@ class ChannelResolver:
 
     # -- blocking side ------------------------------------------------------------------------
 
-    def _client(self, service: str, endpoint_url: str | None) -> Any:
+    def _client(
+        self, service: Literal["kinesisvideo"], endpoint_url: str | None
+    ) -> KinesisVideoClient:
         return self._session.client(
             service,
             region_name=self.region,
@@ -299,7 +290,7 @@ class ChannelResolver:
             verify=self._verify,
         )
 
-    def _call(self, operation: str, fn: Callable[..., dict[str, Any]], **kwargs: Any) -> Any:
+    def _call(self, operation: str, fn: Callable[..., R], **kwargs: Any) -> R:
         self.calls[operation] = self.calls.get(operation, 0) + 1
         response = fn(**kwargs)
         self._learn_clock(response)
@@ -340,24 +331,28 @@ class ChannelResolver:
 
     # -- control plane ---------------------------------------------------------------------
 
-    def _kinesisvideo(self) -> Any:
+    def _kinesisvideo(self) -> KinesisVideoClient:
         with self._client_lock:
             if self._kv is None:
                 self._kv = self._client("kinesisvideo", self.endpoint_url)
             return self._kv
 
-    async def describe(self, name: str) -> dict[str, Any]:
+    async def describe(self, name: str) -> ChannelInfoTypeDef:
         """DescribeSignalingChannel by exact name (never prefix matching). Not cached."""
         validate_channel_name(name)
 
-        def call() -> dict[str, Any]:
-            kv = self._kinesisvideo()
-            return self._call(
-                "DescribeSignalingChannel", kv.describe_signaling_channel, ChannelName=name
-            )["ChannelInfo"]
-
         try:
-            info = await self._run(call)
+            response = await self._signed_post(
+                self._control_plane("describeSignalingChannel"),
+                "DescribeSignalingChannel",
+                {"ChannelName": name},
+            )
+            info = cast("ChannelInfoTypeDef", response["ChannelInfo"])
+        except (KeyError, TypeError) as exc:
+            raise ChannelError(
+                f"DescribeSignalingChannel returned no ChannelInfo for {name!r}; check "
+                "--endpoint-url"
+            ) from exc
         except ChannelNotFound:
             raise ChannelNotFound(name) from None
         if info.get("ChannelStatus") == "DELETING":
@@ -413,22 +408,22 @@ class ChannelResolver:
                 info = await self.describe(name)
             arn = info["ChannelARN"]
 
-            def call() -> dict[str, str]:
-                response = self._call(
-                    "GetSignalingChannelEndpoint",
-                    self._kinesisvideo().get_signaling_channel_endpoint,
-                    ChannelARN=arn,
-                    SingleMasterChannelEndpointConfiguration={
+            response = await self._signed_post(
+                self._control_plane("getSignalingChannelEndpoint"),
+                "GetSignalingChannelEndpoint",
+                {
+                    "ChannelARN": arn,
+                    "SingleMasterChannelEndpointConfiguration": {
                         "Protocols": ["WSS", "HTTPS"],
                         "Role": role.value,
                     },
-                )
-                return {
-                    e["Protocol"].upper(): e["ResourceEndpoint"]
-                    for e in response["ResourceEndpointList"]
-                }
-
-            endpoints = await self._run(call)
+                },
+            )
+            endpoints = {
+                str(e.get("Protocol", "")).upper(): str(e.get("ResourceEndpoint", ""))
+                for e in response.get("ResourceEndpointList") or ()
+                if isinstance(e, dict)
+            }
             missing = {"WSS", "HTTPS"} - endpoints.keys()
             if missing:
                 raise ChannelError(
@@ -457,7 +452,7 @@ class ChannelResolver:
             entries = await self._get_ice_server_config(https, arn, client_id)
             ttls = [int(e["Ttl"]) for e in entries if isinstance(e.get("Ttl"), int)]
             # No TURN entries: nothing expires, but ask again after a while anyway.
-            ttl = max(min(ttls) - ICE_TTL_MARGIN, 1.0) if ttls else 300.0
+            ttl = max(min(ttls) - ICE_TTL_MARGIN, 1.0) if ttls else float(ICE_SERVER_TTL)
             return (ice_servers_from_boto(entries), time.time() + ttl), ttl
 
         # TURN credentials are per channel (TURN REST username = expiry + channel ARN), so
@@ -468,21 +463,37 @@ class ChannelResolver:
     async def _get_ice_server_config(
         self, https: str, arn: str, client_id: str
     ) -> list[dict[str, Any]]:
-        """GetIceServerConfig as one signed HTTPS request, without a boto3 client.
+        """GetIceServerConfig, on the channel's HTTPS endpoint (docs/protocol.md)."""
+        data = await self._signed_post(
+            https.rstrip("/") + "/v1/get-ice-server-config",
+            "GetIceServerConfig",
+            {"ChannelARN": arn, "ClientId": client_id, "Service": "TURN"},
+        )
+        entries = data.get("IceServerList")
+        return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
 
-        A boto3 client costs 40-90 ms of CPU to create (botocore parses its 1.2 MB endpoint
-        table and the service model) with the GIL held, and this call runs while the
-        WebSocket opens and the offer is made: those would wait for it. SigV4 is still
-        botocore's (``SigV4Auth``, signing name ``kinesisvideo``); errors are translated
-        as boto3's are. It must go to the channel's HTTPS endpoint (kvs-signaling.md 5.4).
+    def _control_plane(self, path: str) -> str:
+        base = self.endpoint_url or control_plane_url(self.region, self.endpoint_mode)
+        return f"{base.rstrip('/')}/{path}"
+
+    async def _signed_post(
+        self, url: str, operation: str, payload: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """One SigV4-signed JSON POST, the way a boto3 client would send ``operation``.
+
+        The calls on a peer's path to its first frame (DescribeSignalingChannel,
+        GetSignalingChannelEndpoint, GetIceServerConfig) go this way rather than through a
+        boto3 client: creating one costs 40-90 ms of CPU (botocore parses its service model
+        and endpoint data) with the GIL held, and GetIceServerConfig runs while the WebSocket
+        opens and the offer is made. SigV4 is still botocore's (``SigV4Auth``, signing name
+        ``kinesisvideo``) and errors are translated as boto3's are. Unlike boto3 there is no
+        retry here: the reconnect policy (agents) or the signer's own deadline decides.
         """
         import aiohttp
         from botocore.auth import SigV4Auth
         from botocore.awsrequest import AWSRequest
 
-        operation = "GetIceServerConfig"
-        url = https.rstrip("/") + "/v1/get-ice-server-config"
-        body = json.dumps({"ChannelARN": arn, "ClientId": client_id, "Service": "TURN"})
+        body = json.dumps(payload)
 
         def sign() -> dict[str, str]:
             # Reading refreshable credentials may call STS: off the event loop.
@@ -521,22 +532,35 @@ class ChannelResolver:
                 try:
                     data = json.loads(text) if text else {}
                 except ValueError:
-                    data = {}
+                    data = None
                 if response.status == 200 and isinstance(data, dict):
-                    entries = data.get("IceServerList")
-                    return list(entries) if isinstance(entries, list) else []
+                    return data
                 code = response.headers.get("x-amzn-ErrorType", "").split(":", 1)[0]
                 if isinstance(data, dict):
                     code = code or str(data.get("__type", "")).rsplit("#", 1)[-1]
                     message = data.get("message") or data.get("Message") or text[:200]
                 else:
                     message = text[:200]
-                error = {"Error": {"Code": code or str(response.status), "Message": message}}
-                raise _translate(botocore.exceptions.ClientError(error, operation))
+                # Shaped as boto3's, headers included: the signer reads a clock skew from Date.
+                error = botocore.exceptions.ClientError(
+                    {
+                        "Error": {"Code": code or str(response.status), "Message": message},
+                        "ResponseMetadata": {
+                            "RequestId": response.headers.get("x-amzn-RequestId", ""),
+                            "HostId": "",
+                            "RetryAttempts": 0,
+                            "HTTPStatusCode": response.status,
+                            "HTTPHeaders": {k.lower(): v for k, v in response.headers.items()},
+                        },
+                    },
+                    operation,
+                )
+                raise _translate(error) from error
         except (aiohttp.ClientError, TimeoutError) as exc:
+            where = url.split("/", 3)[2] if "//" in url else url
             raise ChannelError(
-                f"could not reach the channel's HTTPS endpoint for {operation}: {exc}; check "
-                "the network"
+                f"could not reach {where} for {operation}: {exc}; check the network, the "
+                "region and --endpoint-url"
             ) from exc
 
     def _ssl_for_http(self) -> Any:
@@ -617,14 +641,14 @@ class ChannelResolver:
 
     # -- WebRTC ingestion ----------------------------------------------------------------------
 
-    async def media_storage(self, name: str) -> dict[str, Any]:
+    async def media_storage(self, name: str) -> MediaStorageConfigurationTypeDef:
         """DescribeMediaStorageConfiguration of channel ``name``: ``{"Status", "StreamARN"?}``.
 
         Not cached: a master calls it once per start (KVS allows 5 calls/s per channel).
         """
         validate_channel_name(name)
 
-        def call() -> dict[str, Any]:
+        def call() -> MediaStorageConfigurationTypeDef:
             return self._call(
                 "DescribeMediaStorageConfiguration",
                 self._kinesisvideo().describe_media_storage_configuration,
@@ -641,7 +665,7 @@ class ChannelResolver:
         """
         role = Role.parse(role)
 
-        def call() -> list[dict[str, str]]:
+        def call() -> list[ResourceEndpointListItemTypeDef]:
             return self._call(
                 "GetSignalingChannelEndpoint",
                 self._kinesisvideo().get_signaling_channel_endpoint,
