@@ -150,7 +150,7 @@ def _sha256_of(path: Path) -> str | None:
 def ensure_sdk(
     directory: Path = VENDOR_DIR,
     *,
-    fetch: Callable[[float], bytes] = _fetch_tarball,
+    fetch: Callable[[float], bytes] | None = _fetch_tarball,
     expected_sha256: str = SDK_SHA256,
     timeout: float = 30.0,
 ) -> Path:
@@ -158,7 +158,8 @@ def ensure_sdk(
 
     Args:
         directory: cache directory (``tests/browser/vendor``, gitignored).
-        fetch: ``fetch(timeout) -> tarball bytes``; the registry by default.
+        fetch: ``fetch(timeout) -> tarball bytes``; the registry by default; None: never
+            fetch (what the test suite does: CI runs this script before the tests).
         expected_sha256: checksum of the bundle.
         timeout: seconds for the download.
 
@@ -168,6 +169,11 @@ def ensure_sdk(
     path = directory / f"kvs-webrtc-{SDK_VERSION}.min.js"
     if _sha256_of(path) == expected_sha256:
         return path
+    if fetch is None:
+        raise SdkUnavailable(
+            f"the KVS JS SDK {SDK_VERSION} bundle is not in {directory}: fetch it once with "
+            "`python3 tests/js_sdk.py` (from the npm registry; tests never download)"
+        )
     data = extract_bundle(fetch(timeout), expected_sha256)
     directory.mkdir(parents=True, exist_ok=True)
     # Write-then-rename: concurrent test runs never see a half-written bundle.

@@ -103,3 +103,9 @@ def test_pinned_release_and_registry_url(monkeypatch: pytest.MonkeyPatch) -> Non
     )
     monkeypatch.setenv("npm_config_registry", "https://npm.example.internal/")
     assert tarball_url().startswith("https://npm.example.internal/amazon-kinesis-video-streams")
+
+
+def test_the_suite_never_fetches_a_missing_bundle(tmp_path: Path) -> None:
+    with pytest.raises(SdkUnavailable, match=r"python3 tests/js_sdk\.py"):
+        ensure_sdk(tmp_path, fetch=None, expected_sha256=BUNDLE_SHA256)
+    assert list(tmp_path.iterdir()) == []

@@ -34,7 +34,7 @@ def _sdk() -> Path:
     candidate = os.environ.get("KVS_PEER_JS_SDK")
     if candidate:
         return Path(candidate)
-    return ensure_sdk()
+    return ensure_sdk(fetch=None)  # tests never download: CI fetches it first
 
 
 @pytest.fixture(scope="module")
