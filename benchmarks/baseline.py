@@ -2,7 +2,7 @@
 
 Per viewer offer: a new ``RTCPeerConnection``, ``MediaRelay().subscribe(source)`` as its
 track (sharing one track object between senders would split the frames between viewers,
-``aiortc-measurements.md`` trap 1), aiortc's own encoder in its ``RTCRtpSender`` (so N viewers
+docs/protocol.md#aiortc-notes, item 1), aiortc's own encoder in its ``RTCRtpSender`` (so N viewers
 cost N encodes, re-created as REMB moves the bitrate), and the codec pinned with
 ``setCodecPreferences`` before ``setRemoteDescription``. Signaling goes through kvs-peer's
 :class:`~kvs_peer.signaling.SignalingClient` only so both masters meet viewers the same way; no
@@ -28,7 +28,7 @@ from aiortc.contrib.media import MediaRelay
 from kvs_peer.access import ChannelAccess
 from kvs_peer.errors import InvalidArgument
 from kvs_peer.protocol import IceCandidate, Role, SdpOffer
-from kvs_peer.session import candidate_from_json, enable_loopback_candidates
+from kvs_peer.peerconnection import candidate_from_json, enable_loopback_candidates
 from kvs_peer.signaling import SignalingClient
 
 __all__ = ["CODECS", "AiortcDefaultMaster"]

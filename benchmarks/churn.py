@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .measure import JsonLines
+from .measure import RESULTS_DIR, JsonLines, write_report
 
 __all__ = ["main"]
 
@@ -273,7 +273,7 @@ class ChurnClient:
     async def offer(self, kind: str) -> None:
         from aiortc import RTCConfiguration, RTCPeerConnection
 
-        from kvs_peer.session import enable_loopback_candidates
+        from kvs_peer.peerconnection import enable_loopback_candidates
 
         previous, self._pc = self._pc, None
         if previous is not None and kind != "reoffer":
@@ -587,7 +587,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--drain", type=float, default=60.0, help="longest wait for sessions to go (60)")
     p.add_argument("--settle", type=float, default=2.0, help="seconds before each probe (2)")
     p.add_argument("--loopback-candidates", action="store_true")
-    p.add_argument("--json", type=Path, default=Path("churn.json"), help="output file")
+    p.add_argument(
+        "--json",
+        type=Path,
+        default=RESULTS_DIR / "churn.json",
+        help="output file (default benchmarks/results/churn.json)",
+    )
     p.add_argument("--log-dir", type=Path, help="master log (default: a new temp folder)")
     # Worker mode (started by the driver; not for use by hand).
     p.add_argument("--master-worker", action="store_true", help=argparse.SUPPRESS)
@@ -615,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.json, json.dumps(report, indent=2) + "\n")
     print_report(report)
     print(f"\nJSON: {args.json}   master log: {log_dir / 'master.log'}")
     return 0

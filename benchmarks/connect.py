@@ -50,7 +50,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.measure import summarize
+from benchmarks.measure import RESULTS_DIR, summarize, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT
@@ -540,7 +540,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=1.0, help="seconds each viewer runs")
     p.add_argument("--pause", type=float, default=0.5, help="seconds between runs")
     p.add_argument("--no-chromium", dest="chromium", action="store_false")
-    p.add_argument("--json", default="connect.json", help="output file (default connect.json)")
+    p.add_argument(
+        "--json",
+        type=Path,
+        default=RESULTS_DIR / "connect.json",
+        help="output file (default benchmarks/results/connect.json)",
+    )
     p.add_argument("--log-dir", help="child logs (default: a new temp dir)")
     p.add_argument(
         "--source-tree",
@@ -564,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     except BenchmarkError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
-    Path(args.json).write_text(json.dumps(report, indent=2))
+    write_report(args.json, json.dumps(report, indent=2) + "\n")
     print_report(report)
     print(f"\nJSON: {args.json}; logs: {report['logDir']}")
     return 0

@@ -44,7 +44,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .measure import summarize
+from .measure import RESULTS_DIR, summarize, write_report
 
 __all__ = ["BenchmarkError", "main", "run"]
 
@@ -755,7 +755,12 @@ def parser() -> argparse.ArgumentParser:
         help="both masters also send a tone (Opus) and every viewer receives it",
     )
     p.add_argument("--seed", type=int, default=1, help="seed of the pauses between TTFF runs")
-    p.add_argument("--json", type=Path, default=Path("master_cpu.json"), help="output file")
+    p.add_argument(
+        "--json",
+        type=Path,
+        default=RESULTS_DIR / "master_cpu.json",
+        help="output file (default benchmarks/results/master_cpu.json)",
+    )
     p.add_argument("--log-dir", type=Path, help="worker logs (default: a new temp folder)")
     p.add_argument(
         "--profile",
@@ -800,7 +805,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
     print_report(report, settings)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.json, json.dumps(report, indent=2) + "\n")
     print(f"\nJSON: {args.json}   worker logs: {log_dir}")
     return 0
 

@@ -1,6 +1,6 @@
 """Measuring tools shared by the benchmark processes: CPU windows, statistics, JSON lines.
 
-CPU is read the way the aiortc prototype did (``aiortc-measurements.md`` section 2):
+CPU is read the way the aiortc prototype did (docs/protocol.md#aiortc-notes):
 ``getrusage(RUSAGE_SELF)`` for the whole process (every thread, including threads that exited
 during the window, e.g. x264 workers of an encoder that aiortc re-created), plus
 ``/proc/self/task/*/stat`` for a per-thread split of the live threads.
@@ -65,6 +65,17 @@ class CpuSample:
             machine=_machine_jiffies(),
             labels=_thread_labels(),
         )
+
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+"""Where the benchmarks write their JSON unless told otherwise (not the current folder,
+which is often the repository root)."""
+
+
+def write_report(path: Path, text: str) -> None:
+    """Write a benchmark's JSON report to ``path``, creating its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
 
 
 def _thread_times() -> dict[int, float]:

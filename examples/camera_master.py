@@ -25,6 +25,7 @@ import sys
 
 from kvs_peer.access import AwsAccess, SignerAccess
 from kvs_peer.channel import ChannelResolver
+from kvs_peer.cli import bitrate
 from kvs_peer.errors import KvsPeerError
 from kvs_peer.master import Master
 from kvs_peer.media import open_audio_source, open_video_source
@@ -41,7 +42,10 @@ async def main() -> None:
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--fps", type=float, default=30)
-    parser.add_argument("--bitrate", type=int, default=800_000)
+    parser.add_argument(
+        "--bitrate", type=bitrate, default=800_000, help="bit/s: 800000, 800k or 1.5M"
+    )
+    parser.add_argument("--loop", action="store_true", help="play a media file over and over")
     parser.add_argument(
         "--preset",
         default="veryfast",
@@ -62,9 +66,10 @@ async def main() -> None:
         width=args.width,
         height=args.height,
         fps=args.fps,
+        loop=args.loop,
         reopen=True,  # a camera that reboots or is replugged comes back on its own
     )
-    audio = await asyncio.to_thread(open_audio_source, args.audio)
+    audio = await asyncio.to_thread(open_audio_source, args.audio, loop=args.loop)
     if args.signer:
         token = os.environ.get("KVS_PEER_SIGNER_TOKEN")
         access = SignerAccess(args.signer, args.channel, Role.MASTER, token=token)

@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -52,6 +54,13 @@ async def main() -> None:
     parser.add_argument("--channel", required=True)
     parser.add_argument("--threshold", type=float, default=0.01, help="changed-pixel share")
     parser.add_argument("--snapshots", help="folder for PNGs of frames with motion")
+    parser.add_argument(
+        "--cooldown",
+        type=float,
+        default=5.0,
+        help="seconds after a saved PNG before the next one (default 5): motion lasts many "
+        "frames, and one picture of it is enough",
+    )
     parser.add_argument("--region")
     parser.add_argument("--endpoint-url", default=os.environ.get("KVS_PEER_ENDPOINT_URL"))
     parser.add_argument("--duration", type=float, help="stop after S seconds")
@@ -59,13 +68,14 @@ async def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     detector = MotionDetector(args.threshold)
     events = 0
+    last_saved = -math.inf
 
     def analyse_frame(frame: object) -> tuple[np.ndarray, float]:
         bgr = frame_to_ndarray(frame)
         return bgr, detector(bgr)
 
     async def analyse(viewer: Viewer) -> None:
-        nonlocal events
+        nonlocal events, last_saved
         async for frame in viewer.frames():
             # Conversion and analysis both run in a worker thread (frame_to_ndarray is
             # thread-safe), so the event loop only hands frames over.
@@ -73,7 +83,9 @@ async def main() -> None:
             if changed >= args.threshold:
                 events += 1
                 print(f"motion: {changed:.1%} of the picture changed", flush=True)
-                if args.snapshots:
+                now = time.monotonic()
+                if args.snapshots and now - last_saved >= args.cooldown:
+                    last_saved = now
                     path = Path(args.snapshots) / f"motion-{events:05d}.png"
                     await asyncio.to_thread(save_frame, bgr, path)
 

@@ -35,7 +35,7 @@ _EXPORTS = {
     "viewer_url": "signing",
     "verify_presigned_url": "signing",
     "Viewer": "viewer",
-    "new_client_id": "viewer",
+    "new_client_id": "rules",
 }
 
 __all__ = [
@@ -65,9 +65,10 @@ if TYPE_CHECKING:
     from .errors import KvsPeerError
     from .master import Master
     from .protocol import Role
+    from .rules import new_client_id
     from .signaling import SignalingClient
     from .signing import master_url, presign_url, verify_presigned_url, viewer_url
-    from .viewer import Viewer, new_client_id
+    from .viewer import Viewer
 
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -20,9 +20,20 @@ class TaskSet:
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Run ``coro`` in a task kept until it finishes (asyncio only keeps weak refs)."""
         task = asyncio.create_task(coro, name=name)
+        self.add(task)
+        return task
+
+    def add(self, task: asyncio.Task[Any]) -> None:
+        """Keep a task made elsewhere until it finishes, as if spawned here."""
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return task
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def wait(self) -> None:
+        """Wait for the tasks running now to finish, without cancelling them."""
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def cancel(self) -> None:
         """Cancel every task and wait for them to finish. Idempotent."""

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from urllib.parse import urlsplit
 
 import boto3
 import botocore.config
@@ -556,6 +557,18 @@ class ChannelResolver:
                     operation,
                 )
                 raise _translate(error) from error
+        except aiohttp.ClientConnectorCertificateError as exc:
+            # Chained from the ssl error: the reconnect policy ends the run on it, as a
+            # certificate nobody trusts stays untrusted however often it is retried.
+            parts = urlsplit(url)
+            reason = getattr(exc.certificate_error, "verify_message", None) or str(
+                exc.certificate_error
+            )
+            raise ChannelError(
+                f"the TLS certificate of {parts.scheme}://{parts.netloc} is not trusted "
+                f"({reason}): set AWS_CA_BUNDLE to the CA certificate that signed it "
+                "(`kvs-peer local --tls` prints the path of its ca.pem)"
+            ) from exc.certificate_error
         except (aiohttp.ClientError, TimeoutError) as exc:
             where = url.split("/", 3)[2] if "//" in url else url
             raise ChannelError(

@@ -100,7 +100,7 @@ class ChannelCache:
         """The file of one entry; the name shows channel and role, the digest the rest."""
         key = json.dumps([region, endpoint_url or "", channel, role.value])
         digest = hashlib.sha256(key.encode()).hexdigest()[:24]
-        # Channel names allow [a-zA-Z0-9_.-] only (validated before we get here).
+        # Channel names use rules.ID_CHARS only (validated before we get here): safe in a path.
         return self.directory / f"{channel}.{role.value.lower()}.{digest}.json"
 
     def load(

@@ -45,10 +45,16 @@ def _add_logging(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_connection_options(parser: argparse.ArgumentParser, *, signer: bool = True) -> None:
+def add_connection_options(
+    parser: argparse.ArgumentParser,
+    *,
+    signer: bool = True,
+    channel_required: bool = True,
+    channel_help: str = "signaling channel name (exact match)",
+) -> None:
     """Options every command that reaches a channel shares."""
     group = parser.add_argument_group("connection")
-    group.add_argument("--channel", required=True, help="signaling channel name (exact match)")
+    group.add_argument("--channel", required=channel_required, help=channel_help)
     group.add_argument(
         "--region", help="AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / ~/.aws/config)"
     )
@@ -98,6 +104,37 @@ def endpoint_url(value: str) -> str:
     return value
 
 
+_BITRATE_SUFFIXES = {"": 1, "k": 1_000, "m": 1_000_000}
+
+
+def bitrate(value: str) -> int:
+    """argparse type of bit rates: ``800000``, ``800k`` or ``1.5M`` (decimal, as in the help)."""
+    text = value.strip().lower().removesuffix("bit/s").removesuffix("bps")
+    number, suffix = (text[:-1], text[-1]) if text[-1:] in ("k", "m") else (text, "")
+    try:
+        rate = round(float(number) * _BITRATE_SUFFIXES[suffix])
+    except ValueError:
+        rate = 0
+    if rate <= 0:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a bit rate: give bits per second, e.g. 800000, 800k or 1.5M"
+        )
+    return rate
+
+
+def positive_seconds(value: str) -> float:
+    """argparse type of durations and intervals: a number of seconds above zero."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a duration: give a number of seconds above 0, e.g. 5 or 0.5"
+        )
+    return seconds
+
+
 def _configure_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(
@@ -108,6 +145,13 @@ def _configure_logging(verbose: int) -> None:
         # signed requests): keep them quiet unless asked for -vvv.
         for noisy in ("botocore", "boto3", "urllib3", "aioice", "aiortc", "websockets"):
             logging.getLogger(noisy).setLevel(max(level, logging.INFO))
+    if verbose < 2:
+        # aioice logs every candidate pair and check at INFO: noise next to kvs-peer's -v logs.
+        logging.getLogger("aioice").setLevel(logging.WARNING)
+        # OpenCV prints "[ WARN ]" lines of its own (a camera probe, a FFmpeg backend) on
+        # stderr, past Python's logging; it reads this once, when cv2 loads, which the CLI
+        # has not done yet. A value the user set wins.
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 
 async def _run_until_signal(handler: Handler, args: argparse.Namespace) -> int:

@@ -12,20 +12,34 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .cli import EXIT_NO_VIDEO, EXIT_OK, add_connection_options
+from .cli import (
+    EXIT_ERROR,
+    EXIT_NO_VIDEO,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_connection_options,
+    bitrate,
+    positive_seconds,
+)
 from .media.presets import X264_PRESETS
 from .metrics.options import add_metrics_options, serve_metrics
 from .protocol import Role
 from .record import cli as record_cli
+from .rules import MAX_VIEWERS, PRESIGN_EXPIRES
 from .signer import cli as signer_cli
 
 if TYPE_CHECKING:
     from .access import ChannelAccess
+    from .emulator import LocalKvs
+    from .masterconfig import CameraConfig, ConnectionConfig, MasterConfig
+    from .metrics.hub import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +55,10 @@ def _configure_url(p: argparse.ArgumentParser) -> None:
     p.add_argument("--role", default="VIEWER", help="MASTER or VIEWER (default VIEWER)")
     p.add_argument("--client-id", help="viewer client id (required for VIEWER)")
     p.add_argument(
-        "--expires", type=int, default=299, help="validity in seconds (default 299, as the JS SDK)"
+        "--expires",
+        type=int,
+        default=PRESIGN_EXPIRES,
+        help=f"validity in seconds (default {PRESIGN_EXPIRES}, as the JS SDK)",
     )
     p.add_argument("--json", action="store_true", help="print JSON with the ICE servers too")
 
@@ -91,9 +108,15 @@ def _configure_local(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=4577, help="port (default 4577; 0 picks one)")
     p.add_argument("--region", default=DEFAULT_REGION, help=f"region (default {DEFAULT_REGION})")
-    p.add_argument("--access-key-id", default=DEFAULT_ACCESS_KEY_ID, help="accepted access key id")
     p.add_argument(
-        "--secret-access-key", default=DEFAULT_SECRET_ACCESS_KEY, help="its secret access key"
+        "--access-key-id",
+        default=DEFAULT_ACCESS_KEY_ID,
+        help="accepted access key id (default: the published local one)",
+    )
+    p.add_argument(
+        "--secret-access-key",
+        default=DEFAULT_SECRET_ACCESS_KEY,
+        help="its secret access key (default: the published local one)",
     )
     p.add_argument(
         "--tls", action="store_true", help="serve https:// and wss:// with a self-signed cert"
@@ -104,7 +127,12 @@ def _configure_local(p: argparse.ArgumentParser) -> None:
         default=[],
         help="create this channel at start (repeatable)",
     )
-    p.add_argument("--max-viewers", type=int, default=10, help="viewers per channel (default 10)")
+    p.add_argument(
+        "--max-viewers",
+        type=int,
+        default=MAX_VIEWERS,
+        help=f"viewers per channel (default {MAX_VIEWERS})",
+    )
     p.add_argument(
         "--storage-dir",
         help="folder for what storage sessions (WebRTC ingestion) record, as "
@@ -138,6 +166,13 @@ def _configure_local(p: argparse.ArgumentParser) -> None:
         help="TURN REST secret for minted credentials (coturn --static-auth-secret; "
         "default: the published local one)",
     )
+    p.add_argument(
+        "--env-file",
+        type=Path,
+        metavar="FILE",
+        help="once the emulator is ready, write the `export NAME=value` lines that point "
+        "clients at it to FILE (replaced atomically, removed on exit), for `. FILE` in a shell",
+    )
     add_metrics_options(p)
 
 
@@ -156,6 +191,9 @@ async def _local(args: argparse.Namespace) -> int:
         turn_port=args.turn_port,
         storage_dir=args.storage_dir,
     )
+    env_file: Path | None = args.env_file
+    if env_file is not None:
+        _claim_env_file(env_file)
     async with (
         serve_metrics(args, role="local") as metrics,
         LocalKvs(config, host=args.host, port=args.port, tls=args.tls) as kvs,
@@ -165,28 +203,77 @@ async def _local(args: argparse.Namespace) -> int:
         metrics.add(EmulatorSource(kvs))
         for name in args.channel:
             kvs.create_channel(name)
+        exports = [f"export {name}={shlex.quote(value)}" for name, value in _local_env(kvs)]
         lines = [
             f"kvs-peer local emulator listening on {kvs.endpoint_url}",
             "Point kvs-peer, boto3 or the AWS CLI at it with:",
-            f"  export AWS_ACCESS_KEY_ID={config.access_key_id}",
-            f"  export AWS_SECRET_ACCESS_KEY={config.secret_access_key}",
-            f"  export AWS_REGION={config.region}",
-            f"  export KVS_PEER_ENDPOINT_URL={kvs.endpoint_url}",
+            *(f"  {line}" for line in exports),
         ]
+        channel = args.channel[0] if args.channel else "NAME"
+        lines.append(f"Watch a channel in a browser: {kvs.endpoint_url}/?channel={channel}")
         if kvs.certificate is not None:
             lines.append(f"TLS CA certificate (trust it in clients): {kvs.ca_cert_path}")
         if kvs.turn is not None:
             lines.append(
                 f"TURN server (coturn, pid {kvs.turn.pid}): {', '.join(kvs.turn.uris)} "
-                f"(ready in {kvs.turn.startup_seconds * 1000:.0f} ms)"
+                f"(ready in {(kvs.turn.startup_seconds or 0.0) * 1000:.0f} ms)"
             )
         for server in config.ice_servers:
-            lines.append(f"ICE server: {', '.join(server.uris)}")
+            uris = server.get("Uris", ()) if isinstance(server, Mapping) else server.urls
+            lines.append(f"ICE server: {', '.join(uris)}")
         lines.append(f"Storage sessions record to {kvs.storage.storage_dir}")
+        if env_file is not None:
+            lines.append(f"Environment written to {env_file} (`. {env_file}` in a shell)")
         lines.append("Press Ctrl+C to stop.")
         print("\n".join(lines), flush=True)
-        await args.stop.wait()
+        try:
+            if env_file is not None:
+                _write_atomically(env_file, "".join(f"{line}\n" for line in exports))
+            await args.stop.wait()
+        finally:
+            if env_file is not None:
+                _remove_file(env_file)
     return 0
+
+
+def _claim_env_file(path: Path) -> None:
+    """Check that ``--env-file`` can be written, and remove a file a killed run left: it
+    would hand a shell waiting for the file a dead endpoint."""
+    from .media.recorder import check_output_path
+
+    check_output_path(path, what="environment file")
+    _remove_file(path)
+
+
+def _remove_file(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+def _local_env(kvs: LocalKvs) -> list[tuple[str, str]]:
+    """The variables that point kvs-peer, boto3 and the AWS CLI at the emulator ``kvs``."""
+    env = [
+        ("AWS_ACCESS_KEY_ID", kvs.credentials.access_key),
+        ("AWS_SECRET_ACCESS_KEY", kvs.credentials.secret_key),
+        ("AWS_REGION", kvs.region),
+        ("AWS_DEFAULT_REGION", kvs.region),  # the one boto3 reads; the AWS CLI reads both
+        ("KVS_PEER_ENDPOINT_URL", kvs.endpoint_url),
+        # boto3 (>= 1.28) and the AWS CLI read it for the kinesisvideo client alone.
+        ("AWS_ENDPOINT_URL_KINESIS_VIDEO", kvs.endpoint_url),
+    ]
+    if kvs.certificate is not None:
+        env.append(("AWS_CA_BUNDLE", str(kvs.ca_cert_path)))
+    return env
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``path`` through a temporary file and a rename: a shell polling for the file
+    never reads half of it."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 # -- master / viewer ---------------------------------------------------------------------------
@@ -197,28 +284,43 @@ async def open_access(
     args: argparse.Namespace, role: Role, client_id: str | None = None
 ) -> AsyncIterator[ChannelAccess]:
     """Channel access from the shared connection options (AWS credentials or a signer)."""
+    from .masterconfig import connection_from_args
+
+    async with channel_accesses(connection_from_args(args), role) as access_for:
+        yield access_for(args.channel, client_id)
+
+
+@contextlib.asynccontextmanager
+async def channel_accesses(
+    connection: ConnectionConfig, role: Role
+) -> AsyncIterator[Callable[[str, str | None], ChannelAccess]]:
+    """Makes ``access_for(channel, client_id)`` for any number of channels with one set of
+    connection options: the cameras of one master share a resolver (one boto3 client)."""
     from .access import AwsAccess, SignerAccess
     from .channel import ChannelResolver
 
-    if getattr(args, "signer", None):
-        yield SignerAccess(
-            args.signer,
-            args.channel,
-            role,
-            client_id=client_id,
-            token=args.token or _env_token(),
-        )
+    if connection.signer:
+        signer, token = connection.signer, connection.token or _env_token()
+
+        def signed(channel: str, client_id: str | None) -> ChannelAccess:
+            return SignerAccess(signer, channel, role, client_id=client_id, token=token)
+
+        yield signed
         return
     async with ChannelResolver(
-        region=args.region,
-        endpoint_url=args.endpoint_url,
+        region=connection.region,
+        endpoint_url=connection.endpoint_url,
         # A restarted agent goes straight to the WebSocket (kvs_peer.channelcache).
-        disk_cache=getattr(args, "channel_cache", True),
+        disk_cache=connection.channel_cache,
     ) as resolver:
-        await asyncio.to_thread(_check_credentials, args.region)
-        yield AwsAccess(
-            resolver, args.channel, role, client_id=client_id, create=args.create_channel
-        )
+        await asyncio.to_thread(_check_credentials, connection.region)
+
+        def resolved(channel: str, client_id: str | None) -> ChannelAccess:
+            return AwsAccess(
+                resolver, channel, role, client_id=client_id, create=connection.create_channel
+            )
+
+        yield resolved
 
 
 def _check_credentials(region: str | None) -> None:
@@ -232,7 +334,9 @@ def _check_credentials(region: str | None) -> None:
 
 def _add_peer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--duration", type=float, help="stop after this many seconds (default: run until Ctrl+C)"
+        "--duration",
+        type=positive_seconds,
+        help="stop after this many seconds (default: run until Ctrl+C)",
     )
     p.add_argument("--json", action="store_true", help="print machine-readable stats at the end")
     p.add_argument(
@@ -250,112 +354,278 @@ def _add_peer_options(p: argparse.ArgumentParser) -> None:
 
 
 def _configure_master(p: argparse.ArgumentParser) -> None:
-    add_connection_options(p)
+    from .masterconfig import (
+        CAMERA_DEFAULTS,
+        CONNECTION_OPTIONS,
+        METRICS_OPTIONS,
+        SOURCE_FORMATS,
+        VIDEO_MODES,
+        GivenAction,
+    )
+
+    # Not required: --config names the cameras' channels.
+    add_connection_options(
+        p,
+        channel_required=False,
+        channel_help=(
+            "signaling channel name (exact match); with --config: run only the camera of "
+            "this channel"
+        ),
+    )
     p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="a TOML file with these options for one or several cameras ([[camera]] tables, "
+        "each with its channel; format in docs/deploy.md); flags override it: shared ones "
+        "for every camera, camera ones only when it runs one camera",
+    )
+    d = CAMERA_DEFAULTS
+    # GivenAction notes which camera options the command line gave: only those override
+    # the config file (a default cannot tell `--preset veryfast` from no --preset).
+    cam = p.add_argument_group("camera (each [[camera]] of a --config file)")
+    cam.add_argument(
         "--source",
-        default="testsrc",
+        action=GivenAction,
+        default=d.source,
         help="testsrc, a media file, a camera index (0) or device (/dev/video0), a URL "
         "such as rtsp://..., or - for an H.264 Annex-B stream on stdin (default testsrc)",
     )
-    p.add_argument(
+    cam.add_argument(
         "--source-format",
-        choices=["h264"],
+        action=GivenAction,
+        choices=SOURCE_FORMATS,
         help="read --source (a FIFO or file) as a raw H.264 Annex-B stream",
     )
-    p.add_argument(
+    cam.add_argument(
         "--video-mode",
-        default="auto",
-        choices=["auto", "passthrough", "transcode"],
+        action=GivenAction,
+        default=d.video_mode,
+        choices=VIDEO_MODES,
         help="H.264 sources: auto sends the stream as it is to viewers that take its profile "
         "and encodes for the others; passthrough refuses the others; transcode encodes for "
         "all (default auto)",
     )
-    p.add_argument(
+    cam.add_argument(
         "--encoder",
-        default="libx264",
+        action=GivenAction,
+        default=d.encoder,
         help="FFmpeg H.264 encoder when encoding: libx264 (default), h264_v4l2m2m, "
         "h264_vaapi, h264_qsv, h264_nvenc (hardware ones untested)",
     )
-    p.add_argument("--audio", default="none", help="tone, a media file, a URL, or none")
-    p.add_argument("--width", type=int, help="video width (test pattern, cameras)")
-    p.add_argument("--height", type=int, help="video height")
-    p.add_argument("--fps", type=float, help="frames per second")
-    p.add_argument("--loop", action="store_true", help="loop a media file")
-    p.add_argument(
+    cam.add_argument(
+        "--audio",
+        action=GivenAction,
+        default=d.audio,
+        help=f"tone, a media file, a URL, or none (default {d.audio})",
+    )
+    cam.add_argument(
+        "--width", action=GivenAction, type=int, help="video width (test pattern, cameras)"
+    )
+    cam.add_argument("--height", action=GivenAction, type=int, help="video height")
+    cam.add_argument("--fps", action=GivenAction, type=float, help="frames per second")
+    cam.add_argument(
+        "--loop", action=GivenAction, nargs=0, const=True, default=d.loop, help="loop a media file"
+    )
+    cam.add_argument(
         "--no-reopen",
         dest="reopen",
-        action="store_false",
+        action=GivenAction,
+        nargs=0,
+        const=False,
+        default=d.reopen,
         help="stop streaming when a camera or stream URL ends, instead of opening it again",
     )
-    p.add_argument("--bitrate", type=int, default=1_000_000, help="video bit/s (default 1M)")
-    p.add_argument("--gop", type=int, default=60, help="keyframe interval in frames (default 60)")
-    p.add_argument(
+    cam.add_argument(
+        "--bitrate",
+        action=GivenAction,
+        type=bitrate,
+        default=d.bitrate,
+        help="video bit/s: 800000, 800k or 1.5M (default 1M)",
+    )
+    cam.add_argument(
+        "--gop",
+        action=GivenAction,
+        type=int,
+        default=d.gop,
+        help="keyframe interval in frames (default 60)",
+    )
+    cam.add_argument(
         "--preset",
-        default="veryfast",
+        action=GivenAction,
+        default=d.preset,
         choices=X264_PRESETS,
         metavar="PRESET",
         help="x264 speed preset: ultrafast uses the least CPU (small boards such as a "
         "Raspberry Pi), slower ones give a better picture per bit (default veryfast)",
     )
-    p.add_argument("--max-viewers", type=int, default=10, help="viewers at once (default 10)")
-    p.add_argument(
+    cam.add_argument(
+        "--max-viewers",
+        action=GivenAction,
+        type=int,
+        default=d.max_viewers,
+        help=f"viewers at once (default {d.max_viewers})",
+    )
+    cam.add_argument(
         "--storage",
-        action="store_true",
+        action=GivenAction,
+        nargs=0,
+        const=True,
+        default=d.storage,
         help="WebRTC ingestion: join the storage session of the KVS stream linked to the "
         "channel (UpdateMediaStorageConfiguration) and stream into it; needs AWS credentials",
     )
     _add_peer_options(p)
     add_metrics_options(p)
+    # The shared options are added by other modules: one the command line gave is told by
+    # a value other than its default.
+    shared = CONNECTION_OPTIONS | set(METRICS_OPTIONS)
+    p.set_defaults(shared_defaults={dest: p.get_default(dest) for dest in shared})
 
 
 async def _master(args: argparse.Namespace) -> int:
+    """One camera from the flags, or the cameras of ``--config``: each its own
+    :class:`~kvs_peer.master.Master` on its own channel, in this process.
+
+    Several cameras: one that fails is logged with its channel and marks ``/healthz``
+    unhealthy while the others go on; the command fails (exit code 1) only when all did.
+    ``--json`` prints one object per camera, a line each, in the config's order.
+    """
+    from .errors import InvalidArgument
+    from .masterconfig import (
+        apply_command_line,
+        config_from_command_line,
+        given_options,
+        load_master_config,
+    )
+    from .media.encoder import check_h264_encoder
+
+    try:
+        if args.config is not None:
+            given = given_options(args, args.shared_defaults)
+            config = apply_command_line(load_master_config(args.config), args, given)
+        elif not args.channel:
+            raise InvalidArgument(
+                "--channel is required (or --config FILE with the cameras and their channels)"
+            )
+        else:
+            config = config_from_command_line(args)
+    except InvalidArgument as exc:
+        # A usage error, as argparse's own: one line and exit code 2.
+        if args.json:
+            print(json.dumps({"ok": False, "error": type(exc).__name__, "message": str(exc)}))
+        _stderr(f"kvs-peer master: error: {exc}")
+        return EXIT_USAGE
+    args.metrics_port, args.metrics_host = config.metrics.port, config.metrics.host
+    args.stats_interval = config.metrics.stats_interval
+    for encoder in sorted({camera.encoder for camera in config.cameras}):
+        check_h264_encoder(encoder)
+    args.starting = True  # a signal cancels the start (see cli._run_until_signal)
+    async with (
+        serve_metrics(args, role="master") as metrics,  # first: a port in use fails at once
+        channel_accesses(config.connection, Role.MASTER) as access_for,
+    ):
+        if len(config.cameras) == 1:
+            # One camera: its failure is the command's (one error line, exit code 1).
+            report = await _run_camera(config.cameras[0], config, args, metrics, access_for)
+            if args.json:
+                print(json.dumps(report))
+            return EXIT_OK
+        reports = await asyncio.gather(
+            *(_run_camera_apart(c, config, args, metrics, access_for) for c in config.cameras)
+        )
+    if args.json:
+        print("\n".join(json.dumps(report) for report in reports), flush=True)
+    if all(not report["ok"] for report in reports):
+        problems = "; ".join(f"{r['channel']}: {r['message']}" for r in reports)
+        _stderr(f"kvs-peer master: error: every camera failed ({problems})")
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+AccessFor = Callable[[str, "str | None"], "ChannelAccess"]
+
+
+async def _run_camera_apart(
+    camera: CameraConfig,
+    config: MasterConfig,
+    args: argparse.Namespace,
+    metrics: Metrics,
+    access_for: AccessFor,
+) -> dict[str, Any]:
+    """:func:`_run_camera` for one of several cameras: a failure is logged and reported, and
+    does not stop the others."""
+    from .cli import explain
+    from .metrics.sources import StoppedSource
+
+    try:
+        return await _run_camera(camera, config, args, metrics, access_for)
+    except Exception as exc:
+        message = explain(exc) or f"unexpected {type(exc).__name__}: {exc}"
+        logger.error("camera %r stopped: %s", camera.channel, message, exc_info=args.verbose > 1)
+        metrics.add(StoppedSource(f"camera {camera.channel!r} stopped: {message}"))
+        error = type(exc).__name__
+        return {"ok": False, "role": "MASTER", "channel": camera.channel, "error": error,
+                "message": message}  # fmt: skip
+
+
+async def _run_camera(
+    camera: CameraConfig,
+    config: MasterConfig,
+    args: argparse.Namespace,
+    metrics: Metrics,
+    access_for: AccessFor,
+) -> dict[str, Any]:
+    """Stream ``camera`` until its source ends, ``--duration`` or a stop signal; returns
+    its ``--json`` report. Raises what made it fail."""
     from .master import Master
     from .media import open_audio_source, open_master_video
-    from .media.encoder import check_h264_encoder
     from .media.sources import describe_url
-    from .protocol import Role
+    from .metrics.sources import MasterSource
 
-    check_h264_encoder(args.encoder)
-    args.starting = True  # a signal cancels the start (see cli._run_until_signal)
+    alone = len(config.cameras) == 1
+    who = "" if alone else f"camera {camera.channel!r}: "
     # Opening may block (an RTSP camera can take seconds): keep it off the event loop.
     video = await asyncio.to_thread(
         open_master_video,
-        args.source,
-        video_mode=args.video_mode,
-        source_format=args.source_format,
-        width=args.width,
-        height=args.height,
-        fps=args.fps,
-        loop=args.loop,
-        reopen=args.reopen,
+        camera.source,
+        video_mode=camera.video_mode,
+        source_format=camera.source_format,
+        width=camera.width,
+        height=camera.height,
+        fps=camera.fps,
+        loop=camera.loop,
+        reopen=camera.reopen,
     )
-    audio = await asyncio.to_thread(open_audio_source, args.audio, loop=args.loop)
+    try:
+        audio = await asyncio.to_thread(open_audio_source, camera.audio, loop=camera.loop)
+    except BaseException:
+        video.stop()  # another camera may go on: do not leave this one's capture running
+        raise
     started = time.monotonic()
+    access = access_for(camera.channel, None)
     async with (
-        serve_metrics(args, role="master") as metrics,  # first: a port in use fails at once
-        open_access(args, Role.MASTER) as access,
         Master(
             access,
             video=video,
             audio=audio,
-            max_viewers=args.max_viewers,
-            storage=args.storage,
-            bitrate=args.bitrate,
-            gop=args.gop,
-            preset=args.preset,
-            video_mode=args.video_mode,
-            video_encoder=args.encoder,
-            loopback_candidates=args.loopback_candidates,
-            relay_only=args.relay_only,
+            max_viewers=camera.max_viewers,
+            storage=camera.storage,
+            bitrate=camera.bitrate,
+            gop=camera.gop,
+            preset=camera.preset,
+            video_mode=camera.video_mode,
+            video_encoder=camera.encoder,
+            loopback_candidates=config.connection.loopback_candidates,
+            relay_only=config.connection.relay_only,
         ) as master,
-        StatusLine(lambda meter: _master_status(master, meter), enabled=not args.json),
+        # One live line per terminal: several cameras are watched through --stats-interval.
+        StatusLine(lambda meter: _master_status(master, meter), enabled=alone and not args.json),
     ):
-        from .metrics.sources import MasterSource
-
-        metrics.add(MasterSource(master, channel=args.channel))
+        metrics.add(MasterSource(master, channel=camera.channel))
         metrics.watch_access(access)
-        source = getattr(video, "description", None) or describe_url(args.source)
-        _stderr(f"streaming {source} on channel {args.channel!r} as MASTER (Ctrl+C stops)")
+        source = getattr(video, "description", None) or describe_url(camera.source)
+        _stderr(f"streaming {source} on channel {camera.channel!r} as MASTER (Ctrl+C stops)")
         await _wait(master.wait_closed(), args)
         if master.end_reason is not None:
             if getattr(video, "live", False):
@@ -364,31 +634,25 @@ async def _master(args: argparse.Namespace) -> int:
                 hint = " (--loop repeats a file)"
             else:
                 hint = ""
-            _stderr(f"{master.end_reason}; stopping{hint}")
-    if args.json:
-        stats = master.stats
-        print(
-            json.dumps(
-                {
-                    "ok": True,
-                    "role": "MASTER",
-                    "channel": args.channel,
-                    "duration": round(time.monotonic() - started, 3),
-                    "offers": stats.offers,
-                    "sessionsStarted": stats.sessions_started,
-                    "sessionsConnected": stats.sessions_connected,
-                    "sessionsFailed": stats.sessions_failed,
-                    "signalingReconnects": master.signaling.stats.reconnects,
-                    "storage": await _storage_report(master),
-                    "endReason": master.end_reason,
-                }
-            )
-        )
-    return 0
+            _stderr(f"{who}{master.end_reason}; stopping{hint}")
+    stats = master.stats
+    return {
+        "ok": True,
+        "role": "MASTER",
+        "channel": camera.channel,
+        "duration": round(time.monotonic() - started, 3),
+        "offers": stats.offers,
+        "sessionsStarted": stats.sessions_started,
+        "sessionsConnected": stats.sessions_connected,
+        "sessionsFailed": stats.sessions_failed,
+        "signalingReconnects": master.signaling.stats.reconnects,
+        "storage": await _storage_report(master),
+        "endReason": master.end_reason,
+    }
 
 
 async def _master_status(master: Any, meter: _Meter) -> str:
-    from .session import link_stats
+    from .peerconnection import link_stats
 
     viewers = master.viewers
     connected = [s for s in viewers.values() if s.connected_at is not None]
@@ -449,7 +713,18 @@ def _configure_viewer(p: argparse.ArgumentParser) -> None:
     add_connection_options(p)
     p.add_argument("--client-id", help="stable viewer id (default: a generated one)")
     p.add_argument("--record", help="record to this file (.mkv survives crashes; .mp4 does not)")
-    p.add_argument("--segment", type=float, help="start a new recording file every S seconds")
+    p.add_argument(
+        "--segment",
+        type=positive_seconds,
+        help="start a new recording file every S seconds (default: one file)",
+    )
+    p.add_argument(
+        "--record-mode",
+        choices=["auto", "passthrough", "transcode"],
+        default="auto",
+        help="auto (default): store received H.264/Opus as they are (no decoding), decode "
+        "and re-encode other codecs; transcode: always decode and re-encode",
+    )
     p.add_argument("--snapshot", help="save the last frame as PNG here at the end")
     p.add_argument("--audio", action="store_true", help="also receive audio")
     _add_peer_options(p)
@@ -466,7 +741,7 @@ async def _viewer(args: argparse.Namespace) -> int:
     if args.snapshot:
         _check_snapshot_path(args.snapshot)
     recorder = (
-        Recorder(args.record, segment_seconds=args.segment, audio=args.audio)
+        Recorder(args.record, segment_seconds=args.segment, audio=args.audio, mode=args.record_mode)
         if args.record
         else None
     )
@@ -484,7 +759,8 @@ async def _viewer(args: argparse.Namespace) -> int:
                 access,
                 audio=args.audio,
                 recorder=recorder,
-                on_frame=lambda frame: last.__setitem__(0, frame),
+                # Only a snapshot needs decoded frames: a recording stores them as received.
+                on_frame=(lambda frame: last.__setitem__(0, frame)) if args.snapshot else None,
                 loopback_candidates=args.loopback_candidates,
                 relay_only=args.relay_only,
             ) as viewer,
@@ -501,8 +777,11 @@ async def _viewer(args: argparse.Namespace) -> int:
         save_snapshot(last[0], args.snapshot)
     stats = viewer.stats
     problem = stats.video_problem(ended)
+    report = _viewer_report(args, viewer, ended, problem, recorder, last[0])
     if args.json:
-        print(json.dumps(_viewer_report(args, viewer, ended, problem, recorder, last[0])))
+        print(json.dumps(report))
+    else:
+        _stderr(_viewer_summary(report))
     if problem is None:
         return EXIT_OK
     if args.duration is not None and not args.stop.is_set():
@@ -510,6 +789,22 @@ async def _viewer(args: argparse.Namespace) -> int:
         return EXIT_NO_VIDEO
     _stderr(f"kvs-peer viewer: {problem}")  # stopped by Ctrl+C: the user knows, still say it
     return EXIT_OK
+
+
+def _viewer_summary(report: dict[str, Any]) -> str:
+    """The one line ``viewer`` ends with when not in ``--json`` mode."""
+    first = report["timeToFirstFrame"]
+    parts = [
+        f"{report['duration']:.1f} s",
+        f"{report['framesReceived']} frames",
+        f"{report['fps']:.1f} fps",
+        f"first frame after {first * 1000:.0f} ms" if first is not None else "no video",
+    ]
+    if report["recording"]:
+        parts.append(f"recorded to {', '.join(report['recording'])}")
+    if report["snapshot"]:
+        parts.append(f"snapshot {report['snapshot']}")
+    return "viewer: " + ", ".join(parts)
 
 
 def _check_snapshot_path(path: str) -> None:
@@ -581,7 +876,7 @@ def _viewer_phases(stats: Any) -> dict[str, float | None]:
 
 
 async def _viewer_status(viewer: Any, meter: _Meter) -> str:
-    from .session import link_stats
+    from .peerconnection import link_stats
 
     stats = viewer.stats
     pc = viewer.pc
@@ -674,9 +969,13 @@ class StatusLine:
 
 
 def _configure_demo(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--duration", type=float, default=5.0, help="seconds to stream (default 5)")
     p.add_argument(
-        "--output", default="kvs-peer-demo", help="folder for the recording and snapshot"
+        "--duration", type=positive_seconds, default=5.0, help="seconds to stream (default 5)"
+    )
+    p.add_argument(
+        "--output",
+        default="kvs-peer-demo",
+        help="folder for the recording and snapshot (default kvs-peer-demo)",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -705,7 +1004,7 @@ def _demo_text(r: dict[str, Any]) -> str:
         f"({v['countersBackwards']} backwards, {v['countersSkipped']} skipped)",
         f"  latency (capture->decoded)  median {v['latencyMedianMs']} ms, "
         f"p95 {v['latencyP95Ms']} ms",
-        f"  recording              {rec['path']} ({rec['framesDecoded']} frames decode)",
+        f"  recording              {rec['path']} ({rec['framesDecoded']} frames decoded back)",
         f"  snapshot               {r['snapshot']}",
         f"  result                 {'OK' if r['ok'] else 'FAILED: ' + '; '.join(r['problems'])}",
     ]

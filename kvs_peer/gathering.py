@@ -10,14 +10,15 @@ connection is made with no ICE servers, so ``setLocalDescription`` gathers host 
 only (milliseconds) and the SDP goes out at once, without ``a=end-of-candidates``. Meanwhile
 the servers' candidates are gathered in the background with aioice's own functions and,
 as they come, added to the ICE connection and sent as trickled candidates, which every KVS
-peer applies (browsers, the C SDK, kvs-peer's :class:`~kvs_peer.session.RemoteCandidates`).
+peer applies (browsers, the C SDK, kvs-peer's :class:`~kvs_peer.peerconnection.RemoteCandidates`).
 The ICE servers may even be still on their way (GetIceServerConfig) when the SDP is made.
 
 Adding a candidate after gathering is not in aioice's API: the relay socket is handed to the
-connection and paired with the remote candidates known so far through aioice internals, on
-this connection only (no module-wide patch), as aioice itself does at gathering time. If
-those internals are missing (another aioice version) the relay candidate is dropped with a
-warning and the session runs on host and server-reflexive candidates.
+connection and paired with the remote candidates known so far through aioice internals
+(:mod:`kvs_peer.aiortc_internals`), on this connection only (no module-wide patch), as aioice
+itself does at gathering time. If those internals are missing (another aioice version) the
+relay candidate is dropped with a warning and the session runs on host and server-reflexive
+candidates.
 """
 
 from __future__ import annotations
@@ -35,8 +36,16 @@ from aioice.ice import StunProtocol, relayed_candidate, server_reflexive_candida
 from aiortc import RTCPeerConnection
 from aiortc.rtcicetransport import candidate_from_aioice, connection_kwargs
 
+from .aiortc_internals import (
+    add_local_candidate,
+    add_relay_candidate,
+    ice_connection,
+    local_candidates,
+    local_protocols,
+    takes_late_candidates,
+)
 from .channel import IceServer
-from .session import candidate_to_json, rtc_configuration
+from .peerconnection import candidate_to_json, rtc_configuration
 
 __all__ = ["RELAY_TIMEOUT", "BackgroundGathering", "without_end_of_candidates"]
 
@@ -47,7 +56,6 @@ RELAY_TIMEOUT = 10.0
 (aioice allows 5 s inside ``setLocalDescription``; here nothing waits for it)."""
 
 _END_OF_CANDIDATES = "a=end-of-candidates"
-_INTERNALS = ("_protocols", "_local_candidates", "_remote_candidates", "_pair_remote_candidate")
 
 SendCandidate = Callable[[str, str | None, int | None], Awaitable[None]]
 """``send(candidate_line, sdp_mid, sdp_mline_index)``: trickle one candidate to the remote."""
@@ -127,7 +135,7 @@ class BackgroundGathering:
             return
         seen: set[int] = set()
         for ice_transport in _ice_transports(self._pc):
-            connection = ice_transport.iceGatherer._connection
+            connection = ice_connection(ice_transport)
             if id(connection) not in seen:
                 seen.add(id(connection))
                 self._links.append(_Link(ice_transport, connection))
@@ -168,7 +176,8 @@ class BackgroundGathering:
             if inspect.isawaitable(servers):
                 servers = await servers
             servers = getattr(servers, "servers", servers)
-            kwargs = connection_kwargs(rtc_configuration(servers).iceServers)
+            # rtc_configuration always sets a list; aiortc's field is Optional.
+            kwargs = connection_kwargs(rtc_configuration(servers).iceServers or [])
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the control plane or signer failed: host candidates only
@@ -207,27 +216,19 @@ class BackgroundGathering:
             return
         link.pending.append(protocol)
         await self._described.wait()
-        if self._finished(link) or not all(hasattr(connection, name) for name in _INTERNALS):
+        if self._finished(link) or not takes_late_candidates(connection):
             if not self._finished(link):
                 logger.warning("%s: this aioice cannot take a late relay candidate", self._label)
             return  # close() releases it
         link.pending.remove(protocol)
-        # What aioice does with a relay candidate it gathered itself, then pairing with the
-        # remote candidates known so far, as aioice's connect() does; the checks pick the
-        # new pairs up. This connection only.
-        connection._protocols.append(protocol)
-        connection._local_candidates.append(candidate)
-        for remote in list(connection._remote_candidates):
-            connection._pair_remote_candidate(remote)
-        with contextlib.suppress(AttributeError):
-            connection.sort_check_list()
+        add_relay_candidate(connection, protocol, candidate)  # this connection only
         await self._trickle(link, candidate)
 
     async def _reflexive(self, link: _Link, stun_server: tuple[str, int]) -> None:
         await self._described.wait()  # host sockets exist once the SDP is made
         hosts = [
             p
-            for p in getattr(link.connection, "_protocols", [])
+            for p in local_protocols(link.connection)
             if getattr(p, "local_candidate", None) is not None
             and p.local_candidate.type == "host"
             and ":" not in p.local_candidate.host  # STUN is queried over IPv4, as aioice does
@@ -247,7 +248,7 @@ class BackgroundGathering:
                 return
             if any(c.host == candidate.host and c.port == candidate.port for c in _locals(link)):
                 return  # not behind a NAT: the same address as a host candidate
-            link.connection._local_candidates.append(candidate)
+            add_local_candidate(link.connection, candidate)
             await self._trickle(link, candidate)
 
         await asyncio.gather(*(query(p) for p in hosts))
@@ -269,7 +270,7 @@ class BackgroundGathering:
 
 
 def _locals(link: _Link) -> list[Candidate]:
-    return list(getattr(link.connection, "_local_candidates", []))
+    return local_candidates(link.connection)
 
 
 def _ice_transports(pc: RTCPeerConnection) -> list[Any]:

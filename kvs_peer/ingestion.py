@@ -2,15 +2,16 @@
 
 With media storage enabled on a channel, the master calls JoinStorageSession once its
 signaling is open, and KVS's storage session offers to it over that signaling connection,
-without ``senderClientId`` (webrtc-ingestion.md 3). :class:`StorageLink` keeps the master
-joined: it answers each offer with a fresh peer connection (H.264, Opus, no data channel,
+without ``senderClientId`` (docs/protocol.md#storage-sessions). :class:`StorageLink` keeps
+the master joined: it answers each offer with a fresh peer connection (H.264, Opus, no data channel,
 video-only allowed), sends the answer with a ``correlationId`` so a rejection comes back as a
 STATUS_RESPONSE (fatal: it names the reason), fetches the ICE configuration again before each
 re-join, retries with jittered backoff when no offer comes, re-joins when the storage peer
 drops, and re-joins on its own before the session's one-hour limit.
 
 Unproven against the real service: aiortc answers with its candidates inside the SDP and does
-not trickle them (webrtc-ingestion.md 5); only the emulator has accepted such answers so far.
+not trickle them (docs/protocol.md#storage-sessions); only the emulator has accepted such
+answers so far.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 
+from ._tasks import TaskSet
 from .access import AwsAccess, ChannelAccess, IceConfig
 from .errors import (
     AccessDenied,
@@ -36,11 +38,13 @@ from .errors import (
     SessionError,
 )
 from .media.encoder import AudioFanout, SharedVideoEncoder, attach_keyframe_requests, force_h264
+from .media.passthrough import PassthroughVideo, route_video
 from .media.rtpsender import use_fast_send
 from .protocol import IceCandidate, SdpOffer, StatusResponse
 from .reconnect import Refresh
+from .rules import STORAGE_SESSION_LIMIT
 from .sdp import for_kvs_peers
-from .session import (
+from .peerconnection import (
     RemoteCandidates,
     enable_loopback_candidates,
     link_stats,
@@ -52,9 +56,6 @@ from .signaling import Connected, SignalingClient
 __all__ = ["StorageLink", "StorageOptions", "StorageStats"]
 
 logger = logging.getLogger(__name__)
-
-SESSION_LIMIT = 3600.0
-"""KVS ends a storage session after one hour at most (webrtc-ingestion.md 1)."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ class StorageOptions:
 
     offer_timeout: float = 10.0
     connect_timeout: float = 30.0
-    rejoin_after: float | None = SESSION_LIMIT - 300.0
+    rejoin_after: float | None = STORAGE_SESSION_LIMIT - 300.0
     backoff_base: float = 1.0
     backoff_cap: float = 30.0
     join_timeout: float = 6.0
@@ -86,10 +87,10 @@ class StorageOptions:
                 raise InvalidArgument(f"storage option {name} must be a positive number of seconds")
         if self.backoff_cap < self.backoff_base:
             raise InvalidArgument("storage option backoff_cap must be at least backoff_base")
-        if self.rejoin_after is not None and not 0 < self.rejoin_after <= SESSION_LIMIT:
+        if self.rejoin_after is not None and not 0 < self.rejoin_after <= STORAGE_SESSION_LIMIT:
             raise InvalidArgument(
-                f"storage option rejoin_after must be within (0, {SESSION_LIMIT:g}] seconds: "
-                "KVS ends the session after one hour"
+                "storage option rejoin_after must be within "
+                f"(0, {STORAGE_SESSION_LIMIT:g}] seconds: KVS ends the session after one hour"
             )
 
 
@@ -145,8 +146,11 @@ class StorageLink:
         access: AWS channel access of the master (JoinStorageSession needs credentials: a
             signer-only device cannot call it).
         signaling: the master's signaling client (the offer arrives on it).
-        encoder: the master's shared video encoder (required: the storage session records
-            H.264 video).
+        encoder: the master's shared video encoder.
+        passthrough: the master's H.264 passthrough fan-out (an H.264 source); the storage
+            session records H.264, so one of the two is required.
+        video_mode: ``auto``, ``passthrough`` or ``transcode``, as for viewers: the stream
+            as it is when the storage session's offer takes its profile.
         audio: the master's Opus fan-out, or None to send video only.
         options: timeouts and retry policy.
         loopback_candidates: also gather 127.0.0.1 candidates.
@@ -163,6 +167,8 @@ class StorageLink:
         *,
         encoder: SharedVideoEncoder | None,
         audio: AudioFanout | None,
+        passthrough: PassthroughVideo | None = None,
+        video_mode: str = "auto",
         options: StorageOptions | None = None,
         loopback_candidates: bool = False,
         relay_only: bool = False,
@@ -174,7 +180,7 @@ class StorageLink:
                 "storage mode needs AWS credentials (JoinStorageSession is an AWS API call): "
                 "use --region/--endpoint-url rather than --signer"
             )
-        if encoder is None:
+        if encoder is None and passthrough is None:
             raise InvalidArgument(
                 "storage mode needs a video source: the storage session records H.264 video "
                 "(audio is optional)"
@@ -182,6 +188,8 @@ class StorageLink:
         self._access = access
         self._signaling = signaling
         self._encoder = encoder
+        self._passthrough = passthrough
+        self._video_mode = video_mode
         self._audio = audio
         self.options = options or StorageOptions()
         self._loopback = loopback_candidates and not relay_only
@@ -194,7 +202,7 @@ class StorageLink:
         self._ice: IceConfig | None = None
         self._current: _Session | None = None
         self._offers: asyncio.Queue[_Session] = asyncio.Queue()
-        self._closing: list[asyncio.Task[None]] = []
+        self._closing = TaskSet()
         self._warned_viewers: set[str] = set()
         self._signaling_up = asyncio.Event()
         self._signaling_up.set()
@@ -217,8 +225,10 @@ class StorageLink:
             raise ChannelError(
                 f"channel {channel!r} does not store media (media storage "
                 f"{config.get('Status', 'DISABLED')}): link it to a stream with data retention "
-                "using UpdateMediaStorageConfiguration (docs/ingestion.md), or run without "
-                "--storage",
+                "using UpdateMediaStorageConfiguration (`aws kinesisvideo "
+                "update-media-storage-configuration --channel-arn ARN "
+                "--media-storage-configuration StreamARN=STREAM_ARN,Status=ENABLED`), or run "
+                "without --storage",
                 code="InvalidArgumentException",
             )
         self._arn = resolved.arn
@@ -283,9 +293,7 @@ class StorageLink:
         self._offers.put_nowait(session)
 
     def _retire(self, session: _Session) -> None:
-        task = asyncio.ensure_future(self._close_session(session))
-        self._closing.append(task)
-        task.add_done_callback(self._closing.remove)
+        self._closing.spawn(self._close_session(session), "kvs-ingestion-close")
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -329,7 +337,7 @@ class StorageLink:
             self.stats.rejoins += 1
 
     def _delay(self, failures: int) -> float:
-        ceiling = min(self.options.backoff_cap, self.options.backoff_base * 2 ** (failures - 1))
+        ceiling = min(self.options.backoff_cap, self.options.backoff_base * 2.0 ** (failures - 1))
         return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
 
     async def _join(self) -> bool:
@@ -340,7 +348,7 @@ class StorageLink:
         # The storage session's next candidates must wait for its next offer again.
         self._signaling.forget(None)
         if self.stats.joins:
-            # The C SDK refreshes ICE before every re-join (webrtc-ingestion.md 5).
+            # The C SDK refreshes ICE before every re-join (docs/protocol.md#storage-sessions).
             self._access.invalidate(Refresh.ICE)
         try:
             self._ice = await self._access.ice_config()
@@ -377,7 +385,14 @@ class StorageLink:
         try:
             if "video" not in kinds:
                 raise SessionError(None, "the storage session's offer has no video section")
-            track = self._encoder.subscribe()
+            route = await route_video(
+                sdp,
+                passthrough=self._passthrough,
+                encoder=self._encoder,
+                mode=self._video_mode,
+                viewer="the storage session",
+            )
+            track = route.fanout.subscribe()
             session.tracks.append(track)
             transceiver = pc.addTransceiver(track, direction="sendonly")
             force_h264(transceiver)  # before setRemoteDescription: the answer's codecs
@@ -388,15 +403,18 @@ class StorageLink:
                 session.tracks.append(audio)
                 use_fast_send(pc.addTransceiver(audio, direction="sendonly").sender)
             clean, mdns = split_mdns_candidates(sdp)
+            clean = route.offer(clean)  # passthrough: only the payload type it uses
             for event in mdns:
                 session.candidates.add(event)
             await pc.setRemoteDescription(RTCSessionDescription(clean, "offer"))
+            route.negotiated(transceiver)
             session.candidates.remote_description_set()
             if self._loopback:
                 enable_loopback_candidates(pc)
             await pc.setLocalDescription(await pc.createAnswer())
             await self._signaling.send_storage_answer(
-                for_kvs_peers(pc.localDescription.sdp), correlation_id=session.correlation_id
+                route.answer(for_kvs_peers(pc.localDescription.sdp)),
+                correlation_id=session.correlation_id,
             )
         except asyncio.CancelledError:
             raise
@@ -503,6 +521,5 @@ class StorageLink:
             await self._close_session(current)
         while not self._offers.empty():
             await self._offers.get_nowait().close()
-        if self._closing:
-            await asyncio.gather(*list(self._closing), return_exceptions=True)
+        await self._closing.wait()
         self.stats.joined = self.stats.connected = False

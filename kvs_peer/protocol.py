@@ -1,10 +1,10 @@
 """KVS signaling messages: encode, decode, and hold early ICE candidates. No I/O.
 
-Client -> service frames (kvs-signaling.md 2.1)::
+Client -> service frames (docs/protocol.md#client-frames)::
 
     {"action":"SDP_OFFER","messagePayload":"<base64>","recipientClientId":"v1","correlationId":"1"}
 
-Service -> client frames (3.1)::
+Service -> client frames (docs/protocol.md#service-frames)::
 
     {"messagePayload":"...","messageType":"SDP_ANSWER","senderClientId":"..."}
 
@@ -27,6 +27,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InvalidArgument, ServiceError
+from .rules import (
+    ICE_SERVER_TTL,
+    ID_RE,
+    ID_RULE,
+    MAX_ICE_SERVER_TTL,
+    MAX_PAYLOAD_CHARS,
+    MIN_ICE_SERVER_TTL,
+)
 
 __all__ = [
     "MAX_CANDIDATES_PER_PEER",
@@ -37,6 +45,7 @@ __all__ = [
     "Event",
     "GoAway",
     "IceCandidate",
+    "IceServer",
     "MessageType",
     "ReconnectIceServer",
     "Role",
@@ -52,12 +61,6 @@ __all__ = [
     "encode_payload",
     "sdp_payload",
 ]
-
-# The quotas page says "10k" for messagePayload without saying 10,000 or 10,240; the
-# SendAlexaOfferToMaster model caps at 10,000 and the C SDK sizes buffers at 10,240. We never
-# send more than the stricter reading (kvs-signaling.md 2.1).
-MAX_PAYLOAD_CHARS = 10_000
-_ID_RE = re.compile(r"[a-zA-Z0-9_.-]{1,256}")
 
 
 class Role(enum.StrEnum):
@@ -173,10 +176,8 @@ def candidate_payload(
 
 
 def _check_id(value: str, what: str) -> None:
-    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
-        raise InvalidArgument(
-            f"invalid {what} {value!r}: use 1-256 characters from a-z, A-Z, 0-9, '_', '.', '-'"
-        )
+    if not isinstance(value, str) or not ID_RE.fullmatch(value):
+        raise InvalidArgument(f"invalid {what} {value!r}: use {ID_RULE}")
 
 
 def encode_message(
@@ -271,7 +272,7 @@ def decode_client_message(text: str | bytes) -> ClientMessage | str:
     if obj is None:
         return "message is not a JSON object"
     try:
-        action = Action(obj.get("action"))
+        action = Action(obj.get("action", ""))
     except ValueError:
         return f"unknown action {str(obj.get('action'))[:64]!r}"
     payload = obj.get("messagepayload")
@@ -279,9 +280,9 @@ def decode_client_message(text: str | bytes) -> ClientMessage | str:
         return "messagePayload is required"
     recipient = _opt_str(obj.get("recipientclientid"))
     correlation = _opt_str(obj.get("correlationid"))
-    if recipient is not None and not _ID_RE.fullmatch(recipient):
+    if recipient is not None and not ID_RE.fullmatch(recipient):
         return "recipientClientId is malformed"
-    if correlation is not None and not _ID_RE.fullmatch(correlation):
+    if correlation is not None and not ID_RE.fullmatch(correlation):
         return "correlationId is malformed"
     return ClientMessage(action, payload, recipient, correlation)
 
@@ -381,7 +382,7 @@ def decode_message(text: str | bytes) -> Event | None:
         return None
     sender = _opt_str(obj.get("senderclientid"))
     try:
-        message_type = MessageType(obj.get("messagetype"))
+        message_type = MessageType(obj.get("messagetype", ""))
     except ValueError:
         return None
     if message_type is MessageType.GO_AWAY:
@@ -443,16 +444,83 @@ def encode_event(
 
 
 # ---------------------------------------------------------------------------------------------
+# ICE configuration
+
+
+@dataclass(frozen=True, slots=True)
+class IceServer:
+    """One STUN or TURN server (docs/protocol.md#ice-configuration).
+
+    The same server in both of its spellings: an entry of ``RTCConfiguration.iceServers``
+    (``urls``, ``username``, ``credential``: :meth:`from_json`, :meth:`to_json`) and an entry of
+    GetIceServerConfig's ``IceServerList`` (``Uris``, ``Username``, ``Password``, ``Ttl``:
+    :meth:`from_value`). Peers use the first, the emulator serves the second.
+    """
+
+    urls: tuple[str, ...]
+    username: str | None = None
+    credential: str | None = None
+    ttl: int | None = None
+    """Seconds the credentials stay valid; None when unknown (STUN, browser form). The
+    emulator serves None as :data:`~kvs_peer.rules.ICE_SERVER_TTL`, and mints the
+    credentials itself when ``username``/``credential`` are None."""
+
+    @classmethod
+    def from_json(cls, entry: Mapping[str, Any]) -> IceServer | None:
+        """Parse the browser form (``urls`` may be one string); None when it has no URL."""
+        urls = entry.get("urls")
+        urls = (
+            (urls,) if isinstance(urls, str) else tuple(u for u in urls or () if isinstance(u, str))
+        )
+        if not urls:
+            return None
+        return cls(urls, entry.get("username"), entry.get("credential"))
+
+    def to_json(self) -> dict[str, Any]:
+        """The browser form: ``{"urls": [...], "username": ..., "credential": ...}``."""
+        out: dict[str, Any] = {"urls": list(self.urls)}
+        if self.username is not None:
+            out["username"] = self.username
+        if self.credential is not None:
+            out["credential"] = self.credential
+        return out
+
+    @classmethod
+    def from_value(cls, value: IceServer | Mapping[str, Any]) -> IceServer:
+        """Accept an IceServer or a GetIceServerConfig entry ``{Uris, Username, Password, Ttl}``.
+
+        Raises:
+            InvalidArgument: no ``Uris``, or a ``Ttl`` outside the model's range.
+        """
+        if isinstance(value, IceServer):
+            return value
+        if not isinstance(value, Mapping) or not value.get("Uris"):
+            raise InvalidArgument(
+                f"ice server {value!r} must be a mapping with a non-empty 'Uris' list"
+            )
+        uris = value["Uris"]
+        uris = (uris,) if isinstance(uris, str) else tuple(uris)
+        ttl = int(value.get("Ttl", ICE_SERVER_TTL))
+        if not MIN_ICE_SERVER_TTL <= ttl <= MAX_ICE_SERVER_TTL:
+            raise InvalidArgument(
+                f"ice server Ttl {ttl} must be from {MIN_ICE_SERVER_TTL} to "
+                f"{MAX_ICE_SERVER_TTL} seconds"
+            )
+        return cls(uris, value.get("Username"), value.get("Password"), ttl)
+
+
+# ---------------------------------------------------------------------------------------------
 # Early candidates
 
 MAX_CANDIDATES_PER_PEER = 200
 """Candidates taken from one remote peer per session, whether they came before its SDP or
-after (a real peer sends a few dozen; KVS itself allows 20 ICE messages per second)."""
+after (a real peer sends a few dozen; KVS itself allows :data:`~kvs_peer.rules.ICE_RATE` ICE
+messages per second)."""
 
 
 @dataclass
 class CandidateBuffer:
-    """Holds ICE candidates that arrive before their sender's SDP (kvs-signaling.md 3.4).
+    """Holds ICE candidates that arrive before their sender's SDP (docs/protocol.md#receiving).
 
     Feed every decoded event to :meth:`receive`; it returns the events to act on now, in
     order. Bounded so a hostile peer cannot grow memory without limit: per sender by the same

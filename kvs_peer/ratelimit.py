@@ -1,7 +1,8 @@
 """Token buckets with an injected clock. Pure.
 
-Used to pace signaling sends under the KVS per-connection quotas (5 SDP/s, 20 ICE/s,
-kvs-signaling.md 4.1) and by the signer service for per-token request limits.
+Used to pace signaling sends under the KVS per-connection quotas (``rules.SDP_RATE``,
+``rules.ICE_RATE``, docs/protocol.md#limits) and by the signer service for per-token request
+limits.
 """
 
 from __future__ import annotations

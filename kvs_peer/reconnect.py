@@ -1,11 +1,12 @@
 """Reconnect policy for the signaling connection. Pure: no clock, no I/O.
 
 One table, :data:`POLICY`, used for the first connect and for every reconnect. It mirrors the
-KVS C SDK state machine (kvs-signaling.md 6.1, 9): what to refresh before the next attempt
-depends on why the last one failed (404 re-describes the channel, 403 refreshes credentials
-and clock, 400/5xx fetch the endpoint again), with exponential backoff from 100 ms doubling
-to a 10 s cap and full jitter. Unlike the C SDK, a run ends when a person is needed: the same
-rejection keeps coming back although what it pointed at was refreshed each time.
+KVS C SDK state machine (docs/protocol.md#connection-lifetime): what to refresh before the
+next attempt depends on why the last one failed (404 re-describes the channel, 403 refreshes
+credentials and clock, 400/5xx fetch the endpoint again), with exponential backoff from 100
+ms doubling to a 10 s cap and full jitter. Unlike the C SDK, a run ends when a person is
+needed: the same rejection keeps coming back although what it pointed at was refreshed each
+time.
 
 Counting rules (:class:`ReconnectPolicy`):
 
@@ -35,6 +36,7 @@ from .errors import (
     SignerError,
     Throttled,
 )
+from .rules import MAX_CONNECTION_DURATION
 
 __all__ = [
     "POLICY",
@@ -49,9 +51,9 @@ __all__ = [
     "rotate_at",
 ]
 
-# Documented hard cap (kvs-signaling.md 4.1); one user saw 2 h, so 1 h is the safe bound.
-MAX_CONNECTION_DURATION = 3600.0
 ROTATE_MARGIN = 300.0
+"""Seconds before :data:`~kvs_peer.rules.MAX_CONNECTION_DURATION` at which a connection is
+replaced (one user saw KVS keep connections 2 h, the documented 1 h is the safe bound)."""
 MAX_REJECTIONS = 3
 """Default streak of same-kind rejections (each after a refresh) that ends a run."""
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import secrets
 import ssl as ssl_module
@@ -35,7 +36,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
-from ._tasks import invoke
+from ._tasks import TaskSet, invoke
 from .errors import (
     HandshakeRejected,
     InvalidArgument,
@@ -57,7 +58,8 @@ from .protocol import (
     sdp_payload,
 )
 from .ratelimit import TokenBucket
-from .reconnect import Decision, ReconnectPolicy, Refresh, rotate_at
+from .reconnect import ROTATE_MARGIN, Decision, ReconnectPolicy, Refresh, rotate_at
+from .rules import ICE_RATE, MAX_CONNECTION_DURATION, SDP_RATE
 from .signing import normalize_endpoint, redact_url, validate_client_id
 
 __all__ = [
@@ -125,8 +127,8 @@ class _Connection:
     opened_at: float
     reader: asyncio.Task[None] | None = None
     go_away: asyncio.Event = field(default_factory=asyncio.Event)
-    sdp_bucket: TokenBucket = field(default_factory=lambda: TokenBucket(5.0))
-    ice_bucket: TokenBucket = field(default_factory=lambda: TokenBucket(20.0))
+    sdp_bucket: TokenBucket = field(default_factory=lambda: TokenBucket(float(SDP_RATE)))
+    ice_bucket: TokenBucket = field(default_factory=lambda: TokenBucket(float(ICE_RATE)))
 
 
 _CLOSED = object()
@@ -141,7 +143,7 @@ class SignalingClient:
         client_id: the viewer's client id (required for VIEWER, refused for MASTER). Used
             only for validation and logs: the id travels inside the signed URL.
         ping_interval: seconds between WebSocket pings; None disables them (the service
-            then closes idle connections after 10 minutes).
+            then closes idle connections after :data:`~kvs_peer.rules.IDLE_TIMEOUT`).
         ping_timeout: seconds to wait for a pong before treating the socket as dead.
         open_timeout: seconds allowed for one connect (URL + TCP + TLS + upgrade).
         send_timeout: seconds a send waits for a connection while reconnecting.
@@ -151,9 +153,12 @@ class SignalingClient:
             which retries those for ever, so a device started before its network waits.
         max_connection_duration: the service's cap; the connection is replaced ``rotate_margin``
             seconds before it.
-        pace: wait to stay under 5 SDP/s and 20 ICE/s per connection instead of having the
-            service drop messages silently.
+        pace: wait to stay under :data:`~kvs_peer.rules.SDP_RATE` and
+            :data:`~kvs_peer.rules.ICE_RATE` per connection instead of having the service drop
+            messages silently.
         ssl: TLS context for ``wss://`` (e.g. one trusting the local emulator's certificate).
+            None: the CA bundle in ``AWS_CA_BUNDLE`` when set (as for the control-plane
+            calls, so one variable trusts a private endpoint), else the system trust store.
         rng: random source for backoff jitter (seed it in tests).
     """
 
@@ -169,8 +174,8 @@ class SignalingClient:
         send_timeout: float = 10.0,
         reconnect: bool = True,
         first_connect_attempts: int | None = None,
-        max_connection_duration: float = 3600.0,
-        rotate_margin: float = 300.0,
+        max_connection_duration: float = MAX_CONNECTION_DURATION,
+        rotate_margin: float = ROTATE_MARGIN,
         backoff_base: float = 0.1,
         backoff_cap: float = 10.0,
         pace: bool = True,
@@ -210,7 +215,7 @@ class SignalingClient:
         self._runner: asyncio.Task[None] | None = None
         self._started = False
         self._closed = False
-        self._retiring: set[asyncio.Task[None]] = set()
+        self._retiring = TaskSet()
         self._terminal: BaseException | None = None
         self._callbacks: list[Callable[[SignalingEvent], Any]] = []
         self.stats = SignalingStats()
@@ -266,8 +271,7 @@ class SignalingClient:
         self._connected.clear()
         if conn is not None:
             await self._retire(conn)
-        if self._retiring:
-            await asyncio.gather(*self._retiring, return_exceptions=True)
+        await self._retiring.wait()
         self._events.put_nowait(_CLOSED)
 
     # -- events ------------------------------------------------------------------------------
@@ -304,7 +308,7 @@ class SignalingClient:
         """Register a probe: returns its nonce and a future set when it reaches this client.
 
         A master checks that the service still routes the channel's messages to it (KVS
-        routes them to the newest master, kvs-signaling.md 4.2) by having a probe viewer
+        routes them to the newest master, docs/protocol.md#takeover) by having a probe viewer
         :meth:`send_probe` this nonce. Cancel the future when giving up on it.
         """
         nonce = secrets.token_hex(8)
@@ -371,7 +375,7 @@ class SignalingClient:
         """Answer the storage session's offer (WebRTC ingestion); MASTER only.
 
         The storage session's messages carry no ``senderClientId`` and the master answers it
-        with no ``recipientClientId`` (webrtc-ingestion.md 3.4-3.5), which :meth:`send_answer`
+        with no ``recipientClientId`` (docs/protocol.md#storage-sessions), which :meth:`send_answer`
         refuses on purpose: a master's message to nobody is a bug anywhere else. The
         ``correlation_id`` makes the storage session report a rejected answer (codecs) with a
         STATUS_RESPONSE instead of dropping it silently.
@@ -444,8 +448,12 @@ class SignalingClient:
             # InvalidArgument: a configuration error ends the run at once (reconnect policy).
             raise InvalidArgument(f"invalid signaling URL {redact_url(url)!r}: {exc}") from None
         kwargs: dict[str, Any] = {}
-        if parts.scheme == "wss" and self._ssl is not None:
-            kwargs["ssl"] = self._ssl
+        if parts.scheme == "wss":
+            if self._ssl is None:
+                self._ssl = _aws_ca_bundle_context()  # once: a reconnect reuses it
+            tls = self._ssl
+            if tls is not None:
+                kwargs["ssl"] = tls
         try:
             ws = await ws_connect(
                 url,
@@ -595,9 +603,7 @@ class SignalingClient:
                     if new is None:
                         return
                     await self._install(new, reconnect=True)
-                    retiring = asyncio.create_task(self._retire(conn))
-                    self._retiring.add(retiring)
-                    retiring.add_done_callback(self._retiring.discard)
+                    self._retiring.spawn(self._retire(conn), "kvs-signaling-retire")
                     continue
                 # The socket closed under us.
                 self._connected.clear()
@@ -666,3 +672,17 @@ class SignalingClient:
             return "replace"
         await conn.reader
         return "closed"
+
+
+def _aws_ca_bundle_context() -> ssl_module.SSLContext | None:
+    """A TLS context trusting ``AWS_CA_BUNDLE``, the AWS SDKs' variable for a private CA."""
+    path = os.environ.get("AWS_CA_BUNDLE")
+    if not path:
+        return None
+    try:
+        return ssl_module.create_default_context(cafile=path)
+    except (OSError, ssl_module.SSLError) as exc:
+        raise InvalidArgument(
+            f"AWS_CA_BUNDLE={path!r} is not a readable CA certificate file ({exc}); fix the "
+            "path or unset it"
+        ) from exc

@@ -3,9 +3,10 @@
 The URL a peer opens to connect to a signaling channel is a SigV4 *query* presign of
 ``GET wss://host/path?X-Amz-ChannelARN=...[&X-Amz-ClientId=...]`` for the service
 ``kinesisvideo``, with ``host`` as the only signed header, the empty-body hash, and the session
-token inside the signed query (kvs-signaling.md 1.1). botocore computes the signature; this
-module only fixes the timestamp, re-sorts the query so the URL is byte-identical to the
-official JS SDK's ``SigV4RequestSigner``, and validates inputs.
+token inside the signed query (docs/protocol.md#the-signed-wss-url). botocore computes the
+signature; this module only fixes the timestamp, re-sorts the query so the URL is
+byte-identical to the official JS SDK's ``SigV4RequestSigner``, and validates inputs (by the
+rules of :mod:`kvs_peer.rules`).
 
 Verification (:func:`verify_presigned_url`, :func:`verify_signed_request`, used by the local
 emulator) rebuilds the canonical request from exactly the headers the client named in
@@ -33,6 +34,14 @@ from botocore.awsrequest import AWSRequest, HTTPHeaders
 from botocore.credentials import Credentials
 
 from .errors import InvalidArgument, SignatureError
+from .rules import (
+    CLOCK_SKEW,
+    MAX_PRESIGN_EXPIRES,
+    PRESIGN_EXPIRES,
+    validate_channel_arn,
+    validate_channel_name,
+    validate_client_id,
+)
 
 __all__ = [
     "CHANNEL_ARN_PARAM",
@@ -55,13 +64,11 @@ __all__ = [
 
 CHANNEL_ARN_PARAM = "X-Amz-ChannelARN"
 CLIENT_ID_PARAM = "X-Amz-ClientId"
-DEFAULT_EXPIRES = 299  # the JS SDK's fixed value (kvs-signaling.md 1.1, step 6)
-MAX_EXPIRES = 604_800  # SigV4 presign cap; the C SDK signs for up to 7 days
-DEFAULT_MAX_SKEW = 300.0  # "+/- 5 minutes" (JS SDK README, kvs-signaling.md 1.3)
+DEFAULT_EXPIRES = PRESIGN_EXPIRES  # signing's public name for the JS SDK's value
 
 # A URL's default port means the same as no port (RFC 3986 6.2.3; ws/wss use http/https's
 # ports, RFC 6455 3). Real KVS endpoints carry none, the C SDK cannot parse one, and WebSocket
-# clients leave it out of the Host header they send (kvs-signaling.md 1.3 "Host case/port").
+# clients leave it out of the Host header they send (docs/protocol.md#the-signed-wss-url).
 DEFAULT_PORTS: Mapping[str, int] = MappingProxyType(
     {"http": 80, "ws": 80, "https": 443, "wss": 443}
 )
@@ -95,11 +102,6 @@ _AUTH_PARAMS = frozenset(
     }
 )
 _SECRET_PARAMS = ("X-Amz-Signature", "X-Amz-Credential", "X-Amz-Security-Token")
-# Client ids and channel names share one alphabet and length (kvs-signaling.md 1.2, 4.6).
-_NAME_RE = re.compile(r"[a-zA-Z0-9_.-]{1,256}")
-_CHANNEL_ARN_RE = re.compile(
-    r"arn:aws[a-z-]*:kinesisvideo:[a-z0-9-]+:[0-9]+:channel/[a-zA-Z0-9_.-]+/[0-9]+"
-)
 _CREDENTIAL_RE = re.compile(
     r"(?P<akid>[^/]+)/(?P<date>\d{8})/(?P<region>[a-z0-9-]+)/(?P<service>[a-z0-9-]+)/aws4_request"
 )
@@ -111,46 +113,6 @@ class CredentialsLike(Protocol):
     access_key: str
     secret_key: str
     token: str | None
-
-
-def validate_client_id(client_id: str) -> str:
-    """Return ``client_id`` if KVS accepts it as a viewer client id, else raise.
-
-    Rules (kvs-signaling.md 1.2): 1-256 characters from ``[a-zA-Z0-9_.-]`` and no ``AWS_``
-    prefix in any case.
-
-    Raises:
-        InvalidArgument: with the rule that was broken.
-    """
-    if not isinstance(client_id, str) or not _NAME_RE.fullmatch(client_id):
-        raise InvalidArgument(
-            f"invalid client id {client_id!r}: use 1-256 characters from "
-            "a-z, A-Z, 0-9, '_', '.', '-'"
-        )
-    if client_id.upper().startswith("AWS_"):
-        raise InvalidArgument(
-            f"invalid client id {client_id!r}: KVS reserves ids starting with 'AWS_'"
-        )
-    return client_id
-
-
-def validate_channel_name(name: str) -> str:
-    """Return ``name`` if it is a valid signaling channel name, else raise InvalidArgument."""
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        raise InvalidArgument(
-            f"invalid channel name {name!r}: use 1-256 characters from a-z, A-Z, 0-9, '_', '.', '-'"
-        )
-    return name
-
-
-def validate_channel_arn(arn: str) -> str:
-    """Return ``arn`` if it looks like a signaling channel ARN, else raise InvalidArgument."""
-    if not isinstance(arn, str) or len(arn) > 1024 or not _CHANNEL_ARN_RE.fullmatch(arn):
-        raise InvalidArgument(
-            f"invalid channel ARN {arn!r}: expected "
-            "arn:aws:kinesisvideo:REGION:ACCOUNT:channel/NAME/CREATION_MILLIS"
-        )
-    return arn
 
 
 def _encode(value: str) -> str:
@@ -190,7 +152,8 @@ class _QueryAuth(SigV4QueryAuth):
 
     def sign(self, request: AWSRequest, timestamp: str) -> str:
         request.context["timestamp"] = timestamp
-        self._modify_request_before_signing(request)
+        # botocore-stubs leave out this private step of add_auth; it is botocore's own.
+        self._modify_request_before_signing(request)  # type: ignore[attr-defined]
         string_to_sign = self.string_to_sign(request, self.canonical_request(request))
         return self.signature(string_to_sign, request)
 
@@ -276,7 +239,8 @@ def presign_url(
         credentials: botocore ``Credentials`` (refreshable ones are frozen first) or any
             object with ``access_key``, ``secret_key`` and ``token``.
         query: the role parameters, e.g. ``{"X-Amz-ChannelARN": arn}``.
-        expires: validity in seconds (1 to 604800); the JS SDK always uses 299.
+        expires: validity in seconds (1 to ``rules.MAX_PRESIGN_EXPIRES``); the JS SDK always
+            uses ``rules.PRESIGN_EXPIRES``.
         service: SigV4 service name; KVS uses ``kinesisvideo``.
         now: signing time (timezone-aware); defaults to the current time. Add a known clock
             offset here to sign for a server whose clock differs from ours.
@@ -290,8 +254,12 @@ def presign_url(
     scheme, host, path = _split_endpoint(endpoint)
     if not isinstance(region, str) or not _REGION_RE.fullmatch(region):
         raise InvalidArgument(f"invalid region {region!r}: expected a name like 'us-west-2'")
-    if isinstance(expires, bool) or not isinstance(expires, int) or not 1 <= expires <= MAX_EXPIRES:
-        raise InvalidArgument(f"expires must be an integer from 1 to {MAX_EXPIRES} seconds")
+    if (
+        isinstance(expires, bool)
+        or not isinstance(expires, int)
+        or not 1 <= expires <= MAX_PRESIGN_EXPIRES
+    ):
+        raise InvalidArgument(f"expires must be an integer from 1 to {MAX_PRESIGN_EXPIRES} seconds")
     creds = _frozen(credentials)
     params = {str(k): str(v) for k, v in query.items()}
     clashing = sorted(params.keys() & _AUTH_PARAMS)
@@ -303,6 +271,7 @@ def presign_url(
     request = AWSRequest(method="GET", url=f"{scheme}://{host}{path}", params=params)
     auth = _QueryAuth(creds, service, region, expires=expires)
     signature = auth.sign(request, _timestamp(now))
+    assert request.url is not None  # given above; signing only adds its parameters
     signed = dict(parse_qsl(urlsplit(request.url).query, keep_blank_values=True))
     signed["X-Amz-Signature"] = signature
     query_string = "&".join(f"{k}={_encode(v)}" for k, v in sorted(signed.items()))
@@ -560,7 +529,9 @@ class _CanonicalAuth(SigV4Auth):
         return self._signed
 
     def canonical_query_string(self, request: AWSRequest) -> str:
-        return self._canonical_query_string_params(self._query)
+        # botocore-stubs leave out this private helper of canonical_query_string.
+        canonical: str = self._canonical_query_string_params(self._query)  # type: ignore[attr-defined]
+        return canonical
 
     def payload(self, request: AWSRequest) -> str:
         return self._payload_hash
@@ -636,7 +607,7 @@ def verify_presigned_url(
     host: str | None = None,
     headers: HeaderSource | None = None,
     now: dt.datetime | None = None,
-    max_skew: float = DEFAULT_MAX_SKEW,
+    max_skew: float = CLOCK_SKEW,
 ) -> VerifiedRequest:
     """Verify a SigV4 query-presigned GET URL as the KVS signaling service would.
 
@@ -692,8 +663,8 @@ def verify_presigned_url(
         )
     except ValueError:
         raise SignatureError("malformed", "X-Amz-Date or X-Amz-Expires is malformed") from None
-    if not 1 <= expires <= MAX_EXPIRES:
-        raise SignatureError("malformed", f"X-Amz-Expires must be from 1 to {MAX_EXPIRES}")
+    if not 1 <= expires <= MAX_PRESIGN_EXPIRES:
+        raise SignatureError("malformed", f"X-Amz-Expires must be from 1 to {MAX_PRESIGN_EXPIRES}")
     scope = _parse_scope(params["X-Amz-Credential"], region, service)
     if scope["date"] != params["X-Amz-Date"][:8]:
         raise SignatureError("scope", "credential scope date does not match X-Amz-Date")
@@ -759,7 +730,7 @@ def verify_signed_request(
     region: str | None = None,
     service: str = "kinesisvideo",
     now: dt.datetime | None = None,
-    max_skew: float = DEFAULT_MAX_SKEW,
+    max_skew: float = CLOCK_SKEW,
 ) -> VerifiedRequest:
     """Verify a SigV4 ``Authorization``-header request, as boto3 and the C SDK send them.
 

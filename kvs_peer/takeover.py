@@ -1,7 +1,7 @@
 """Notice when another master takes a channel over.
 
 KVS allows one master per channel and "the most recent request takes precedence. Existing
-connection metadata is overwritten by the new one" (kvs-signaling.md 4.2): every viewer's
+connection metadata is overwritten by the new one" (docs/protocol.md#takeover): every viewer's
 message goes to the newest master. Whether the older master's socket is closed is not
 documented; public reports (awslabs/amazon-kinesis-video-streams-webrtc-sdk-c#1151: the
 second master gets no error; #1304, #493 and webrtc-sdk-js#195: a master stays connected but

@@ -59,7 +59,7 @@ def load_toml_config(
     except FileNotFoundError:
         raise InvalidArgument(
             f"{what} {str(path)!r} not found: pass --config with the path of a TOML file "
-            f"(format in {docs})"
+            f"(its format: {docs} in the kvs-peer source repository)"
         ) from None
     except OSError as exc:
         raise InvalidArgument(f"cannot read {what} {str(path)!r}: {exc.strerror}") from None

@@ -6,9 +6,10 @@
         async for frame in viewer.frames():
             image = frame.to_ndarray(format="bgr24")
 
-The viewer keeps one client id for its whole life (KVS counts stale ids against the
-10-viewer limit), sends an offer as soon as signaling is connected, and sends a new one when
-the peer connection fails or when signaling comes back and the connection never came up.
+The viewer keeps one client id for its whole life (KVS counts stale ids against the viewer
+limit, ``rules.MAX_VIEWERS``), sends an offer as soon as signaling is connected, and sends a
+new one when the peer connection fails or when signaling comes back and the connection never
+came up.
 """
 
 from __future__ import annotations
@@ -18,25 +19,28 @@ import contextlib
 import inspect
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import av
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from ._tasks import invoke
 from .access import ChannelAccess
+from .aiortc_internals import open_data_channel, use_jitter_buffer
 from .errors import InvalidArgument, InvalidState, KvsPeerError, MediaError, SessionError
 from .gathering import BackgroundGathering, without_end_of_candidates
+from .media.encoded import EncodedFrame, ReceiverTap, sps_size
+from .media.jitter import MarkerJitterBuffer
 from .metrics.rtcp import count_rtcp
 from .peer import SignalingPeer
 from .protocol import GoAway, IceCandidate, ReconnectIceServer, Role, SdpAnswer, StatusResponse
 from .reconnect import Refresh
+from .rules import new_client_id
 from .sdp import for_kvs_peers
-from .session import (
+from .peerconnection import (
     RemoteCandidates,
     RemoteDtls,
     enable_loopback_candidates,
@@ -62,11 +66,6 @@ _CHANNEL_POLL = 0.02
 FrameCallback = Callable[[av.VideoFrame], Any]
 
 
-def new_client_id(prefix: str = "kvs-peer") -> str:
-    """A fresh viewer client id, valid for KVS (keep it for the viewer's whole life)."""
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
 @dataclass
 class ViewerStats:
     """What the viewer has received so far."""
@@ -76,7 +75,11 @@ class ViewerStats:
     connected_at: float | None = None
     first_frame_at: float | None = None
     frames_received: int = 0
+    """Complete video frames received (counted before decoding)."""
     audio_frames_received: int = 0
+    frames_decoded: int = 0
+    """Video frames decoded: only while something asks for frames (``on_frame``,
+    :meth:`Viewer.frames`, a recorder that re-encodes)."""
     width: int | None = None
     height: int | None = None
     last_frame_at: float | None = None
@@ -99,7 +102,7 @@ class ViewerStats:
 
     @property
     def time_to_first_frame(self) -> float | None:
-        """Seconds from start to the first decoded video frame."""
+        """Seconds from start to the first complete video frame (before decoding)."""
         if self.first_frame_at is None:
             return None
         return self.first_frame_at - self.started_at
@@ -217,6 +220,9 @@ class Viewer(SignalingPeer):
         self.recorder = recorder
         self._frame_queue_size = max(1, frame_queue)
         self._queues: list[asyncio.Queue[av.VideoFrame | None]] = []
+        self._taps: dict[str, ReceiverTap] = {}
+        # Per kind: whether the recorder took the latest frame as received (not decoded).
+        self._stored_encoded: dict[str, bool] = {}
         self._reconnect = reconnect
         self._connect_timeout = connect_timeout
         # The loopback hook adds a host address even where the relay policy asks for none.
@@ -228,7 +234,7 @@ class Viewer(SignalingPeer):
             )
         )
         self.pc: RTCPeerConnection | None = None
-        self.channel: Any = None
+        self.channel: RTCDataChannel | None = None
         self._candidates: RemoteCandidates | None = None
         self._gathering: BackgroundGathering | None = None
         self._dtls: RemoteDtls | None = None
@@ -411,9 +417,12 @@ class Viewer(SignalingPeer):
         self._candidates = RemoteCandidates(pc, label=f"viewer {self.client_id}")
         dtls = self._dtls = RemoteDtls(pc)
         if self._want_video:
-            pc.addTransceiver("video", direction="recvonly")
+            receiver = pc.addTransceiver("video", direction="recvonly").receiver
+            # Frames leave on their marked last packet, not one frame later (media/jitter.py).
+            use_jitter_buffer(receiver, MarkerJitterBuffer())
+            self._tap(receiver, "video")
         if self._want_audio:
-            pc.addTransceiver("audio", direction="recvonly")
+            self._tap(pc.addTransceiver("audio", direction="recvonly").receiver, "audio")
         if self._want_data:
             self._setup_channel(pc.createDataChannel("kvs-peer"))
 
@@ -475,7 +484,7 @@ class Viewer(SignalingPeer):
         elif pc is self.pc and self.connection_state != "connected":
             self._reoffer(f"not connected after {delay:g} s")
 
-    def _setup_channel(self, channel: Any) -> None:
+    def _setup_channel(self, channel: RTCDataChannel) -> None:
         self.channel = channel
         self._tasks.spawn(self._open_on_send(channel), "data-channel-open")
 
@@ -487,7 +496,7 @@ class Viewer(SignalingPeer):
                     invoke(self._on_message, message, what="on_message"), "on-message"
                 )
 
-    async def _open_on_send(self, channel: Any) -> None:
+    async def _open_on_send(self, channel: RTCDataChannel) -> None:
         """Count the channel open once its DATA_CHANNEL_OPEN is sent, as browsers do.
 
         aiortc waits for the master's DATA_CHANNEL_ACK, which the KVS C SDK (v1.14 and
@@ -498,8 +507,7 @@ class Viewer(SignalingPeer):
         """
         while channel is self.channel and channel.readyState == "connecting":
             if channel.id is not None:
-                # aiortc has no public way to open a channel; this touches this one only.
-                channel._setReadyState("open")
+                open_data_channel(channel)  # aiortc has no public way; this channel only
                 logger.debug("viewer %s: data channel open (OPEN sent)", self.client_id)
                 return
             await asyncio.sleep(_CHANNEL_POLL)
@@ -550,36 +558,79 @@ class Viewer(SignalingPeer):
 
     # -- media -------------------------------------------------------------------------------
 
+    def _tap(self, receiver: Any, kind: str) -> None:
+        """See each received frame before aiortc decodes it, and decode only when asked."""
+        holder: list[ReceiverTap] = []
+        tap = ReceiverTap(receiver, kind, lambda frame: self._on_encoded(frame, holder[0]))
+        holder.append(tap)
+        if tap.installed:
+            self._taps[kind] = tap
+        else:
+            self._taps.pop(kind, None)
+
+    def _on_encoded(self, frame: EncodedFrame, tap: ReceiverTap) -> bool:
+        """Count and record one received frame; returns whether it should be decoded."""
+        if frame.kind == "audio":
+            self.stats.audio_frames_received += 1
+        else:
+            self._count_video(frame.arrival)
+            if frame.codec == "h264" and (self.stats.width is None or frame.keyframe):
+                size = sps_size(frame.data)
+                if size is not None:
+                    self.stats.width, self.stats.height = size
+        recorder = self.recorder
+        accepts = getattr(recorder, "accepts_encoded", None)
+        stored = accepts is not None and accepts(frame.kind, frame.codec)
+        self._stored_encoded[frame.kind] = stored
+        if stored:
+            self._to_recorder(lambda: recorder.write_encoded(frame, tap.request_keyframe))
+        if self.error is not None:
+            return False
+        if recorder is not None and not stored:
+            return True
+        return frame.kind == "video" and (self._on_frame is not None or bool(self._queues))
+
+    def _count_video(self, now: float) -> None:
+        stats = self.stats
+        if stats.first_frame_at is None:
+            stats.first_frame_at = now
+            self._first_frame.set()
+            logger.info(
+                "viewer %s: first frame after %.0f ms",
+                self.client_id,
+                (now - stats.started_at) * 1000,
+            )
+        elif stats.last_frame_at is not None and (
+            now - stats.last_frame_at > stats.stall_seconds()
+        ):
+            stats.video_gaps.append(
+                (stats.last_frame_at - stats.started_at, now - stats.last_frame_at)
+            )
+        stats.frames_received += 1
+        stats.last_frame_at = now
+
     async def _consume(self, track: MediaStreamTrack) -> None:
         while True:
             try:
                 frame = await track.recv()
             except MediaStreamError:
                 return
-            now = time.monotonic()
-            if track.kind == "audio":
-                self.stats.audio_frames_received += 1
-                self._record(frame, audio=True)
+            # With a tap in place the frame was counted (and maybe recorded) before decoding.
+            tapped = track.kind in self._taps
+            if isinstance(frame, av.AudioFrame):
+                if not tapped:
+                    self.stats.audio_frames_received += 1
+                if not self._stored_encoded.get("audio"):
+                    self._record(frame, audio=True)
                 continue
-            stats = self.stats
-            if stats.first_frame_at is None:
-                stats.first_frame_at = now
-                self._first_frame.set()
-                logger.info(
-                    "viewer %s: first frame after %.0f ms",
-                    self.client_id,
-                    (now - stats.started_at) * 1000,
-                )
-            elif stats.last_frame_at is not None and (
-                now - stats.last_frame_at > stats.stall_seconds()
-            ):
-                stats.video_gaps.append(
-                    (stats.last_frame_at - stats.started_at, now - stats.last_frame_at)
-                )
-            stats.frames_received += 1
-            stats.last_frame_at = now
-            stats.width, stats.height = frame.width, frame.height
-            self._record(frame, audio=False)
+            if not isinstance(frame, av.VideoFrame):
+                continue  # aiortc's remote tracks give decoded frames only
+            if not tapped:
+                self._count_video(time.monotonic())
+            self.stats.frames_decoded += 1
+            self.stats.width, self.stats.height = frame.width, frame.height
+            if not self._stored_encoded.get("video"):
+                self._record(frame, audio=False)
             if self.error is not None:
                 return  # stopped: frames() consumers have seen the end
             for queue in self._queues:
@@ -591,6 +642,12 @@ class Viewer(SignalingPeer):
                 await invoke(self._on_frame, frame, what="on_frame")
 
     def _record(self, frame: av.VideoFrame | av.AudioFrame, *, audio: bool) -> None:
+        recorder = self.recorder
+        if recorder is not None:
+            write = recorder.write_audio if audio else recorder.write_video
+            self._to_recorder(lambda: write(frame))
+
+    def _to_recorder(self, write: Callable[[], object]) -> None:
         """Hand a frame to the recorder; a failed recording stops the viewer.
 
         A viewer asked to record is useless once the recording fails (disk full, folder
@@ -600,10 +657,7 @@ class Viewer(SignalingPeer):
         if recorder is None or self.error is not None:
             return
         try:
-            if audio:
-                recorder.write_audio(frame)
-            else:
-                recorder.write_video(frame)
+            write()
             failure: BaseException | None = getattr(recorder, "error", None)
         except Exception as exc:  # a user's sink: whatever it raises ends the recording
             failure = exc

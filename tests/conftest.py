@@ -1,7 +1,7 @@
 """Shared test configuration.
 
-Timeouts in tests are multiples of ``MS`` scaled by ``KVS_PEER_TEST_TIMEOUT_FACTOR`` so a slow
-CI machine can stretch them without editing tests.
+Fixtures and hooks only; plain helpers such as the scaled time unit ``MS`` live in
+``tests/support.py`` and are imported from there.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 os.environ.setdefault(
     "KVS_PEER_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"kvs-peer-tests-{os.getpid()}")
 )
-
-MS = 0.001 * float(os.environ.get("KVS_PEER_TEST_TIMEOUT_FACTOR", "1"))
 
 
 @pytest.fixture
@@ -70,3 +68,21 @@ def device_env(kvs: LocalKvs) -> dict[str, str]:
         PYTHONPATH=os.pathsep.join(sys.path),
     )
     return env
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Figures tests recorded with ``record_property("measurement", text)`` (times to first
+    frame...), listed once after the run: printed by the tests, they would land in the middle
+    of pytest's progress line."""
+    lines = [
+        f"{value}  ({report.nodeid.rpartition('::')[2]})"
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if isinstance(report, pytest.TestReport) and report.when == "call"
+        for name, value in report.user_properties
+        if name == "measurement"
+    ]
+    if lines:
+        terminalreporter.section("measurements")
+        for line in lines:
+            terminalreporter.write_line(line)

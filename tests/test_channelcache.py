@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import MS
+from support import MS
 
 from kvs_peer.access import AwsAccess
 from kvs_peer.channelcache import CACHE_DIR_ENV, ChannelCache, default_cache_dir

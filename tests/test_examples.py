@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import av
+import numpy as np
 
 from kvs_peer.emulator import LocalKvs
 
@@ -71,5 +72,52 @@ async def test_camera_master_with_recording_and_motion_viewers(
             frames += sum(1 for _ in container.decode(video=0))
     assert frames >= 40
     assert motion.returncode == 0, mot_err.decode()
-    assert "motion:" in mot_out.decode()  # the test pattern moves
-    assert list((tmp_path / "motion").glob("motion-*.png"))
+    assert mot_out.decode().count("motion:") > 1  # the test pattern moves
+    # One PNG: the default --cooldown (5 s) outlasts the 4 s run.
+    assert len(list((tmp_path / "motion").glob("motion-*.png"))) == 1
+
+
+def write_clip(path: Path, frames: int) -> None:
+    """A short H.264 clip of a moving gray level, 160x120 at 30 fps."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        for index in range(frames):
+            image = np.full((120, 160, 3), (index * 8) % 256, np.uint8)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+async def test_camera_master_loops_a_file(
+    kvs: LocalKvs, device_env: dict[str, str], tmp_path: Path
+) -> None:
+    clip = tmp_path / "clip.mkv"
+    write_clip(clip, frames=15)  # half a second
+    kvs.create_channel("loop")
+    master = await run_example(
+        "camera_master.py",
+        *("--channel", "loop", "--source", str(clip), "--loop", "--bitrate", "300k"),
+        *("--duration", "20"),
+        env=device_env,
+    )
+    try:
+        async with asyncio.timeout(30):
+            await kvs.wait_connected("loop", master=True)
+        recorder = await run_example(
+            "recording_viewer.py",
+            *("--channel", "loop", "--out", str(tmp_path / "rec.mkv"), "--duration", "3"),
+            env=device_env,
+        )
+        _, rec_err = await asyncio.wait_for(recorder.communicate(), 40)
+        assert master.returncode is None, "the master stopped at the end of the file"
+    finally:
+        master.terminate()
+        await master.wait()
+    assert recorder.returncode == 0, rec_err.decode()
+    frames = 0
+    for segment in tmp_path.glob("rec*.mkv"):
+        with av.open(str(segment)) as container:
+            frames += sum(1 for _ in container.decode(video=0))
+    assert frames > 30, f"{frames} frames: the 15-frame file was not looped"

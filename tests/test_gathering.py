@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 from aiortc import RTCPeerConnection
-from conftest import MS
+from support import MS
 from turn_support import free_port, local_candidate_types, require_turnserver
 
 from kvs_peer.access import AwsAccess
@@ -25,7 +25,7 @@ from kvs_peer.gathering import BackgroundGathering, without_end_of_candidates
 from kvs_peer.master import Master
 from kvs_peer.media import TestPatternTrack
 from kvs_peer.protocol import Role
-from kvs_peer.session import rtc_configuration
+from kvs_peer.peerconnection import rtc_configuration
 from kvs_peer.viewer import Viewer
 
 CHANNEL = "gathering"

@@ -224,7 +224,7 @@ async def test_viewer_offers_again_when_the_master_restarts(
 
 
 async def test_link_stats_count_bytes_and_rtt(master: Master, resolver: ChannelResolver) -> None:
-    from kvs_peer.session import link_stats
+    from kvs_peer.peerconnection import link_stats
 
     async with viewer_for(resolver, "stats") as viewer:
         await viewer.wait_first_frame(timeout=15)

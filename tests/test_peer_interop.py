@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from conftest import MS
+from support import MS
 from websockets.asyncio.client import ClientConnection, connect
 
 from kvs_peer.access import AwsAccess

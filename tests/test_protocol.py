@@ -237,7 +237,7 @@ def test_decode_every_event_type_any_key_case(
 
 
 def test_decode_real_wire_frame() -> None:
-    # Compact, sorted keys, as logged from the real service (kvs-signaling.md 3.1).
+    # Compact, sorted keys, as logged from the real service (docs/protocol.md#service-frames).
     frame = (
         '{"messagePayload":"' + CANDIDATE_B64 + '","messageType":"ICE_CANDIDATE",'
         '"senderClientId":"538iuusigg83ukra6cswcf"}'

@@ -19,7 +19,7 @@ from typing import Any
 
 import boto3
 import pytest
-from conftest import MS
+from support import MS
 from turn_support import free_port, local_candidate_types, require_turnserver, selected_pair
 
 from kvs_peer.access import AwsAccess
@@ -34,7 +34,7 @@ from kvs_peer.errors import InvalidArgument
 from kvs_peer.master import Master
 from kvs_peer.media import TestPatternTrack
 from kvs_peer.protocol import Role
-from kvs_peer.session import rtc_configuration
+from kvs_peer.peerconnection import rtc_configuration
 from kvs_peer.testing.video import VideoCheck
 from kvs_peer.viewer import Viewer
 

@@ -6,7 +6,7 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 from kvs_peer.channel import IceServer
-from kvs_peer.session import (
+from kvs_peer.peerconnection import (
     candidate_from_json,
     candidate_to_json,
     enable_loopback_candidates,
@@ -121,7 +121,7 @@ async def test_loopback_candidates_are_gathered_on_request() -> None:
 
 
 def test_split_mdns_candidates_moves_only_local_hosts() -> None:
-    from kvs_peer.session import split_mdns_candidates
+    from kvs_peer.peerconnection import split_mdns_candidates
 
     sdp = (
         "v=0\r\ns=-\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"

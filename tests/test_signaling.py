@@ -303,7 +303,7 @@ async def test_status_response_for_a_failed_send(master: SignalingClient) -> Non
     assert status.status_code == "400"
     error = status.error()
     assert isinstance(error, ServiceError) and "big-1" in str(error)
-    # without a correlation id, failures are silent (kvs-signaling.md 2.1)
+    # without a correlation id, failures are silent (docs/protocol.md#client-frames)
     await master.send_answer("v=0 " + "x" * 200, recipient_client_id="v")
     with pytest.raises(TimeoutError):
         await next_of(master, StatusResponse, timeout=0.3)

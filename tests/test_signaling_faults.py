@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import boto3
 import pytest
-from conftest import MS
+from support import MS
 
 from kvs_peer.access import AwsAccess, SignerAccess
 from kvs_peer.channel import ChannelResolver

@@ -1,8 +1,9 @@
 """Tests for kvs_peer.signing: SigV4 presign vectors, an independent oracle, verification.
 
-The oracle below is a from-scratch SigV4 query presign written from kvs-signaling.md 1.1 (the
-JS SDK's ``SigV4RequestSigner``) with only hashlib/hmac, so presign_url (botocore underneath)
-is checked against something that shares no code with it.
+The oracle below is a from-scratch SigV4 query presign written from the steps in
+docs/protocol.md#the-signed-wss-url (the JS SDK's ``SigV4RequestSigner``) with only
+hashlib/hmac, so presign_url (botocore underneath) is checked against something that shares no
+code with it.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def creds(token: str | None = TOKEN) -> Credentials:
 
 
 # --------------------------------------------------------------------------------------------
-# Oracle: SigV4 query presign by hand (kvs-signaling.md 1.1, steps 1-12)
+# Oracle: SigV4 query presign by hand (docs/protocol.md#the-signed-wss-url, steps 1-9)
 
 _UNRESERVED = frozenset((string.ascii_letters + string.digits + "-_.~").encode())
 
@@ -1335,7 +1336,7 @@ C_SDK_BODY = b'{"ChannelName":"c-sdk","ChannelType":"SINGLE_MASTER"}'
 
 
 def _c_sdk_request() -> list[tuple[str, str]]:
-    """A control-plane call as the KVS C SDK 1.14 sends it (kvs-signaling.md 5.1)."""
+    """A control-plane call as the KVS C SDK 1.14 sends it (docs/protocol.md#control-plane)."""
     headers = [
         ("Host", "127.0.0.1"),
         ("User-Agent", C_SDK_USER_AGENT),

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MS
+from support import MS
 
 from kvs_peer.access import AwsAccess
 from kvs_peer.channel import ChannelResolver

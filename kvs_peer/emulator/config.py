@@ -11,8 +11,18 @@ from typing import Any
 from urllib.parse import unquote
 
 from ..errors import InvalidArgument
-from ..protocol import MAX_PAYLOAD_CHARS
-from .controlplane import IceServer
+from ..protocol import IceServer
+from ..rules import (
+    CLOCK_SKEW,
+    GO_AWAY_GRACE,
+    IDLE_TIMEOUT,
+    MAX_CONNECTION_DURATION,
+    MAX_ICE_SERVERS,
+    MAX_PAYLOAD_CHARS,
+    MAX_URIS_PER_ICE_SERVER,
+    MAX_VIEWERS,
+    STORAGE_SESSION_LIMIT,
+)
 from .routing import RouterConfig, Takeover
 from .turn import DEFAULT_TURN_PORT
 
@@ -31,9 +41,6 @@ DEFAULT_ACCESS_KEY_ID = "AKIALOCALKVSPEER0000"
 DEFAULT_SECRET_ACCESS_KEY = "kvs-peer-local-secret"
 DEFAULT_ACCOUNT_ID = "123456789012"
 DEFAULT_TURN_SECRET = "kvs-peer-local-turn-secret"
-MAX_ICE_SERVERS = 5
-"""IceServer entries the C SDK accepts (kvs-signaling.md 4.5), each with up to 4 URIs."""
-MAX_URIS_PER_SERVER = 4
 
 _TURN_URI_RE = re.compile(
     r"(?P<scheme>turns?):(?:(?P<userinfo>[^@/?]*)@)?"
@@ -83,10 +90,10 @@ def ice_servers_from_uris(uris: Iterable[str]) -> tuple[IceServer, ...]:
         last = servers[-1] if servers else None
         if (
             last is not None
-            and (last.username, last.password) == (username, password)
-            and len(last.uris) < MAX_URIS_PER_SERVER
+            and (last.username, last.credential) == (username, password)
+            and len(last.urls) < MAX_URIS_PER_ICE_SERVER
         ):
-            servers[-1] = IceServer((*last.uris, clean), username, password, last.ttl)
+            servers[-1] = IceServer((*last.urls, clean), username, password, last.ttl)
         else:
             servers.append(IceServer((clean,), username, password))
     return tuple(servers)
@@ -101,9 +108,9 @@ def _positive_or_none(name: str, value: float | None) -> None:
 class EmulatorConfig:
     """What the emulator accepts and how strict it is.
 
-    Defaults follow the real service's documented quotas (kvs-signaling.md 4.1), except that
-    rate limits are off and GetIceServerConfig returns no servers (see ``ice_servers`` and
-    ``turn``).
+    Defaults follow the real service's documented quotas (:mod:`kvs_peer.rules`,
+    docs/protocol.md#limits), except that rate limits are off and GetIceServerConfig returns
+    no servers (see ``ice_servers`` and ``turn``).
 
     Attributes:
         region: the only region accepted in signatures and used in ARNs.
@@ -114,17 +121,17 @@ class EmulatorConfig:
         payload_limit: max ``messagePayload`` length in base64 characters; longer messages fail
             (STATUS_RESPONSE when a correlation id is set).
         ice_servers: TURN servers returned by GetIceServerConfig, as :class:`IceServer` or
-            ``{"Uris": [...], "Username": ..., "Password": ..., "Ttl": 300}`` mappings (missing
+            ``{"Uris": [...], "Username": ..., "Password": ..., "Ttl": ...}`` mappings (missing
             Username/Password are minted TURN-REST style). Empty by default: real KVS always
             returns TURN servers, but a URI nobody answers makes aioice wait about 5 s per
-            server before ICE completes, so local tests run without any. At most 5 entries
-            (with ``turn``'s), as the C SDK accepts; :func:`ice_servers_from_uris` builds
-            them from URIs.
+            server before ICE completes, so local tests run without any. At most
+            ``MAX_ICE_SERVERS`` entries (with ``turn``'s), as the C SDK accepts;
+            :func:`ice_servers_from_uris` builds them from URIs.
         turn_secret: shared secret for minted TURN passwords (coturn ``static-auth-secret``).
         turn: run a TURN server (Debian's coturn, ``turnserver``, see :mod:`.turn`) on the
             emulator's host while it runs, and list it first in GetIceServerConfig
             (``turn:HOST:PORT?transport=udp`` and ``?transport=tcp``, minted credentials,
-            TTL 300) as real KVS always lists its own.
+            ``ICE_SERVER_TTL``) as real KVS always lists its own.
         turn_port: its UDP and TCP port; 0 picks a free one.
         idle_timeout: seconds without any inbound frame (pings count) before the emulator closes
             a connection with 1001; None disables.
@@ -132,9 +139,9 @@ class EmulatorConfig:
             "Going away"; None disables.
         go_away_grace: seconds between an injected GO_AWAY and the close; None never closes.
         max_skew: accepted clock difference for signatures, in seconds.
-        rate_limits: enforce 5 SDP/s and 20 ICE/s per connection and 3 connects/s per
-            channel. Off by default so fast tests (reconnect loops, candidate bursts) never
-            trip them; turn on to test pacing.
+        rate_limits: enforce ``SDP_RATE`` and ``ICE_RATE`` per connection and
+            ``CONNECT_RATE`` per channel. Off by default so fast tests (reconnect loops,
+            candidate bursts) never trip them; turn on to test pacing.
         takeover: what happens to a master or same-id viewer socket replaced by a newer one:
             ``silent`` (default, what the docs describe: stays open, gets nothing),
             ``close-1000`` or ``close-1001``.
@@ -151,22 +158,22 @@ class EmulatorConfig:
     access_key_id: str = DEFAULT_ACCESS_KEY_ID
     secret_access_key: str = DEFAULT_SECRET_ACCESS_KEY
     account_id: str = DEFAULT_ACCOUNT_ID
-    max_viewers: int = 10
+    max_viewers: int = MAX_VIEWERS
     payload_limit: int = MAX_PAYLOAD_CHARS
     ice_servers: Sequence[IceServer | Mapping[str, Any]] = ()
     turn_secret: str = DEFAULT_TURN_SECRET
     turn: bool = False
     turn_port: int = DEFAULT_TURN_PORT
-    idle_timeout: float | None = 600.0
-    max_connection_duration: float | None = 3600.0
-    go_away_grace: float | None = 60.0
-    max_skew: float = 300.0
+    idle_timeout: float | None = IDLE_TIMEOUT
+    max_connection_duration: float | None = MAX_CONNECTION_DURATION
+    go_away_grace: float | None = GO_AWAY_GRACE
+    max_skew: float = CLOCK_SKEW
     rate_limits: bool = False
     takeover: Takeover | str = Takeover.SILENT
     max_frame_bytes: int = 64 * 1024
     max_queued: int = 100
     storage_dir: str | Path | None = None
-    storage_session_duration: float | None = 3600.0
+    storage_session_duration: float | None = STORAGE_SESSION_LIMIT
 
     def __post_init__(self) -> None:
         if not self.region or not self.access_key_id or not self.secret_access_key:

@@ -3,8 +3,8 @@
 :meth:`ControlPlane.handle` takes an operation path (``/describeSignalingChannel``...) and the
 JSON request body and returns an :class:`ApiResult` with the status, the response body and,
 for errors, the ``x-amzn-ErrorType`` code that makes botocore raise the modelled exception
-class (kvs-signaling.md 5). Signature checks and HTTP belong to the server shell; the clock is an
-argument (``now``, wall-clock epoch seconds).
+class (docs/protocol.md#control-plane). Signature checks and HTTP belong to the server shell;
+the clock is an argument (``now``, wall-clock epoch seconds).
 """
 
 from __future__ import annotations
@@ -15,15 +15,26 @@ import hashlib
 import hmac
 import json
 import logging
-import re
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ChannelError, InvalidArgument
-from ..signing import validate_channel_name
-from .storage import StorageError, StreamRegistry, check_join_body
+from ..protocol import IceServer
+from ..rules import (
+    CHANNEL_ARN_RE,
+    ICE_SERVER_TTL,
+    ID_RE,
+    ID_RULE,
+    MAX_ARN_LENGTH,
+    MAX_TAGS,
+    MESSAGE_TTL,
+    MESSAGE_TTL_RANGE,
+    validate_channel_name,
+)
+from .apierror import ApiError, check_version, invalid, string_field
+from .storage import StreamRegistry, check_join_body
 
 __all__ = [
     "OPERATIONS",
@@ -38,44 +49,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_NAME_RE = re.compile(r"[a-zA-Z0-9_.-]{1,256}")
-_ARN_RE = re.compile(
-    r"arn:aws[a-z-]*:kinesisvideo:[a-z0-9-]+:[0-9]+:channel/[a-zA-Z0-9_.-]+/[0-9]+"
-)
-_ID_RE = re.compile(r"[a-zA-Z0-9_.-]{1,256}")
 _NOT_FOUND = "The requested channel is not found or not active."
-MAX_TAGS = 50
-
-
-@dataclass(frozen=True, slots=True)
-class IceServer:
-    """One entry of the GetIceServerConfig answer.
-
-    Without ``username``/``password`` the emulator mints TURN REST credentials
-    (``{expiry}:{base64("v1:" + channel ARN)}`` and base64 HMAC-SHA1 of it with the turn
-    secret), the format real KVS uses and coturn's ``use-auth-secret`` accepts.
-    """
-
-    uris: tuple[str, ...]
-    username: str | None = None
-    password: str | None = None
-    ttl: int = 300
-
-    @classmethod
-    def from_value(cls, value: IceServer | Mapping[str, Any]) -> IceServer:
-        """Accept an IceServer or a boto-style mapping ``{Uris, Username, Password, Ttl}``."""
-        if isinstance(value, IceServer):
-            return value
-        if not isinstance(value, Mapping) or not value.get("Uris"):
-            raise InvalidArgument(
-                f"ice server {value!r} must be a mapping with a non-empty 'Uris' list"
-            )
-        uris = value["Uris"]
-        uris = (uris,) if isinstance(uris, str) else tuple(uris)
-        ttl = int(value.get("Ttl", 300))
-        if not 30 <= ttl <= 86_400:
-            raise InvalidArgument(f"ice server Ttl {ttl} must be from 30 to 86400 seconds")
-        return cls(uris, value.get("Username"), value.get("Password"), ttl)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +77,7 @@ class Channel:
     name: str
     arn: str
     creation_time: float
-    message_ttl: int = 60
+    message_ttl: int = MESSAGE_TTL
     channel_type: str = "SINGLE_MASTER"
     version: str = ""
     tags: dict[str, str] = field(default_factory=dict)
@@ -133,39 +107,19 @@ class StorageJoin:
     """The viewer's client id (JoinStorageSessionAsViewer), None for the master."""
 
 
-class _ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-def _invalid(message: str) -> _ApiError:
-    return _ApiError(400, "InvalidArgumentException", message)
-
-
-def _string(body: Mapping[str, Any], key: str, *, required: bool = False) -> str | None:
-    value = body.get(key)
-    if value is None:
-        if required:
-            raise _invalid(f"{key} is required")
-        return None
-    if not isinstance(value, str) or not value:
-        raise _invalid(f"{key} must be a non-empty string")
-    return value
-
-
 def _ttl(config: Any) -> int | None:
     if config is None:
         return None
     if not isinstance(config, Mapping):
-        raise _invalid("SingleMasterConfiguration must be an object")
+        raise invalid("SingleMasterConfiguration must be an object")
     ttl = config.get("MessageTtlSeconds")
-    if ttl is None:
-        return None
-    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 5 <= ttl <= 120:
-        raise _invalid("MessageTtlSeconds must be an integer from 5 to 120")
+    return None if ttl is None else _check_message_ttl(ttl)
+
+
+def _check_message_ttl(ttl: Any) -> int:
+    low, high = MESSAGE_TTL_RANGE
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not low <= ttl <= high:
+        raise invalid(f"MessageTtlSeconds must be an integer from {low} to {high}")
     return ttl
 
 
@@ -196,7 +150,7 @@ class ControlPlane:
         self.storage = StreamRegistry(region=region, account_id=account_id)
         """Streams and media storage links (WebRTC ingestion)."""
         self._by_arn: dict[str, Channel] = {}
-        self._forced: dict[str, deque[_ApiError]] = {}
+        self._forced: dict[str, deque[ApiError]] = {}
         self._versions = 0
         self._last_millis = 0
         self._operations: dict[str, Callable[[Mapping[str, Any], float], dict[str, Any]]] = {
@@ -239,7 +193,7 @@ class ControlPlane:
         self,
         name: str,
         *,
-        message_ttl: int = 60,
+        message_ttl: int = MESSAGE_TTL,
         channel_type: str = "SINGLE_MASTER",
         tags: Mapping[str, str] | None = None,
         now: float,
@@ -252,7 +206,7 @@ class ControlPlane:
         """
         try:
             return self._create_channel(name, message_ttl, channel_type, dict(tags or {}), now)
-        except _ApiError as exc:
+        except ApiError as exc:
             if exc.code == "InvalidArgumentException":
                 raise InvalidArgument(exc.message) from None
             raise ChannelError(exc.message, code=exc.code) from None
@@ -263,17 +217,14 @@ class ControlPlane:
         try:
             validate_channel_name(name)
         except InvalidArgument as exc:
-            raise _invalid(str(exc)) from None
-        if not isinstance(ttl, int) or isinstance(ttl, bool) or not 5 <= ttl <= 120:
-            raise _invalid("MessageTtlSeconds must be an integer from 5 to 120")
+            raise invalid(str(exc)) from None
+        _check_message_ttl(ttl)
         if channel_type not in ("SINGLE_MASTER", "FULL_MESH"):
-            raise _invalid(f"ChannelType {channel_type!r} must be SINGLE_MASTER or FULL_MESH")
+            raise invalid(f"ChannelType {channel_type!r} must be SINGLE_MASTER or FULL_MESH")
         if len(tags) > MAX_TAGS:
-            raise _ApiError(
-                400, "TagsPerResourceExceededLimitException", f"at most {MAX_TAGS} tags"
-            )
+            raise ApiError(400, "TagsPerResourceExceededLimitException", f"at most {MAX_TAGS} tags")
         if self.find(name) is not None:
-            raise _ApiError(
+            raise ApiError(
                 400, "ResourceInUseException", f"The signaling channel {name} already exists."
             )
         # ARNs end with the creation time in milliseconds; keep them unique even when a
@@ -312,7 +263,7 @@ class ControlPlane:
             raise InvalidArgument(f"unknown operation {operation!r}: use one of {names}")
         message = f"forced {error_type} (emulator test hook)"
         self._forced.setdefault(path, deque()).extend(
-            _ApiError(status, error_type, message) for _ in range(count)
+            ApiError(status, error_type, message) for _ in range(count)
         )
 
     # -- REST ----------------------------------------------------------------------------------
@@ -338,7 +289,7 @@ class ControlPlane:
             )
         try:
             return ApiResult(200, operation(payload, now))
-        except (_ApiError, StorageError) as exc:
+        except ApiError as exc:
             return ApiResult(exc.status, {"Message": exc.message}, exc.code)
 
     def join_storage(self, body: bytes | str, *, viewer: bool) -> ApiResult | StorageJoin:
@@ -352,63 +303,54 @@ class ControlPlane:
             try:
                 payload = json.loads(body or b"{}")
             except (ValueError, RecursionError):
-                raise StorageError(
-                    400, "InvalidArgumentException", "body is not valid JSON"
-                ) from None
+                raise ApiError(400, "InvalidArgumentException", "body is not valid JSON") from None
             if not isinstance(payload, dict):
-                raise StorageError(400, "InvalidArgumentException", "body must be a JSON object")
+                raise ApiError(400, "InvalidArgumentException", "body must be a JSON object")
             arn, client_id = check_join_body(payload, viewer=viewer)
             channel = self._by_arn.get(arn)
             if channel is None:
-                raise StorageError(404, "ResourceNotFoundException", _NOT_FOUND)
+                raise ApiError(404, "ResourceNotFoundException", _NOT_FOUND)
             stream = self.storage.linked_stream(arn)
             if stream is None:
                 # The troubleshooting page: InvalidArgumentException "if channel is not mapped
-                # to a stream" (webrtc-ingestion.md 2).
-                raise StorageError(
+                # to a stream" (docs/protocol.md#storage-sessions).
+                raise ApiError(
                     400,
                     "InvalidArgumentException",
                     f"channel {channel.name} is not mapped to a stream: link one with "
                     "UpdateMediaStorageConfiguration (Status ENABLED)",
                 )
-        except StorageError as exc:
+        except ApiError as exc:
             return ApiResult(exc.status, {"message": exc.message}, exc.code)
         return StorageJoin(arn, channel.name, stream.name, stream.arn, client_id)
 
     def _channel(self, body: Mapping[str, Any], *, by_name: bool) -> Channel:
-        arn = _string(body, "ChannelARN")
-        name = _string(body, "ChannelName") if by_name else None
+        arn = string_field(body, "ChannelARN")
+        name = string_field(body, "ChannelName") if by_name else None
         if arn is None and name is None:
-            raise _invalid(
+            raise invalid(
                 "ChannelARN is required" if not by_name else "ChannelName or ChannelARN is required"
             )
         if arn is not None:
-            if len(arn) > 1024 or not _ARN_RE.fullmatch(arn):
-                raise _invalid(f"ChannelARN {arn[:200]!r} is not a signaling channel ARN")
+            if len(arn) > MAX_ARN_LENGTH or not CHANNEL_ARN_RE.fullmatch(arn):
+                raise invalid(f"ChannelARN {arn[:200]!r} is not a signaling channel ARN")
             channel = self._by_arn.get(arn)
             if channel is not None and name is not None and channel.name != name:
-                raise _invalid("ChannelName and ChannelARN name different channels")
+                raise invalid("ChannelName and ChannelARN name different channels")
         else:
             assert name is not None
-            if not _NAME_RE.fullmatch(name):
-                raise _invalid(f"ChannelName {name[:200]!r} is not a valid channel name")
+            if not ID_RE.fullmatch(name):
+                raise invalid(f"ChannelName {name[:200]!r} is not a valid channel name")
             channel = self.find(name)
         if channel is None:
-            raise _ApiError(404, "ResourceNotFoundException", _NOT_FOUND)
+            raise ApiError(404, "ResourceNotFoundException", _NOT_FOUND)
         return channel
 
     def _version_check(self, body: Mapping[str, Any], channel: Channel, *, required: bool) -> None:
-        version = _string(body, "CurrentVersion", required=required)
-        if version is not None and version != channel.version:
-            raise _ApiError(
-                400,
-                "VersionMismatchException",
-                f"CurrentVersion {version[:64]!r} does not match the channel version "
-                f"{channel.version}; describe the channel again",
-            )
+        check_version(body, channel.version, "channel", required=required)
 
     def _create(self, body: Mapping[str, Any], now: float) -> dict[str, Any]:
-        name = _string(body, "ChannelName", required=True)
+        name = string_field(body, "ChannelName", required=True)
         assert name is not None
         ttl = _ttl(body.get("SingleMasterConfiguration"))
         channel_type = body.get("ChannelType", "SINGLE_MASTER")
@@ -416,9 +358,10 @@ class ControlPlane:
         if not isinstance(tags_in, list) or not all(
             isinstance(t, Mapping) and isinstance(t.get("Key"), str) for t in tags_in
         ):
-            raise _invalid("Tags must be a list of {Key, Value}")
+            raise invalid("Tags must be a list of {Key, Value}")
         tags = {t["Key"]: str(t.get("Value", "")) for t in tags_in}
-        channel = self._create_channel(name, 60 if ttl is None else ttl, channel_type, tags, now)
+        ttl = MESSAGE_TTL if ttl is None else ttl
+        channel = self._create_channel(name, ttl, channel_type, tags, now)
         return {"ChannelARN": channel.arn}
 
     def _describe(self, body: Mapping[str, Any], now: float) -> dict[str, Any]:
@@ -427,25 +370,25 @@ class ControlPlane:
     def _list(self, body: Mapping[str, Any], now: float) -> dict[str, Any]:
         max_results = body.get("MaxResults", 10_000)
         if not isinstance(max_results, int) or not 1 <= max_results <= 10_000:
-            raise _invalid("MaxResults must be an integer from 1 to 10000")
+            raise invalid("MaxResults must be an integer from 1 to 10000")
         offset = 0
-        token = _string(body, "NextToken")
+        token = string_field(body, "NextToken")
         if token is not None:
             try:
                 offset = int(base64.b64decode(token, validate=True).decode("ascii"))
             except (binascii.Error, ValueError, UnicodeDecodeError):
-                raise _invalid("NextToken is invalid") from None
+                raise invalid("NextToken is invalid") from None
         channels = list(self._by_arn.values())
         condition = body.get("ChannelNameCondition")
         if condition is not None:
             if not isinstance(condition, Mapping):
-                raise _invalid("ChannelNameCondition must be an object")
+                raise invalid("ChannelNameCondition must be an object")
             operator = condition.get("ComparisonOperator", "BEGINS_WITH")
             if operator != "BEGINS_WITH":
-                raise _invalid("ComparisonOperator must be BEGINS_WITH")
+                raise invalid("ComparisonOperator must be BEGINS_WITH")
             prefix = condition.get("ComparisonValue") or ""
             if not isinstance(prefix, str):
-                raise _invalid("ComparisonValue must be a string")
+                raise invalid("ComparisonValue must be a string")
             channels = [c for c in channels if c.name.startswith(prefix)]
         page = channels[offset : offset + max_results]
         result: dict[str, Any] = {"ChannelInfoList": [c.info() for c in page]}
@@ -473,16 +416,16 @@ class ControlPlane:
         channel = self._channel(body, by_name=False)
         config = body.get("SingleMasterChannelEndpointConfiguration") or {}
         if not isinstance(config, Mapping):
-            raise _invalid("SingleMasterChannelEndpointConfiguration must be an object")
+            raise invalid("SingleMasterChannelEndpointConfiguration must be an object")
         # [inferred] defaults when the configuration is omitted.
         protocols = config.get("Protocols") or ["WSS", "HTTPS"]
         role = config.get("Role", "MASTER")
         if role not in ("MASTER", "VIEWER"):
-            raise _invalid("Role must be MASTER or VIEWER")
+            raise invalid("Role must be MASTER or VIEWER")
         if not isinstance(protocols, list) or not 1 <= len(protocols) <= 5:
-            raise _invalid("Protocols must be a list of 1 to 5 of WSS, HTTPS, WEBRTC")
+            raise invalid("Protocols must be a list of 1 to 5 of WSS, HTTPS, WEBRTC")
         if self.endpoints is None:
-            raise _ApiError(500, "InternalFailure", "the emulator is not serving yet")
+            raise ApiError(500, "InternalFailure", "the emulator is not serving yet")
         endpoints = []
         for protocol in dict.fromkeys(protocols):
             if protocol == "WSS":
@@ -491,7 +434,7 @@ class ControlPlane:
                 url = self.endpoints.https
             elif protocol == "WEBRTC":
                 if not self.storage.media_storage(channel.arn).enabled:
-                    raise _invalid(
+                    raise invalid(
                         "the WEBRTC protocol needs media storage, which is not enabled on "
                         f"{channel.name}: UpdateMediaStorageConfiguration first"
                     )
@@ -499,52 +442,56 @@ class ControlPlane:
                 # API (/joinStorageSession...) on its one port.
                 url = self.endpoints.https
             else:
-                raise _invalid(f"unknown protocol {str(protocol)[:20]!r}")
+                raise invalid(f"unknown protocol {str(protocol)[:20]!r}")
             endpoints.append({"Protocol": protocol, "ResourceEndpoint": url})
         return {"ResourceEndpointList": endpoints}
 
     def _describe_media_storage(self, body: Mapping[str, Any], now: float) -> dict[str, Any]:
         channel = self._channel(body, by_name=True)
-        # DISABLED (the default) keeps every client in peer-to-peer mode (kvs-signaling.md 0).
+        # DISABLED (the default) keeps every client in peer-to-peer mode (docs/protocol.md#flow).
         return {"MediaStorageConfiguration": self.storage.media_storage(channel.arn).shape()}
 
     def _update_media_storage(self, body: Mapping[str, Any], now: float) -> dict[str, Any]:
-        arn = _string(body, "ChannelARN", required=True)
+        arn = string_field(body, "ChannelARN", required=True)
         assert arn is not None
         channel = self._channel({"ChannelARN": arn}, by_name=False)
         return self.storage.update_media_storage(channel.arn, body)
 
     def ice_server_list(self, channel_arn: str, *, now: float) -> list[dict[str, Any]]:
         """The ``IceServerList`` GetIceServerConfig would return for a channel now."""
-        return self._get_ice_server_config({"ChannelARN": channel_arn}, now)["IceServerList"]
+        servers: list[dict[str, Any]] = self._get_ice_server_config(
+            {"ChannelARN": channel_arn}, now
+        )["IceServerList"]
+        return servers
 
     def _get_ice_server_config(self, body: Mapping[str, Any], now: float) -> dict[str, Any]:
-        arn = _string(body, "ChannelARN", required=True)
+        arn = string_field(body, "ChannelARN", required=True)
         assert arn is not None
         for key in ("ClientId", "Username"):
-            value = _string(body, key)
-            if value is not None and not _ID_RE.fullmatch(value):
-                raise _invalid(f"{key} must be 1-256 characters from a-z, A-Z, 0-9, '_', '.', '-'")
+            value = string_field(body, key)
+            if value is not None and not ID_RE.fullmatch(value):
+                raise invalid(f"{key} must be {ID_RULE}")
         service = body.get("Service", "TURN")
         if service != "TURN":
-            raise _invalid("Service must be TURN")
+            raise invalid("Service must be TURN")
         channel = self._channel({"ChannelARN": arn}, by_name=False)
         servers = []
         for server in self.ice_servers:
             username = server.username
-            password = server.password
+            password = server.credential
+            ttl = server.ttl if server.ttl is not None else ICE_SERVER_TTL
             if username is None:
                 tail = base64.b64encode(f"v1:{channel.arn}".encode()).decode()
-                username = f"{int(now) + server.ttl}:{tail}"
+                username = f"{int(now) + ttl}:{tail}"
             if password is None:
                 digest = hmac.new(self.turn_secret.encode(), username.encode(), hashlib.sha1)
                 password = base64.b64encode(digest.digest()).decode()
             servers.append(
                 {
-                    "Uris": list(server.uris),
+                    "Uris": list(server.urls),
                     "Username": username,
                     "Password": password,
-                    "Ttl": server.ttl,
+                    "Ttl": ttl,
                 }
             )
         return {"IceServerList": servers}

@@ -6,7 +6,8 @@ inputs (:meth:`~Router.connect`, :meth:`~Router.receive`, :meth:`~Router.disconn
 the actions it returns (:class:`Deliver` a text frame, :class:`Close` a socket). No asyncio, no
 sockets, no clock: every rule is testable with plain function calls.
 
-Rules (kvs-signaling.md 2.1, 3, 4.2, 4.4, 8):
+Rules (docs/protocol.md sections #routing, #limits, #connection-lifetime; ``#x`` below
+means a section of that page):
 
 - one master per channel, the newest connection wins; up to ``max_viewers`` viewers, and a
   viewer reconnecting with a client id already in use replaces the older connection;
@@ -24,18 +25,28 @@ import enum
 import itertools
 import json
 import logging
-import re
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from ..protocol import MAX_PAYLOAD_CHARS, ClientMessage, MessageType, decode_client_message
+from ..protocol import ClientMessage, MessageType, Role, decode_client_message
 from ..protocol import encode_event as _encode_event
+from ..rules import (
+    CONNECT_RATE,
+    GO_AWAY_GRACE,
+    GOING_AWAY,
+    ICE_RATE,
+    ID_RE,
+    IDLE_TIMEOUT,
+    MAX_CONNECTION_DURATION,
+    MAX_PAYLOAD_CHARS,
+    MAX_STATUS_DESCRIPTION,
+    MAX_VIEWERS,
+    MESSAGE_TTL,
+    SDP_RATE,
+)
 
 __all__ = [
-    "CONNECT_RATE",
-    "ICE_RATE",
-    "SDP_RATE",
     "Accepted",
     "Action",
     "Close",
@@ -50,29 +61,14 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Real quotas (kvs-signaling.md 4.1), enforced only with RouterConfig.rate_limits=True.
-SDP_RATE = 5  # SDP offers + answers per second per connection
-ICE_RATE = 20  # ICE candidates per second per connection
-CONNECT_RATE = 3  # connects per second per channel
-
-GOING_AWAY = 1001
-_ID_RE = re.compile(r"[a-zA-Z0-9_.-]{1,256}")
-_MAX_DESCRIPTION = 1000  # statusResponse.description is "up to 1K" (3.1)
 _MASTER_KEY = None  # queue key of the master; viewers are keyed by client id
-
-
-class Role(enum.StrEnum):
-    """Which side of the channel a connection is."""
-
-    MASTER = "MASTER"
-    VIEWER = "VIEWER"
 
 
 class Takeover(enum.StrEnum):
     """What happens to a connection replaced by a newer one with the same identity.
 
     The docs only say the newer connection "takes precedence" and the metadata is overwritten
-    (kvs-signaling.md 4.2); they do not say the old socket is closed. ``SILENT`` (the default)
+    (docs/protocol.md#takeover); they do not say the old socket is closed. ``SILENT`` (the default)
     models that: the old socket stays open but receives nothing and its messages are dropped.
     Public reports agree as far as they go: a second C SDK master gets no error (webrtc-sdk-c
     #1151), and masters that stay connected yet receive no offers until restarted are
@@ -138,22 +134,22 @@ class Presence:
 class RouterConfig:
     """Limits and policies of the router. Times are in seconds; ``None`` disables a limit."""
 
-    max_viewers: int = 10
+    max_viewers: int = MAX_VIEWERS
     payload_limit: int = MAX_PAYLOAD_CHARS
     """Maximum ``messagePayload`` length in base64 characters."""
-    idle_timeout: float | None = 600.0
+    idle_timeout: float | None = IDLE_TIMEOUT
     """Close (1001) a connection that sent nothing (not even a ping) for this long."""
-    max_connection_duration: float | None = 3600.0
+    max_connection_duration: float | None = MAX_CONNECTION_DURATION
     """Close (1001 "Going away") every connection this long after it connected."""
-    go_away_grace: float | None = 60.0
+    go_away_grace: float | None = GO_AWAY_GRACE
     """Close (1001) a connection this long after it was sent GO_AWAY."""
     rate_limits: bool = False
-    """Enforce the real quotas: 5 SDP/s and 20 ICE/s per connection, 3 connects/s per channel."""
+    """Enforce the real quotas (SDP_RATE, ICE_RATE per connection, CONNECT_RATE per channel)."""
     takeover: Takeover = Takeover.SILENT
     max_queued: int = 100
     """Per-recipient cap of undelivered messages (oldest dropped) so a sender cannot grow memory
     without limit."""
-    default_message_ttl: float = 60.0
+    default_message_ttl: float = MESSAGE_TTL
 
 
 @dataclass
@@ -219,7 +215,7 @@ def _correlation_id(data: str | bytes) -> str | None:
         return None
     for key, value in obj.items():
         if isinstance(key, str) and key.lower() == "correlationid":
-            if isinstance(value, str) and _ID_RE.fullmatch(value):
+            if isinstance(value, str) and ID_RE.fullmatch(value):
                 return value
     return None
 
@@ -250,8 +246,12 @@ class Router:
         self.storage_sink: Callable[[str, ClientMessage], bool] | None = None
         """``sink(channel, message)`` takes a master's message sent without a recipient when
         the channel's storage session is running (WebRTC ingestion: the master answers the
-        storage session with no ``recipientClientId``, webrtc-ingestion.md 3.5) and returns
-        True; False leaves the message to the usual rule (recipient required)."""
+        storage session with no ``recipientClientId``, docs/protocol.md#storage-sessions) and
+        returns True; False leaves the message to the usual rule (recipient required)."""
+        self.storage_viewer_sink: Callable[[str, str, ClientMessage], bool] | None = None
+        """``sink(channel, client_id, message)`` takes a viewer's message when the viewer
+        has joined the channel's storage session (JoinStorageSessionAsViewer) and returns
+        True; False sends it to the master as usual."""
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -347,7 +347,8 @@ class Router:
     def activity(self, conn_id: int, *, now: float) -> None:
         """The client showed life without a message (a WebSocket ping): resets the idle timer.
 
-        kvs-signaling.md 4.3: pings evidently count as activity (C SDK masters stay connected).
+        Pings evidently count as activity: C SDK masters stay connected
+        (docs/protocol.md#connection-lifetime).
         """
         conn = self._conns.get(conn_id)
         if conn is not None:
@@ -408,7 +409,16 @@ class Router:
             key: str | None = message.recipient_client_id
             sender = None
         else:
-            # A viewer can only reach the master; its recipientClientId is ignored (2.1).
+            # [inferred] a viewer in the storage session answers it, not the master: with
+            # storage enabled "peers connect directly to the storage session"
+            # (docs/protocol.md#storage-sessions); how KVS tells the two apart is not documented.
+            if (
+                self.storage_viewer_sink is not None
+                and conn.client_id is not None
+                and self.storage_viewer_sink(conn.channel, conn.client_id, message)
+            ):
+                return []
+            # A viewer can only reach the master; its recipientClientId is ignored (#routing).
             key, sender = _MASTER_KEY, conn.client_id
         text = _encode_event(
             message_type, message_payload=message.message_payload, sender_client_id=sender
@@ -433,7 +443,7 @@ class Router:
         queue = state.queues.setdefault(key, [])
         if item.message_type is not MessageType.ICE_CANDIDATE:
             # "an outstanding offer (answer) for the same client which is not yet delivered is
-            # overwritten" (2.1). [inferred] "same client" = same sender and recipient, or two
+            # overwritten" (#routing). [inferred] "same client" = same sender and recipient, or two
             # viewers' queued offers to an absent master would erase each other.
             queue[:] = [
                 q
@@ -449,10 +459,10 @@ class Router:
         correlation = _correlation_id(data)
         logger.debug("conn %d (%s): %s: %s", conn.conn_id, conn.label, error_type, description)
         if correlation is None:
-            return []  # failures are silent without a correlationId (3.2)
+            return []  # failures are silent without a correlationId (#status_response)
         status = {
             "correlationId": correlation,
-            "description": description[:_MAX_DESCRIPTION],
+            "description": description[:MAX_STATUS_DESCRIPTION],
             "errorType": error_type,
             "statusCode": "400",
             "success": False,

@@ -6,7 +6,7 @@ enough for a channel to be linked to one) and each channel's media storage confi
 channels and calls it; no I/O, no clock (``now`` is an argument).
 
 Shapes and error codes follow botocore's ``kinesisvideo`` 2017-09-30 and
-``kinesis-video-webrtc-storage`` 2018-05-10 models (webrtc-ingestion.md 1, 2). Where KVS's
+``kinesis-video-webrtc-storage`` 2018-05-10 models (docs/protocol.md#storage-sessions). Where KVS's
 behaviour is not documented the choice is marked [inferred].
 """
 
@@ -19,55 +19,30 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..rules import ID_CHARS, ID_RE, ID_RULE, MAX_TAGS
+from .apierror import ApiError, check_version, invalid, string_field
+
 __all__ = [
     "MediaStorage",
-    "StorageError",
     "Stream",
     "StreamRegistry",
     "answer_codec_problem",
     "check_join_body",
     "sent_kinds",
+    "viewer_answer_problem",
 ]
 
 logger = logging.getLogger(__name__)
 
-_NAME_RE = re.compile(r"[a-zA-Z0-9_.-]{1,256}")
-_DEVICE_RE = re.compile(r"[a-zA-Z0-9_.-]{1,128}")
+_DEVICE_RE = re.compile(f"[{ID_CHARS}]{{1,128}}")
 _MEDIA_TYPE_RE = re.compile(r"[\w\-.+]+/[\w\-.+]+(,[\w\-.+]+/[\w\-.+]+)*")
 _STREAM_ARN_RE = re.compile(
-    r"arn:[a-z\d-]+:kinesisvideo:[a-z0-9-]+:[0-9]+:stream/[a-zA-Z0-9_.-]+/[0-9]+"
+    rf"arn:[a-z\d-]+:kinesisvideo:[a-z0-9-]+:[0-9]+:stream/[{ID_CHARS}]+/[0-9]+"
 )
 _JOIN_ARN_RE = re.compile(
-    r"^arn:(aws[a-zA-Z-]*):kinesisvideo:[a-z0-9-]+:[0-9]+:[a-z]+/[a-zA-Z0-9_.-]+/[0-9]+$"
+    rf"^arn:(aws[a-zA-Z-]*):kinesisvideo:[a-z0-9-]+:[0-9]+:[a-z]+/[{ID_CHARS}]+/[0-9]+$"
 )
-_CLIENT_ID_RE = re.compile(r"^[a-zA-Z0-9_.-]{1,256}$")
 _STREAM_NOT_FOUND = "The requested stream is not found or not active."
-MAX_TAGS = 50
-
-
-class StorageError(Exception):
-    """An API error: HTTP ``status``, ``code`` (``x-amzn-ErrorType``) and ``message``."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-def _invalid(message: str) -> StorageError:
-    return StorageError(400, "InvalidArgumentException", message)
-
-
-def _string(body: Mapping[str, Any], key: str, *, required: bool = False) -> str | None:
-    value = body.get(key)
-    if value is None:
-        if required:
-            raise _invalid(f"{key} is required")
-        return None
-    if not isinstance(value, str) or not value:
-        raise _invalid(f"{key} must be a non-empty string")
-    return value
 
 
 @dataclass
@@ -112,7 +87,10 @@ class MediaStorage:
 
     @property
     def enabled(self) -> bool:
-        """Ingestion is on: ENABLED with a stream (the JS SDK's test, webrtc-ingestion.md 1)."""
+        """Ingestion is on: ENABLED with a stream (the JS SDK's test).
+
+        See docs/protocol.md#storage-sessions.
+        """
         return self.status == "ENABLED" and self.stream_arn is not None
 
     def shape(self) -> dict[str, Any]:
@@ -160,31 +138,29 @@ class StreamRegistry:
         return hashlib.sha256(f"{arn}#{self._versions}".encode()).hexdigest()[:20]
 
     def create_stream(self, body: Mapping[str, Any], now: float) -> dict[str, Any]:
-        """CreateStream. Raises :class:`StorageError`."""
-        name = _string(body, "StreamName", required=True)
+        """CreateStream. Raises :class:`ApiError`."""
+        name = string_field(body, "StreamName", required=True)
         assert name is not None
-        if not _NAME_RE.fullmatch(name):
-            raise _invalid(f"StreamName {name[:300]!r} must be 1-256 of a-z A-Z 0-9 _ . -")
+        if not ID_RE.fullmatch(name):
+            raise invalid(f"StreamName {name[:300]!r} must be {ID_RULE}")
         retention = body.get("DataRetentionInHours", 0)
         if not isinstance(retention, int) or isinstance(retention, bool) or retention < 0:
-            raise _invalid("DataRetentionInHours must be an integer of 0 or more")
-        device = _string(body, "DeviceName")
+            raise invalid("DataRetentionInHours must be an integer of 0 or more")
+        device = string_field(body, "DeviceName")
         if device is not None and not _DEVICE_RE.fullmatch(device):
-            raise _invalid("DeviceName must be 1-128 of a-z A-Z 0-9 _ . -")
-        media_type = _string(body, "MediaType")
+            raise invalid("DeviceName must be 1-128 of a-z A-Z 0-9 _ . -")
+        media_type = string_field(body, "MediaType")
         if media_type is not None and not _MEDIA_TYPE_RE.fullmatch(media_type):
-            raise _invalid("MediaType must look like video/h264 or video/h264,audio/aac")
+            raise invalid("MediaType must look like video/h264 or video/h264,audio/aac")
         tags = body.get("Tags") or {}
         if not isinstance(tags, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
         ):
-            raise _invalid("Tags must be a map of strings")
+            raise invalid("Tags must be a map of strings")
         if len(tags) > MAX_TAGS:
-            raise StorageError(
-                400, "TagsPerResourceExceededLimitException", f"at most {MAX_TAGS} tags"
-            )
+            raise ApiError(400, "TagsPerResourceExceededLimitException", f"at most {MAX_TAGS} tags")
         if self.find_stream(name) is not None:
-            raise StorageError(400, "ResourceInUseException", f"The stream {name} already exists.")
+            raise ApiError(400, "ResourceInUseException", f"The stream {name} already exists.")
         millis = max(int(now * 1000), self._last_millis + 1)
         self._last_millis = millis
         arn = f"arn:aws:kinesisvideo:{self.region}:{self.account_id}:stream/{name}/{millis}"
@@ -196,47 +172,40 @@ class StreamRegistry:
             self._version(arn),
             media_type,
             device,
-            _string(body, "KmsKeyId"),
+            string_field(body, "KmsKeyId"),
             dict(tags),
         )
         logger.info("created stream %s (retention %d h)", name, retention)
         return {"StreamARN": arn}
 
     def _stream_from(self, body: Mapping[str, Any], *, by_name: bool) -> Stream:
-        arn = _string(body, "StreamARN")
-        name = _string(body, "StreamName") if by_name else None
+        arn = string_field(body, "StreamARN")
+        name = string_field(body, "StreamName") if by_name else None
         if arn is None and name is None:
-            raise _invalid(
+            raise invalid(
                 "StreamName or StreamARN is required" if by_name else "StreamARN is required"
             )
         if arn is not None and (len(arn) > 1024 or not _STREAM_ARN_RE.fullmatch(arn)):
-            raise _invalid(f"StreamARN {arn[:200]!r} is not a stream ARN")
+            raise invalid(f"StreamARN {arn[:200]!r} is not a stream ARN")
         stream = self._streams.get(arn) if arn is not None else self.find_stream(name or "")
         if stream is None:
-            raise StorageError(404, "ResourceNotFoundException", _STREAM_NOT_FOUND)
+            raise ApiError(404, "ResourceNotFoundException", _STREAM_NOT_FOUND)
         if arn is not None and name is not None and stream.name != name:
-            raise _invalid("StreamName and StreamARN name different streams")
+            raise invalid("StreamName and StreamARN name different streams")
         return stream
 
     def describe_stream(self, body: Mapping[str, Any], now: float) -> dict[str, Any]:
-        """DescribeStream. Raises :class:`StorageError`."""
+        """DescribeStream. Raises :class:`ApiError`."""
         return {"StreamInfo": self._stream_from(body, by_name=True).info()}
 
     def delete_stream(self, body: Mapping[str, Any], now: float) -> dict[str, Any]:
-        """DeleteStream. Raises :class:`StorageError`.
+        """DeleteStream. Raises :class:`ApiError`.
 
         [inferred] KVS does not document what happens to a channel linked to a deleted
         stream; here the link stays and JoinStorageSession then fails (not mapped).
         """
         stream = self._stream_from(body, by_name=False)
-        version = _string(body, "CurrentVersion")
-        if version is not None and version != stream.version:
-            raise StorageError(
-                400,
-                "VersionMismatchException",
-                f"CurrentVersion {version[:64]!r} does not match the stream version "
-                f"{stream.version}; describe the stream again",
-            )
+        check_version(body, stream.version, "stream", required=False)
         del self._streams[stream.arn]
         logger.info("deleted stream %s", stream.name)
         return {}
@@ -260,25 +229,25 @@ class StreamRegistry:
         self._links.pop(channel_arn, None)
 
     def update_media_storage(self, channel_arn: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        """UpdateMediaStorageConfiguration for an existing channel. Raises :class:`StorageError`."""
+        """UpdateMediaStorageConfiguration for an existing channel. Raises :class:`ApiError`."""
         config = body.get("MediaStorageConfiguration")
         if not isinstance(config, Mapping):
-            raise _invalid("MediaStorageConfiguration is required")
+            raise invalid("MediaStorageConfiguration is required")
         status = config.get("Status")
         if status not in ("ENABLED", "DISABLED"):
-            raise _invalid("MediaStorageConfiguration.Status must be ENABLED or DISABLED")
-        stream_arn = _string(config, "StreamARN")
+            raise invalid("MediaStorageConfiguration.Status must be ENABLED or DISABLED")
+        stream_arn = string_field(config, "StreamARN")
         if stream_arn is not None and not _STREAM_ARN_RE.fullmatch(stream_arn):
-            raise _invalid(f"StreamARN {stream_arn[:200]!r} is not a stream ARN")
+            raise invalid(f"StreamARN {stream_arn[:200]!r} is not a stream ARN")
         if status == "ENABLED":
             if stream_arn is None:
-                raise _invalid("StreamARN is required when Status is ENABLED")
+                raise invalid("StreamARN is required when Status is ENABLED")
             stream = self._streams.get(stream_arn)
             if stream is None:
-                raise StorageError(404, "ResourceNotFoundException", _STREAM_NOT_FOUND)
+                raise ApiError(404, "ResourceNotFoundException", _STREAM_NOT_FOUND)
             if stream.retention_hours == 0:
                 # The model's documentation of NoDataRetentionException, word for word.
-                raise StorageError(
+                raise ApiError(
                     400,
                     "NoDataRetentionException",
                     "The Stream data retention in hours is equal to zero.",
@@ -286,7 +255,7 @@ class StreamRegistry:
             for other, link in self._links.items():
                 if other != channel_arn and link.enabled and link.stream_arn == stream_arn:
                     # [inferred] one stream per channel; the model lists ResourceInUse.
-                    raise StorageError(
+                    raise ApiError(
                         400,
                         "ResourceInUseException",
                         f"stream {stream.name} already stores the media of another channel",
@@ -303,19 +272,19 @@ def check_join_body(body: Mapping[str, Any], *, viewer: bool) -> tuple[str, str 
         The channel ARN and the viewer's client id (None for the master's join).
 
     Raises:
-        StorageError: InvalidArgumentException for a missing or malformed field.
+        ApiError: InvalidArgumentException for a missing or malformed field.
     """
     arn = body.get("channelArn")
     if not isinstance(arn, str) or not arn:
         hint = " (camelCase: channelArn, not ChannelARN)" if "ChannelARN" in body else ""
-        raise _invalid(f"channelArn is required{hint}")
+        raise invalid(f"channelArn is required{hint}")
     if len(arn) > 1024 or not _JOIN_ARN_RE.fullmatch(arn) or ":channel/" not in arn:
-        raise _invalid(f"channelArn {arn[:200]!r} is not a signaling channel ARN")
+        raise invalid(f"channelArn {arn[:200]!r} is not a signaling channel ARN")
     if not viewer:
         return arn, None
     client_id = body.get("clientId")
-    if not isinstance(client_id, str) or not _CLIENT_ID_RE.fullmatch(client_id):
-        raise _invalid("clientId is required: 1-256 of a-z A-Z 0-9 _ . -")
+    if not isinstance(client_id, str) or not ID_RE.fullmatch(client_id):
+        raise invalid(f"clientId is required: {ID_RULE}")
     return arn, client_id
 
 
@@ -350,8 +319,8 @@ def answer_codec_problem(sdp: str) -> str | None:
     """Why the storage session cannot accept this answer, or None if it can.
 
     Video must be sent with H.264 and audio, when sent at all, with Opus
-    (webrtc-ingestion.md 4: the API doc lists H.264/Opus; video-only is accepted as the 2026
-    SDKs do). Only the first codec of a section counts: it is the one the sender uses.
+    (docs/protocol.md#storage-sessions: the API doc lists H.264/Opus; video-only is accepted
+    as the 2026 SDKs do). Only the first codec of a section counts: it is the one the sender uses.
     """
     video = [s for s in _media_sections(sdp) if s[0] == "video" and s[1]]
     audio = [s for s in _media_sections(sdp) if s[0] == "audio" and s[1]]
@@ -363,5 +332,19 @@ def answer_codec_problem(sdp: str) -> str | None:
             return f"video codec {first or 'none'} is not accepted: send H.264"
     for _, _, codecs in audio:
         if not codecs or codecs[0].lower() != "opus":
+            return f"audio codec {codecs[0] if codecs else 'none'} is not accepted: send Opus"
+    return None
+
+
+def viewer_answer_problem(sdp: str) -> str | None:
+    """Why the storage session cannot accept a viewer's answer, or None if it can.
+
+    "Viewers currently can't send any video tracks"; their audio is optional and Opus
+    (docs/protocol.md#storage-sessions).
+    """
+    if "video" in sent_kinds(sdp):
+        return "viewers cannot send video to the storage session: answer video recvonly"
+    for kind, active, codecs in _media_sections(sdp):
+        if kind == "audio" and active and (not codecs or codecs[0].lower() != "opus"):
             return f"audio codec {codecs[0] if codecs else 'none'} is not accepted: send Opus"
     return None

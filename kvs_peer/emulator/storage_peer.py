@@ -1,6 +1,6 @@
 """The emulator's storage session for one channel: an aiortc peer that records the master.
 
-What the real storage session does, as far as it is known (webrtc-ingestion.md 3-5): it is
+What the real storage session does, as far as it is known (docs/protocol.md#storage-sessions): it is
 the controlling peer and offers to the master over the master's own signaling connection,
 sending its ICE candidates first and the SDP_OFFER after, without ``senderClientId``; it
 accepts H.264 video and Opus audio (video-only too) and reports a rejected answer with a
@@ -10,7 +10,7 @@ re-encoded from the decoded frames: KVS, too, stores what it received transcoded
 
 aiortc gathers before it offers, so the candidates it put in its offer are taken out of the
 SDP and sent as ICE_CANDIDATE messages first: the master must buffer them until the offer
-(KVS's media server is known to send them early, webrtc-ingestion.md 3.7).
+(KVS's media server is known to send them early, docs/protocol.md#storage-sessions).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Protocol, Self
 
 from aiortc import (
     MediaStreamTrack,
@@ -32,8 +32,10 @@ from aiortc import (
     RTCIceServer,
     RTCPeerConnection,
     RTCRtpReceiver,
+    RTCRtpTransceiver,
     RTCSessionDescription,
 )
+from aiortc.contrib.media import MediaRelay
 
 from ..media.recorder import Recorder
 from ..protocol import (
@@ -46,16 +48,26 @@ from ..protocol import (
     encode_payload,
     sdp_payload,
 )
-from ..session import candidate_from_json
+from ..sdp import for_kvs_peers
+from ..peerconnection import candidate_from_json
 from .controlplane import StorageJoin
 from .storage import answer_codec_problem, sent_kinds
 
-__all__ = ["SessionState", "StoragePeer", "recording_name"]
+__all__ = [
+    "OfferingPeer",
+    "SendFrame",
+    "SessionInfo",
+    "SessionState",
+    "StoragePeer",
+    "prefer_codec",
+    "recording_name",
+]
 
 logger = logging.getLogger(__name__)
 
-SendToMaster = Callable[[str], bool]
-"""Delivers one service frame to the channel's master; False when no master is connected."""
+SendFrame = Callable[[str], bool]
+"""Delivers one service frame to a participant (master or viewer); False when it is not
+connected."""
 
 
 class SessionState(enum.StrEnum):
@@ -100,10 +112,21 @@ def _split_candidates(sdp: str) -> tuple[str, list[tuple[str, str | None, int]]]
     return "\r\n".join(kept) + "\r\n", first
 
 
-def _prefer(transceiver: Any, mime: str) -> None:
-    codecs = RTCRtpReceiver.getCapabilities(transceiver.kind).codecs
+def prefer_codec(transceiver: RTCRtpTransceiver, mime: str) -> None:
+    """Offer only ``mime`` (e.g. ``video/H264``) on ``transceiver``."""
+    capabilities = RTCRtpReceiver.getCapabilities(transceiver.kind)
+    assert capabilities is not None  # None only for a kind aiortc does not know
+    codecs = capabilities.codecs
     chosen = [c for c in codecs if c.mimeType.lower() == mime.lower()]
     transceiver.setCodecPreferences(chosen)
+
+
+class PeerInfo(Protocol):
+    """What :class:`OfferingPeer` keeps up to date on its session's info record."""
+
+    state: SessionState
+    end_reason: str | None
+    answer_correlation_id: str | None
 
 
 @dataclass
@@ -123,13 +146,20 @@ class SessionInfo:
     """The ``correlationId`` of the accepted answer (what a STATUS_RESPONSE would name)."""
 
 
-class StoragePeer:
-    """One storage session: offer to the master, record what it sends, end at the limit.
+class OfferingPeer:
+    """The storage session's side of one participant's peer connection.
+
+    It offers (candidates first, then the SDP without ``senderClientId``), holds the
+    participant's candidates until its answer, refuses a bad answer with a STATUS_RESPONSE
+    for its ``correlationId`` and ends once. Subclasses choose the transceivers
+    (:meth:`_setup`), judge the answer (:meth:`_answer_problem`) and act on an accepted one
+    (:meth:`_accepted`).
 
     Args:
-        join: the accepted JoinStorageSession.
-        send: delivers a frame to the channel's master.
-        path: where the recording goes (its folder is created).
+        join: the accepted join.
+        info: the session's record (kept up to date: state, end reason, correlation id).
+        label: names the session in logs.
+        send: delivers a frame to the participant.
         ice_servers: what the peer may use (the emulator's own TURN, or none).
         max_duration: seconds after which the session ends, or None.
         on_end: called once with this peer when the session has ended.
@@ -138,27 +168,27 @@ class StoragePeer:
     def __init__(
         self,
         join: StorageJoin,
+        info: PeerInfo,
         *,
-        send: SendToMaster,
-        path: Path,
+        label: str,
+        send: SendFrame,
         ice_servers: list[RTCIceServer],
         max_duration: float | None,
-        on_end: Callable[[StoragePeer], None],
+        on_end: Callable[[Self], None],
     ) -> None:
         self.join = join
-        self.info = SessionInfo(join.channel_arn, join.stream_name, path, time.time())
+        self.info = info
+        self.label = label
+        self._on_end = on_end
         self._send = send
         self._pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers))
         self._max_duration = max_duration
-        self._on_end = on_end
         self._inbox: asyncio.Queue[ClientMessage] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._recorder: Recorder | None = None
         self._ending: asyncio.Task[None] | None = None
         self._answered = False
         self._held: list[ClientMessage] = []
-        self._tracks: list[MediaStreamTrack] = []
         self._ended = asyncio.Event()
 
     @property
@@ -166,27 +196,38 @@ class StoragePeer:
         """Where the session is."""
         return self.info.state
 
+    # -- what subclasses decide ----------------------------------------------------------------
+
+    def _setup(self, pc: RTCPeerConnection) -> None:
+        """Add the transceivers (and track handlers) before the offer."""
+        raise NotImplementedError
+
+    def _answer_problem(self, sdp: str) -> str | None:
+        """Why the answer cannot be accepted, or None."""
+        raise NotImplementedError
+
+    async def _accepted(self, sdp: str) -> None:
+        """The answer was accepted (called before it is applied)."""
+
+    async def _finished(self) -> None:
+        """The peer connection is closed: release what the subclass holds."""
+
+    # -- the offer/answer flow -----------------------------------------------------------------
+
     async def start(self, *, drop_offer: bool = False) -> None:
-        """Gather, then send the candidates and the offer to the master.
+        """Gather, then send the candidates and the offer.
 
         Args:
             drop_offer: fault injection: lose the candidates and the offer (the join was
-                answered 200 but the master never hears of it).
+                answered 200 but the participant never hears of it).
         """
         pc = self._pc
-        _prefer(pc.addTransceiver("video", direction="recvonly"), "video/H264")
-        _prefer(pc.addTransceiver("audio", direction="recvonly"), "audio/opus")
-
-        @pc.on("track")
-        def on_track(track: MediaStreamTrack) -> None:
-            self._tracks.append(track)
-            if self._recorder is not None and (track.kind == "video" or self._recorder.audio):
-                self._recorder.add_track(track)
+        self._setup(pc)
 
         @pc.on("connectionstatechange")
         def on_state() -> None:
             state = pc.connectionState
-            logger.info("storage session of %s: peer connection %s", self.join.channel_name, state)
+            logger.info("%s: peer connection %s", self.label, state)
             if state == "connected" and self.info.state is not SessionState.ENDED:
                 self.info.state = SessionState.CONNECTED
             elif state in ("failed", "closed"):
@@ -198,25 +239,24 @@ class StoragePeer:
             )
         self._worker = asyncio.create_task(self._work(), name="kvs-emulator-storage-peer")
         await pc.setLocalDescription(await pc.createOffer())
-        sdp, candidates = _split_candidates(pc.localDescription.sdp)
+        # As KVS's media server (a browser-like peer): one sha-256 fingerprint and trickle
+        # advertised. The C SDK checks only the last fingerprint, as sha-256, and without
+        # trickle holds its answer until its own gathering ends (10 s).
+        sdp, candidates = _split_candidates(for_kvs_peers(pc.localDescription.sdp))
         if drop_offer:
-            logger.info("storage session of %s: offer dropped (fault knob)", self.join.channel_name)
+            logger.info("%s: offer dropped (fault knob)", self.label)
             return
         for line, mid, index in candidates:
             payload = encode_payload(candidate_payload(line, mid, index))
             self._send(encode_event(MessageType.ICE_CANDIDATE, message_payload=payload))
         offer = encode_payload(sdp_payload("offer", sdp))
         if not self._send(encode_event(MessageType.SDP_OFFER, message_payload=offer)):
-            self.end("the master left before the offer")
+            self.end("the participant left before the offer")
             return
-        logger.info(
-            "storage session of %s: sent %d candidates and the offer",
-            self.join.channel_name,
-            len(candidates),
-        )
+        logger.info("%s: sent %d candidates and the offer", self.label, len(candidates))
 
     def receive(self, message: ClientMessage) -> None:
-        """A message the master sent to the storage session (answer or candidate)."""
+        """A message the participant sent to the storage session (answer or candidate)."""
         if self.info.state is not SessionState.ENDED:
             self._inbox.put_nowait(message)
 
@@ -226,8 +266,8 @@ class StoragePeer:
             try:
                 await self._handle(message)
             except Exception as exc:  # remote input: end this session, keep the emulator
-                logger.info("storage session of %s: %s", self.join.channel_name, exc)
-                self.end(f"bad message from the master: {exc}")
+                logger.info("%s: %s", self.label, exc)
+                self.end(f"bad message from the participant: {exc}")
                 return
 
     async def _handle(self, message: ClientMessage) -> None:
@@ -236,12 +276,12 @@ class StoragePeer:
             if not self._answered:
                 self._held.append(message)
                 return
+            mid = payload.get("sdpMid")
+            index = payload.get("sdpMLineIndex")
             candidate = candidate_from_json(
                 str(payload.get("candidate") or ""),
-                payload.get("sdpMid") if isinstance(payload.get("sdpMid"), str) else None,
-                payload.get("sdpMLineIndex")
-                if isinstance(payload.get("sdpMLineIndex"), int)
-                else None,
+                mid if isinstance(mid, str) else None,
+                index if isinstance(index, int) else None,
             )
             if candidate is not None:
                 await self._pc.addIceCandidate(candidate)
@@ -253,7 +293,7 @@ class StoragePeer:
         if not isinstance(sdp, str) or not sdp:
             self._reject(message, "the answer has no sdp")
             return
-        problem = answer_codec_problem(sdp)
+        problem = self._answer_problem(sdp)
         if problem is not None:
             self._reject(message, problem)
             self.end(f"answer rejected: {problem}")
@@ -261,22 +301,16 @@ class StoragePeer:
         self._answered = True
         self.info.state = SessionState.CONNECTING
         self.info.answer_correlation_id = message.correlation_id
-        audio = "audio" in sent_kinds(sdp)
-        self.info.path.parent.mkdir(parents=True, exist_ok=True)
-        self._recorder = Recorder(self.info.path, audio=audio)
-        self._recorder.start()
+        await self._accepted(sdp)
         await self._pc.setRemoteDescription(RTCSessionDescription(sdp, "answer"))
-        for track in self._tracks:
-            if track.kind == "video" or audio:
-                self._recorder.add_track(track)
         held, self._held = self._held, []
         for item in held:
             await self._handle(item)
 
     def _reject(self, message: ClientMessage, description: str) -> None:
-        logger.info("storage session of %s refused: %s", self.join.channel_name, description)
+        logger.info("%s refused: %s", self.label, description)
         if message.correlation_id is None:
-            return  # failures are silent without a correlationId (kvs-signaling.md 3.2)
+            return  # failures are silent without a correlationId (docs/protocol.md#status_response)
         status = {
             "correlationId": message.correlation_id,
             "description": description[:1000],
@@ -292,10 +326,10 @@ class StoragePeer:
             return
         self.info.state = SessionState.ENDED
         self.info.end_reason = reason
-        logger.info("storage session of %s ended: %s", self.join.channel_name, reason)
+        logger.info("%s ended: %s", self.label, reason)
         self._ending = asyncio.ensure_future(self._finish())
 
-    async def _finish(self) -> None:
+    async def _finish(self: Self) -> None:
         if self._timer is not None:
             self._timer.cancel()
         if self._worker is not None and self._worker is not asyncio.current_task():
@@ -304,15 +338,90 @@ class StoragePeer:
                 await self._worker
         with contextlib.suppress(Exception):
             await self._pc.close()
+        await self._finished()
+        self._ended.set()
+        self._on_end(self)
+
+    async def wait_ended(self) -> None:
+        """Wait until :meth:`end` has finished (file closed)."""
+        await self._ended.wait()
+
+
+class StoragePeer(OfferingPeer):
+    """The storage session of a master: record what it sends, relay it to storage viewers.
+
+    Args:
+        join: the accepted JoinStorageSession.
+        send: delivers a frame to the channel's master.
+        path: where the recording goes (its folder is created).
+        ice_servers: what the peer may use (the emulator's own TURN, or none).
+        max_duration: seconds after which the session ends, or None.
+        on_end: called once with this peer when the session has ended.
+    """
+
+    info: SessionInfo
+
+    def __init__(
+        self,
+        join: StorageJoin,
+        *,
+        send: SendFrame,
+        path: Path,
+        ice_servers: list[RTCIceServer],
+        max_duration: float | None,
+        on_end: Callable[[StoragePeer], None],
+    ) -> None:
+        super().__init__(
+            join,
+            SessionInfo(join.channel_arn, join.stream_name, path, time.time()),
+            label=f"storage session of {join.channel_name}",
+            send=send,
+            ice_servers=ice_servers,
+            max_duration=max_duration,
+            on_end=on_end,
+        )
+        self._recorder: Recorder | None = None
+        self._relay = MediaRelay()
+        self._tracks: dict[str, MediaStreamTrack] = {}
+
+    def subscribe(self, kind: str) -> MediaStreamTrack | None:
+        """A copy of the master's ``kind`` track for a storage viewer (None until it has
+        one); every subscriber and the recorder get every frame."""
+        track = self._tracks.get(kind)
+        if track is None or track.readyState != "live":
+            return None
+        return self._relay.subscribe(track)
+
+    def _setup(self, pc: RTCPeerConnection) -> None:
+        prefer_codec(pc.addTransceiver("video", direction="recvonly"), "video/H264")
+        prefer_codec(pc.addTransceiver("audio", direction="recvonly"), "audio/opus")
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            self._tracks[track.kind] = track
+            self._record(track)
+
+    def _record(self, track: MediaStreamTrack) -> None:
+        if self._recorder is not None and (track.kind == "video" or self._recorder.audio):
+            self._recorder.add_track(self._relay.subscribe(track))
+
+    def _answer_problem(self, sdp: str) -> str | None:
+        return answer_codec_problem(sdp)
+
+    async def _accepted(self, sdp: str) -> None:
+        self.info.path.parent.mkdir(parents=True, exist_ok=True)
+        self._recorder = Recorder(self.info.path, audio="audio" in sent_kinds(sdp))
+        self._recorder.start()
+        for track in self._tracks.values():
+            self._record(track)
+
+    async def _finished(self) -> None:
         if self._recorder is not None:
             try:
                 await self._recorder.close()
             except Exception as exc:  # a full disk must not take the emulator down
                 logger.warning("recording %s failed: %s", self.info.path, exc)
-            self.info.frames_written = self._recorder.frames_written
-            self.info.audio_frames_written = self._recorder.audio_frames_written
-        self._ended.set()
-        self._on_end(self)
+            self.refresh_counters()
 
     def refresh_counters(self) -> SessionInfo:
         """The session's info with the recorder's current counters."""
@@ -320,7 +429,3 @@ class StoragePeer:
             self.info.frames_written = self._recorder.frames_written
             self.info.audio_frames_written = self._recorder.audio_frames_written
         return self.info
-
-    async def wait_ended(self) -> None:
-        """Wait until :meth:`end` has finished (file closed)."""
-        await self._ended.wait()

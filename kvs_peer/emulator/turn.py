@@ -4,7 +4,7 @@ Real KVS always returns TURN servers from GetIceServerConfig, and some clients (
 drop a viewer's offer without them. :class:`TurnServer` runs coturn next to the emulator with
 TURN REST authentication (``use-auth-secret``): it accepts any username
 ``"{unix expiry}:{anything}"`` whose password is base64(HMAC-SHA1(secret, username)), which is
-what the emulator's control plane mints (:class:`~kvs_peer.emulator.controlplane.IceServer`
+what the emulator's control plane mints (:class:`~kvs_peer.protocol.IceServer`
 without credentials). The server itself never mints credentials: one implementation.
 
 ::
@@ -33,15 +33,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import InvalidArgument, InvalidState, TurnServerError
-from .controlplane import IceServer
+from ..protocol import IceServer
+from ..rules import ICE_SERVER_TTL
 
 __all__ = ["DEFAULT_TURN_PORT", "TurnServer", "find_turnserver"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TURN_PORT = 3478
-TURN_TTL = 300
-"""Seconds minted TURN credentials stay valid, as KVS returns them (kvs-signaling.md 4.5)."""
 
 _INSTALL_HINT = "install coturn (Debian/Ubuntu: sudo apt-get install coturn)"
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -108,7 +107,7 @@ class TurnServer:
         executable: str | None = None,
         start_timeout: float = 10.0,
         stop_timeout: float = 3.0,
-        ttl: int = TURN_TTL,
+        ttl: int = ICE_SERVER_TTL,
     ) -> None:
         if not secret:
             raise InvalidArgument("the TURN secret must be non-empty")
@@ -370,7 +369,7 @@ def _free_port(host: str) -> int:
     for _ in range(50):
         with socket.socket(family, socket.SOCK_DGRAM) as udp:
             udp.bind((host, 0))
-            port = udp.getsockname()[1]
+            port: int = udp.getsockname()[1]
             with socket.socket(family, socket.SOCK_STREAM) as tcp:
                 try:
                     tcp.bind((host, port))

@@ -30,6 +30,7 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 
 from ..errors import InvalidArgument
+from ..rules import ID_RULE
 from ..signing import DEFAULT_EXPIRES, redact_url, validate_client_id, viewer_url
 
 if TYPE_CHECKING:
@@ -198,7 +199,7 @@ class WebPage:
             return _error(
                 400,
                 "invalid_argument",
-                "pass ?channel=NAME&clientId=ID (client id: 1-256 of a-z A-Z 0-9 _ . -)",
+                f"pass ?channel=NAME&clientId=ID (client id: {ID_RULE})",
             )
         try:
             validate_client_id(client_id)

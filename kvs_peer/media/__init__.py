@@ -18,13 +18,16 @@ An H.264 source (stdin, a FIFO, an RTSP camera...; :func:`open_master_video`) sk
 encoder: :class:`PassthroughVideo` forwards its access units to every viewer that offered its
 profile, serving joins and PLI from the GOP since the last IDR (:mod:`.passthrough`).
 
-A viewer hands decoded frames to :class:`Recorder` (Matroska in a worker thread),
-:func:`save_snapshot` (PNG) or :func:`frame_to_ndarray` (numpy/OpenCV).
+A viewer hands received H.264 and Opus frames to :class:`Recorder` as they arrived, without
+decoding (:mod:`.encoded`; other codecs are decoded and encoded again), and decodes only for
+whoever asks for frames: :func:`save_snapshot` (PNG), :func:`frame_to_ndarray`
+(numpy/OpenCV), ``Viewer.frames()``. :class:`~.jitter.MarkerJitterBuffer` hands each received
+video frame on at its last packet.
 :mod:`kvs_peer.media.stamp` draws and reads a frame counter and capture time in the picture,
 which is how tests measure frame rate, order and latency end to end.
 
 Traps this package is built around (measured with aiortc 1.16 / PyAV 18, see
-``aiortc-measurements.md``):
+docs/protocol.md#aiortc-notes):
 
 1. **One track object shared by N senders splits its frames** (each viewer gets 30/N fps):
    every sender needs its own track. Hence :meth:`SharedVideoEncoder.subscribe` and

@@ -31,6 +31,7 @@ from typing import Any, Generic, Self, TypeVar
 
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from .._tasks import TaskSet
 from ..errors import InvalidState
 
 __all__ = ["Broadcast", "BroadcastTrack"]
@@ -61,8 +62,11 @@ class BroadcastTrack(MediaStreamTrack, Generic[ItemT]):
         """Whether the consumer has started reading (items are queued only then)."""
         return self._active
 
-    async def recv(self) -> ItemT:
+    async def recv_encoded(self) -> ItemT:
         """Return the next item; the first call starts the broadcast for this track.
+
+        Subclasses implement ``recv()`` (what aiortc reads: a frame or packet) on top of it;
+        the item itself is not one, so it cannot be ``recv()``'s result.
 
         Raises:
             MediaStreamError: the track was stopped or the source ended.
@@ -70,9 +74,7 @@ class BroadcastTrack(MediaStreamTrack, Generic[ItemT]):
         if self.readyState != "live":
             raise MediaStreamError
         if not self._active:
-            self._active = True
-            self._on_recv(first=True)
-            self._broadcast._activate(self)
+            self._start()
         else:
             self._on_recv(first=False)
         while not self._queue:
@@ -81,6 +83,12 @@ class BroadcastTrack(MediaStreamTrack, Generic[ItemT]):
             self._ready.clear()
             await self._ready.wait()
         return self._queue.popleft()
+
+    def _start(self) -> None:
+        """Start queueing items for this track (the first read does it, or an early start)."""
+        self._active = True
+        self._on_recv(first=True)
+        self._broadcast._activate(self)
 
     def stop(self) -> None:
         """Unsubscribe (idempotent)."""
@@ -125,7 +133,7 @@ class Broadcast(ABC, Generic[TrackT]):
         self._subscribers: set[TrackT] = set()
         self._active: set[TrackT] = set()
         self._task: asyncio.Task[None] | None = None
-        self._stopping: set[asyncio.Task[None]] = set()
+        self._stopping = TaskSet()
         self._closed = False
         self._ended = False
         self._ended_event = asyncio.Event()
@@ -192,14 +200,10 @@ class Broadcast(ABC, Generic[TrackT]):
         self._closed = True
         for track in list(self._subscribers):
             track.stop()
-        tasks = set(self._stopping)
         if self._task is not None:
-            tasks.add(self._task)
+            self._stopping.add(self._task)
             self._task = None
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._stopping.cancel()
         await self._release()
         if self._close_source:
             self._source.stop()
@@ -235,7 +239,6 @@ class Broadcast(ABC, Generic[TrackT]):
             if not task.done() and task is not asyncio.current_task():
                 task.cancel()
                 self._stopping.add(task)
-                task.add_done_callback(self._stopping.discard)
 
     async def _pump(self) -> None:
         try:

@@ -54,6 +54,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from av.video.frame import PictureType
 
+from ..aiortc_internals import on_keyframe_request
 from ..errors import InvalidArgument, MediaError
 from .broadcast import Broadcast, BroadcastTrack
 from .fanout import AudioFanout
@@ -78,6 +79,9 @@ logger = logging.getLogger(__name__)
 
 _H264 = "video/h264"
 _RTX = "video/rtx"
+PRIMED_MAX_AGE = 0.2
+"""Seconds a primed viewer's queue may wait for its sender before it restarts at a fresh
+keyframe (:meth:`PacketTrack.prime`): at most about 6 frames at 30 fps go out in a burst."""
 
 
 def h264_codec_preferences() -> list[RTCRtpCodecCapability]:
@@ -114,18 +118,11 @@ def attach_keyframe_requests(sender: RTCRtpSender, track: PacketTrack | None = N
         ``False`` if this aiortc version has no hook point; then viewers recover from loss only
         at the next periodic keyframe (joins are still served by the join-time IDR).
     """
-    original = getattr(sender, "_send_keyframe", None)
-    if not callable(original):
-        logger.warning(
-            "this aiortc version has no RTCRtpSender._send_keyframe: PLI/FIR from viewers will "
-            "not force keyframes (periodic keyframes still apply)"
-        )
-        return False
     sender_ref = weakref.ref(sender)
     track_ref = weakref.ref(track) if track is not None else None
 
     def send_keyframe() -> None:
-        original()
+        target: MediaStreamTrack | None
         if track_ref is not None:
             target = track_ref()
         else:
@@ -134,12 +131,14 @@ def attach_keyframe_requests(sender: RTCRtpSender, track: PacketTrack | None = N
         if isinstance(target, PacketTrack):
             target.request_keyframe()
 
-    # aiortc (1.16) answers PLI/FIR in RTCRtpSender._handle_rtcp_packet by calling
-    # self._send_keyframe(), which only sets a flag read by its own encode path; packets from
-    # a PacketTrack bypass that path. An instance attribute shadows the method for this one
-    # sender; the class and every other sender stay untouched. We still call the original so
-    # aiortc's own state is as it expects.
-    sender._send_keyframe = send_keyframe  # type: ignore[method-assign]
+    # aiortc's own keyframe request only sets a flag read by its own encode path, which
+    # packets from a PacketTrack bypass.
+    if not on_keyframe_request(sender, send_keyframe):
+        logger.warning(
+            "this aiortc version has no RTCRtpSender._send_keyframe: PLI/FIR from viewers will "
+            "not force keyframes (periodic keyframes still apply)"
+        )
+        return False
     return True
 
 
@@ -184,7 +183,7 @@ class EncodedVideo:
         timestamp: its RTP timestamp at 90 kHz, before each sender adds its random origin.
     """
 
-    packet: av.Packet
+    packet: av.Packet[Any]  # made by a bare codec context: of no stream
     payloads: tuple[bytes, ...]
     timestamp: int
 
@@ -219,13 +218,28 @@ class PacketTrack(BroadcastTrack[EncodedVideo]):
         self.packets_dropped = 0
         self.resyncs = 0
         self.keyframe_requests = 0
+        self._primed_at: float | None = None
 
     def request_keyframe(self) -> None:
         """Ask the shared encoder for a keyframe (rate-limited there)."""
         self.keyframe_requests += 1
         self._encoder.request_keyframe()
 
-    async def recv(self) -> av.Packet:  # type: ignore[override]
+    def prime(self) -> None:
+        """Start this viewer's stream now, before its sender reads (call it at the offer).
+
+        The keyframe a new viewer needs is then encoded while ICE and DTLS run, and sent the
+        moment the sender starts, rather than from the next source frame after DTLS (up to a
+        frame interval plus the encode later). If the sender starts more than
+        ``PRIMED_MAX_AGE`` after this, what was queued is dropped and a fresh keyframe is
+        asked for, so a slow connection never starts with a burst of stale frames.
+        """
+        if self.active or self.readyState != "live":
+            return
+        self._primed_at = time.monotonic()
+        self._start()
+
+    async def recv(self) -> av.Packet[Any]:
         """Return the next packet; the first call waits for a fresh keyframe.
 
         This is what aiortc's own send loop reads; the fast loop reads :meth:`recv_encoded`.
@@ -241,12 +255,19 @@ class PacketTrack(BroadcastTrack[EncodedVideo]):
         Raises:
             MediaStreamError: the track was stopped or the encoder's source ended.
         """
-        encoded = await super().recv()
+        encoded = await super().recv_encoded()
         self.packets_delivered += 1
         return encoded
 
     def _on_recv(self, first: bool) -> None:
         if first:
+            self._waiting_keyframe = True
+            self.request_keyframe()
+            return
+        primed, self._primed_at = self._primed_at, None
+        if primed is not None and time.monotonic() - primed > PRIMED_MAX_AGE:
+            self.packets_dropped += len(self._queue)
+            self._queue.clear()
             self._waiting_keyframe = True
             self.request_keyframe()
         elif self._ask_on_recv:
@@ -438,6 +459,8 @@ class SharedVideoEncoder(Broadcast[PacketTrack]):
         # frame (pict_type), which h264_nvenc and h264_qsv honour (not tested here: no such
         # hardware on the test machine).
         codec = av.CodecContext.create(self.codec, "w")
+        if not isinstance(codec, av.VideoCodecContext):
+            raise MediaError(f"{self.codec} is not a video encoder: name an H.264 encoder")
         codec.width = width
         codec.height = height
         codec.pix_fmt = "yuv420p"

@@ -85,13 +85,13 @@ class AudioSubscriberTrack(BroadcastTrack[EncodedAudio]):
         self.wants_encoded = False
         """Whether the consumer reads :meth:`recv_encoded` (the fan-out encodes only then)."""
 
-    async def recv(self) -> av.AudioFrame:  # type: ignore[override]
+    async def recv(self) -> av.AudioFrame:
         """Return the next source frame (what aiortc's own send loop encodes).
 
         Raises:
             MediaStreamError: the track was stopped or the source ended.
         """
-        return (await super().recv()).frame
+        return (await super().recv_encoded()).frame
 
     async def recv_encoded(self) -> EncodedAudio:
         """Like :meth:`recv`, with the shared Opus payloads.
@@ -103,7 +103,7 @@ class AudioSubscriberTrack(BroadcastTrack[EncodedAudio]):
             MediaStreamError: the track was stopped or the source ended.
         """
         self.wants_encoded = True
-        return await super().recv()
+        return await super().recv_encoded()
 
     def _offer(self, item: EncodedAudio) -> None:
         if len(self._queue) >= self._queue_size:

@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 from aiortc.jitterbuffer import JitterFrame
 
+from ..aiortc_internals import depayloaded
+
 __all__ = ["MAX_MISORDER", "MarkerJitterBuffer"]
 
 MAX_MISORDER = 100  # as aiortc: an older sequence number this far back means a restart
@@ -28,7 +30,6 @@ class _Packet(Protocol):
     sequence_number: int
     timestamp: int
     marker: int
-    _data: bytes  # the depayloaded bytes, set by aiortc's receiver before ``add``
 
 
 def _seq_distance(a: int, b: int) -> int:
@@ -84,12 +85,12 @@ class MarkerJitterBuffer:
                 return None  # a gap: wait for it (or for NACK's retransmission)
             if run and packet.timestamp != run[0].timestamp:
                 self._drop(count)
-                return JitterFrame(b"".join(p._data for p in run), run[0].timestamp)
+                return JitterFrame(b"".join(depayloaded(p) for p in run), run[0].timestamp)
             run.append(packet)
             if packet.marker:
                 self._drop(count + 1)
                 self.frames_by_marker += 1
-                return JitterFrame(b"".join(p._data for p in run), run[0].timestamp)
+                return JitterFrame(b"".join(depayloaded(p) for p in run), run[0].timestamp)
         return None
 
     def _drop(self, count: int) -> None:

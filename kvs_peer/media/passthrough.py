@@ -50,6 +50,7 @@ import av
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from ..aiortc_internals import negotiated_codecs
 from ..errors import InvalidArgument, KvsPeerError, MediaError, SessionError
 from ..reconnect import backoff
 from .broadcast import Broadcast
@@ -69,6 +70,7 @@ from .h264 import (
 )
 from .redact import describe_url, redact_urls
 from .timing import VIDEO_CLOCK_RATE, VIDEO_TIME_BASE, ThreadPacer
+from .v4l2 import h264_refusal, is_v4l2_device, v4l2_options, wants_h264
 
 __all__ = [
     "VIDEO_MODES",
@@ -238,7 +240,7 @@ class H264Source(MediaStreamTrack):
             raise MediaStreamError
         self.start()
         assert self._handoff is not None
-        item = await self._handoff.get()
+        item: EncodedVideo = await self._handoff.get()  # or _END, once the source is done
         if item is _END:
             self.stop()
             raise MediaStreamError
@@ -317,10 +319,11 @@ class H264Source(MediaStreamTrack):
 
     def _emit(self, item: _Unit, pacer: ThreadPacer) -> None:
         unit = self._cache.complete(item.unit)
-        if self._cache.sps is not self.sps:
-            if self.sps is None:
-                logger.info("%s: H.264 %s", self.description, self._cache.sps.describe())
-            self.sps = self._cache.sps
+        sps = self._cache.sps
+        if sps is not self.sps:
+            if self.sps is None and sps is not None:
+                logger.info("%s: H.264 %s", self.description, sps.describe())
+            self.sps = sps
             self._sps_event.set()
         if not unit.has_picture:
             return
@@ -505,6 +508,65 @@ def open_h264_source(
     )
 
 
+def _open_v4l2_h264(
+    device: str,
+    *,
+    width: int | None,
+    height: int | None,
+    fps: float | None,
+    options: Mapping[str, str] | None,
+    timeout: float,
+    reopen: bool,
+) -> H264Source | None:
+    """A V4L2 camera's own H.264 output, or None (logged) if it has none to give.
+
+    Untested on hardware: no V4L2 camera was available (see :mod:`.v4l2`).
+    """
+    from .sources import _open_container
+
+    if not os.access(device, os.R_OK | os.W_OK):
+        return None  # missing or not permitted: the raw open says so, with its advice
+    description = f"camera {device}"
+    ffmpeg_options = v4l2_options(width=width, height=height, fps=fps, options=options, h264=True)
+
+    def open_camera() -> Any:
+        return _open_container(
+            device,
+            description,
+            format="v4l2",
+            options=ffmpeg_options,
+            timeout=timeout,
+            kind="video",
+            missing=f"camera device {device} not found",
+        )
+
+    container, error = None, None
+    try:
+        container = open_camera()
+    except MediaError as exc:
+        error = str(exc).removeprefix(f"cannot open {description}: ").split(";")[0]
+    codec = container.streams.video[0].codec_context.name if container is not None else None
+    refusal = h264_refusal(codec=codec, error=error)
+    if refusal is not None:
+        if container is not None:
+            container.close()
+        logger.warning(
+            "%s: %s; capturing raw frames and encoding them instead", description, refusal
+        )
+        return None
+    assert container is not None
+    logger.info("%s: passing its H.264 output through (input_format=h264)", description)
+    return H264Source(
+        lambda: _read_container(open_camera(), live=True),
+        description=f"{description} (H.264)",
+        live=True,
+        reopen=reopen,
+        fps=fps,
+        first=_read_container(container, live=True),
+        extradata_nals=_extradata_nals(container),
+    )
+
+
 def _is_fifo(path: str) -> bool:
     try:
         return stat.S_ISFIFO(os.stat(path).st_mode)
@@ -575,7 +637,9 @@ def open_master_video(
     ``transcode`` keeps the decoding sources of
     :func:`~kvs_peer.media.sources.open_video_source`, except for stdin, FIFOs and raw
     ``.h264`` files, which are always read by :class:`H264Source` (the master then decodes
-    them). ``auto`` and ``passthrough`` try :func:`open_h264_source` first.
+    them). ``auto`` and ``passthrough`` try :func:`open_h264_source` first, and open a V4L2
+    camera (``/dev/videoN``) with ``input_format=h264``: one that refuses is captured raw and
+    encoded, with a warning, in either mode.
 
     Raises:
         InvalidArgument: an unknown mode, or ``passthrough`` with a source that is not H.264.
@@ -585,6 +649,21 @@ def open_master_video(
 
     if video_mode not in VIDEO_MODES:
         raise InvalidArgument(f"unknown video mode {video_mode!r}: use {', '.join(VIDEO_MODES)}")
+    if is_v4l2_device(spec) and wants_h264(video_mode, options):
+        camera = _open_v4l2_h264(
+            spec.strip(),
+            width=width,
+            height=height,
+            fps=fps,
+            options=options,
+            timeout=timeout,
+            reopen=reopen,
+        )
+        if camera is not None:
+            return camera
+        # A camera without H.264 output is still a camera: raw frames and the encoder, in
+        # passthrough mode too (the warning above says why).
+        video_mode = "transcode"
     raw = (
         spec.strip() == "-"
         or source_format is not None
@@ -661,7 +740,7 @@ class PassthroughTrack(PacketTrack):
         self.keyframe_requests += 1
         self._video._replay(self)
 
-    async def recv(self) -> av.Packet:  # type: ignore[override]
+    async def recv(self) -> av.Packet[Any]:
         """For aiortc's own send loop: the packet, with the timestamp this track gives it."""
         encoded = await self.recv_encoded()
         if encoded.packet.pts == encoded.timestamp:
@@ -834,7 +913,7 @@ class PassthroughVideo(Broadcast[PassthroughTrack]):
         self._keeper._discard = True
         self._activate(self._keeper)
 
-    def subscribe(self, *, burst_timestamps: str | None = None) -> PassthroughTrack:  # type: ignore[override]
+    def subscribe(self, *, burst_timestamps: str | None = None) -> PassthroughTrack:
         """A new viewer track (idle until its first ``recv()``).
 
         Raises:
@@ -850,7 +929,14 @@ class PassthroughVideo(Broadcast[PassthroughTrack]):
         return DecodedH264Track(self, width=width, height=height)
 
     async def wait_sps(self, timeout: float) -> Sps | None:
-        """Wait up to ``timeout`` s until the stream's SPS is known."""
+        """Wait up to ``timeout`` s until the stream's SPS is known.
+
+        Starts reading a source that is not live yet (a file waits for its first viewer):
+        its reader blocks after a few access units until they are taken, so nothing is lost
+        and the file still plays from its start.
+        """
+        if self._h264.sps is None and not self._closed and not self._ended:
+            self._h264.start()
         return await self._h264.wait_sps(timeout)
 
     def _new_track(self) -> PassthroughTrack:
@@ -1113,7 +1199,7 @@ class VideoRoute:
         """
         if not self.passthrough or self.payload_type is None:
             return
-        codecs = getattr(transceiver, "_codecs", None)
+        codecs = negotiated_codecs(transceiver)
         if not codecs:
             return
         old = {c.payloadType for c in codecs if c.mimeType.lower() == "video/h264"}

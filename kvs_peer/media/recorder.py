@@ -1,32 +1,38 @@
 """Sinks for received media: a crash-tolerant recorder, PNG snapshots, numpy conversion.
 
-:class:`Recorder` encodes and muxes in its own worker thread (aiortc's ``MediaRecorder`` encodes
-on the event loop, stalling everything else for the length of each encode), keeps a bounded
-queue (a writer that falls behind drops frames and counts them instead of growing memory), and
-writes Matroska with ``flush_packets=1`` and half-second clusters, so a killed process leaves a
-file that plays up to about half a second before the kill (measured in the tests).
+:class:`Recorder` stores received H.264 and Opus as they arrived (passthrough, see
+:mod:`.encoded`), or encodes decoded frames again. It muxes and encodes in its own worker
+thread (aiortc's ``MediaRecorder`` encodes on the event loop, stalling everything else for the
+length of each encode), keeps a bounded queue (a writer that falls behind drops frames and
+counts them instead of growing memory), and writes Matroska with ``flush_packets=1`` and
+half-second clusters, so a killed process leaves a file that plays up to about half a second
+before the kill (measured in the tests).
 """
 
 from __future__ import annotations
 
 import asyncio
 import fractions
+import io
 import logging
 import os
 import queue
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av.video.reformatter import VideoReformatter
 
+from .._tasks import TaskSet
 from ..errors import InvalidArgument, InvalidState, MediaError
+from .encoded import EncodedFrame, H264Continuity
 
 __all__ = [
     "Recorder",
@@ -46,10 +52,17 @@ _FORMATS = {
     ".mov": "mov",
     ".ts": "mpegts",
 }
-_AUDIO_CODECS = {"matroska": "libopus", "mp4": "aac", "mov": "aac", "mpegts": "aac"}
+_AUDIO_CODECS: dict[str, Literal["libopus", "aac"]] = {
+    "matroska": "libopus",
+    "mp4": "aac",
+    "mov": "aac",
+    "mpegts": "aac",
+}
 # Samples per encoder input frame: Opus takes 20 ms frames, AAC exactly 1024 samples.
 _AUDIO_FRAME_SIZES = {"libopus": 960, "aac": 1024}
 _MS = fractions.Fraction(1, 1000)
+_RTP_VIDEO = fractions.Fraction(1, 90_000)
+_MODES = ("auto", "passthrough", "transcode")
 _AUDIO_RATE = 48_000
 # A jump of the input timestamps by more than this (seconds) is a discontinuity, not time.
 _MAX_GAP = 5.0
@@ -65,12 +78,18 @@ class RecorderStats:
         audio_frames_written: audio frames encoded.
         frames_dropped: frames (video or audio) refused because the writer was behind.
         files: paths of the files started so far, in order.
+        frames_skipped: received H.264 frames not stored as they arrived because no decoder
+            could use them: before the first IDR, or after a lost frame until the next IDR.
+        video_passthrough: whether video is stored as received (True), re-encoded (False),
+            or not decided yet (None: no video frame so far).
     """
 
     frames_written: int
     audio_frames_written: int
     frames_dropped: int
     files: tuple[Path, ...]
+    frames_skipped: int = 0
+    video_passthrough: bool | None = None
 
 
 class _Timeline:
@@ -106,7 +125,13 @@ class _Timeline:
 
 
 class _Segment:
-    """One output file: container, streams, encoders. Used only by the writer thread."""
+    """One output file: container, streams, encoders. Used only by the writer thread.
+
+    With ``video_template`` (the IDR access unit the file starts with) video is stored as
+    received: the stream's parameters and SPS/PPS extradata come from probing that access
+    unit, and the packets keep their SPS/PPS in band. Received Opus packets go into the Opus
+    stream as they are (:meth:`write_audio_packet`).
+    """
 
     def __init__(
         self,
@@ -119,9 +144,11 @@ class _Segment:
         gop_seconds: float,
         video_options: dict[str, str],
         start: float,
+        video_template: bytes | None = None,
     ) -> None:
         self.path = path
         self.start = start
+        self.video_copy = video_template is not None
         options = {"flush_packets": "1"}
         if format_name == "matroska":
             # Matroska holds a cluster in memory until it closes; with flush_packets a closed
@@ -132,7 +159,13 @@ class _Segment:
         self.audio: Any = None
         self._last_video_ms = -1
         self._audio_next: int | None = None
-        if video_size is not None:
+        self._last_video_pts = -1
+        self._last_audio_pts = -1
+        if video_template is not None:
+            with av.open(io.BytesIO(video_template), format="h264") as probe:
+                self.video = self.container.add_stream_from_template(probe.streams.video[0])
+            self.video.time_base = _RTP_VIDEO
+        elif video_size is not None:
             stream = self.container.add_stream(
                 "libx264",
                 rate=fractions.Fraction(fps).limit_denominator(1001),
@@ -146,12 +179,14 @@ class _Segment:
             self.video = stream
         if audio_layout is not None:
             codec = _AUDIO_CODECS.get(format_name, "aac")
-            stream = self.container.add_stream(codec, rate=_AUDIO_RATE)
-            stream.layout = audio_layout
-            stream.codec_context.time_base = fractions.Fraction(1, _AUDIO_RATE)
-            self.audio = stream
+            audio = self.container.add_stream(codec, rate=_AUDIO_RATE)
+            audio.layout = audio_layout
+            audio.codec_context.time_base = fractions.Fraction(1, _AUDIO_RATE)
+            self.audio = audio
+            formats = audio.codec_context.codec.audio_formats
+            assert formats  # every audio encoder lists the sample formats it takes
             self._resampler = av.AudioResampler(
-                format=stream.codec_context.codec.audio_formats[0].name,
+                format=formats[0].name,
                 layout=audio_layout,
                 rate=_AUDIO_RATE,
                 frame_size=_AUDIO_FRAME_SIZES.get(codec, 1024),
@@ -165,6 +200,26 @@ class _Segment:
         frame.pts = ms
         frame.time_base = _MS
         self.container.mux(self.video.encode(frame))
+
+    def write_video_packet(self, data: bytes, keyframe: bool, seconds: float) -> None:
+        # WebRTC H.264 has no B-frames: decode order is presentation order, dts = pts.
+        pts = max(round((seconds - self.start) * 90_000), self._last_video_pts + 1)
+        self._last_video_pts = pts
+        packet = av.Packet(data)
+        packet.stream = self.video
+        packet.pts = packet.dts = pts
+        packet.time_base = _RTP_VIDEO
+        packet.is_keyframe = keyframe
+        self.container.mux(packet)
+
+    def write_audio_packet(self, data: bytes, seconds: float) -> None:
+        pts = max(round((seconds - self.start) * _AUDIO_RATE), self._last_audio_pts + 1)
+        self._last_audio_pts = pts
+        packet = av.Packet(data)
+        packet.stream = self.audio
+        packet.pts = packet.dts = pts
+        packet.time_base = fractions.Fraction(1, _AUDIO_RATE)
+        self.container.mux(packet)
 
     def write_audio(self, frame: av.AudioFrame, seconds: float) -> int:
         position = round((seconds - self.start) * _AUDIO_RATE)
@@ -181,7 +236,7 @@ class _Segment:
 
     def close(self) -> None:
         try:
-            if self.video is not None:
+            if self.video is not None and not self.video_copy:
                 self.container.mux(self.video.encode(None))
             if self.audio is not None:
                 self.container.mux(self.audio.encode(None))
@@ -190,10 +245,17 @@ class _Segment:
 
 
 class Recorder:
-    """Records decoded video (and optionally audio) frames to files, off the event loop.
+    """Records received video (and optionally audio) to files, off the event loop.
 
-    Feed it with :meth:`add_track` (an aiortc remote track) or :meth:`write_video` /
-    :meth:`write_audio`. Frames are only read, never modified: the writer thread encodes a copy.
+    Two ways in. **Passthrough** (:meth:`write_encoded`; a :class:`~kvs_peer.viewer.Viewer`
+    uses it by itself): H.264 and Opus are stored as they arrived, nothing is decoded or
+    encoded, each file starts at an IDR and a lost frame skips to the next IDR; keyframes are
+    asked for through the ``request_keyframe`` callback. **Transcode** (:meth:`add_track`, an
+    aiortc remote track, or :meth:`write_video` / :meth:`write_audio`): decoded frames are
+    encoded again (libx264); frames are only read, never modified (the writer thread encodes
+    a copy). ``mode="auto"`` takes received frames as they are when it can
+    (:meth:`accepts_encoded`: H.264 video; Opus audio in Matroska) and decoded frames
+    otherwise (VP8, PCMU, AAC containers).
 
     Containers, from ``path``'s suffix unless ``container`` names an FFmpeg format:
     ``.mkv`` (Matroska, the default, also for a path without suffix), ``.ts`` (MPEG-TS), and
@@ -207,9 +269,11 @@ class Recorder:
     ``"cam-{index:05d}.mkv"``), else ``<stem>-0000<suffix>``, ``<stem>-0001<suffix>``, ...
     Without segments the file is ``path`` itself.
 
-    Video is H.264 (libx264, yuv420p) at the size of the first frame; later frames of another
-    size are scaled to it. Audio (``audio=True``) is Opus in Matroska, AAC otherwise. With both,
-    a file starts at the first video frame and earlier audio is dropped.
+    Transcoded video is H.264 (libx264, yuv420p) at the size of the first frame; later frames
+    of another size are scaled to it. Audio (``audio=True``) is Opus in Matroska, AAC
+    otherwise. With both, a file starts at the first video frame (passthrough: the first IDR)
+    and earlier audio is dropped. Passthrough segments rotate at the first IDR after
+    ``segment_seconds`` (a keyframe is requested then).
 
     Args:
         path: output file (or pattern, see above).
@@ -222,6 +286,8 @@ class Recorder:
         crf: x264 constant quality (lower is better, 18-28 is sensible).
         gop_seconds: keyframe interval (seek granularity).
         queue_size: frames buffered for the writer before new ones are dropped.
+        mode: ``"auto"`` (passthrough where the codec allows), ``"passthrough"`` (received
+            video must be H.264) or ``"transcode"`` (always decode and encode again).
 
     Raises:
         InvalidArgument: bad options, or an unknown suffix without ``container``.
@@ -240,7 +306,13 @@ class Recorder:
         crf: int = 23,
         gop_seconds: float = 2.0,
         queue_size: int = 60,
+        mode: str = "auto",
     ) -> None:
+        if mode not in _MODES:
+            raise InvalidArgument(
+                f"unknown recording mode {mode!r}: use auto, passthrough or transcode"
+            )
+        self.mode = mode
         self.path = Path(path)
         if container is None:
             suffix = self.path.suffix.lower()
@@ -270,7 +342,7 @@ class Recorder:
         self._video_options = {"preset": preset, "crf": str(crf), "tune": "zerolatency"}
         self._queue: queue.Queue[Any] = queue.Queue(queue_size)
         self._thread: threading.Thread | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
         self._closed = False
         self._lock = threading.Lock()
         self._files: list[Path] = []
@@ -278,6 +350,12 @@ class Recorder:
         self.frames_written = 0
         self.audio_frames_written = 0
         self.frames_dropped = 0
+        self.frames_skipped = 0
+        self.video_passthrough: bool | None = None
+        # Event loop side of passthrough: where the H.264 stream can be stored from.
+        self._continuity = H264Continuity()
+        # Set by the writer thread when a segment is due and waits for an IDR.
+        self._keyframe_wanted = False
 
     async def __aenter__(self) -> Recorder:
         self.start()
@@ -299,6 +377,8 @@ class Recorder:
             audio_frames_written=self.audio_frames_written,
             frames_dropped=self.frames_dropped,
             files=tuple(self.files),
+            frames_skipped=self.frames_skipped,
+            video_passthrough=self.video_passthrough,
         )
 
     def segment_path(self, index: int) -> Path:
@@ -332,6 +412,8 @@ class Recorder:
             ``False`` if the frame was dropped (writer behind, recorder closed or failed, or
             video not recorded).
         """
+        if self.video_passthrough is None:
+            self.video_passthrough = False
         return self.video and self._put("video", frame)
 
     def write_audio(self, frame: av.AudioFrame) -> bool:
@@ -342,6 +424,73 @@ class Recorder:
         """
         return self.audio and self._put("audio", frame)
 
+    def accepts_encoded(self, kind: str, codec: str) -> bool:
+        """Whether received ``kind`` frames of ``codec`` go to :meth:`write_encoded` (stored
+        as they are) rather than being decoded for :meth:`write_video` / :meth:`write_audio`.
+
+        Args:
+            kind: ``"video"`` or ``"audio"``.
+            codec: the codec name as negotiated (``"H264"``, ``"VP8"``, ``"opus"``...).
+        """
+        codec = codec.lower()
+        if self.mode == "transcode" or not (self.video if kind == "video" else self.audio):
+            return False
+        if kind == "video":
+            # Explicit passthrough takes any video codec, to refuse it with a clear error.
+            return codec == "h264" or self.mode == "passthrough"
+        return codec == "opus" and _AUDIO_CODECS.get(self.container) == "libopus"
+
+    def write_encoded(
+        self, frame: EncodedFrame, request_keyframe: Callable[[], object] | None = None
+    ) -> bool:
+        """Queue a received frame to be stored as it is. Never blocks; call on the event loop.
+
+        Video waits for an IDR (at the start, after a lost frame, for a due segment) and calls
+        ``request_keyframe`` meanwhile.
+
+        Args:
+            frame: an H.264 access unit or an Opus packet (see :meth:`accepts_encoded`).
+            request_keyframe: asks the sender for an IDR (the viewer sends a PLI).
+
+        Returns:
+            ``False`` if the frame was not stored (skipped, dropped, or the recorder failed).
+        """
+        if frame.kind == "audio":
+            return self.audio and self._put("audio-copy", frame)
+        if not self.video:
+            return False
+        if frame.codec != "h264":
+            if self.error is None:
+                self.error = MediaError(
+                    f"the sender's video is {frame.codec.upper()}, which a passthrough "
+                    "recording cannot store: record with mode auto or transcode"
+                )
+                logger.error("%s", self.error)
+            return False
+        self.video_passthrough = True
+        losses = self._continuity.losses
+        data, idr = self._continuity.push(frame.data)
+        if self._continuity.losses > losses:
+            logger.info("recording %s: a video frame was lost, waiting for a keyframe", self.path)
+        if data is None or (self._keyframe_wanted and not idr):
+            if request_keyframe is not None:
+                request_keyframe()
+            if data is None:
+                self.frames_skipped += 1
+                return False
+        if idr:
+            self._keyframe_wanted = False
+        copy = EncodedFrame(
+            frame.kind, frame.codec, data, frame.timestamp, frame.clock_rate, frame.arrival
+        )
+        if self._put("video-copy", (copy, idr)):
+            return True
+        # A dropped frame breaks the chain of references: what follows waits for an IDR.
+        self._continuity.resync()
+        if request_keyframe is not None:
+            request_keyframe()
+        return False
+
     def add_track(self, track: MediaStreamTrack) -> asyncio.Task[None]:
         """Record an aiortc track until it ends or the recorder closes.
 
@@ -349,10 +498,7 @@ class Recorder:
             The reading task (done when the track ends).
         """
         self.start()
-        task = asyncio.get_running_loop().create_task(self._read_track(track))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return self._tasks.spawn(self._read_track(track), "kvs-recorder-track")
 
     async def close(self) -> None:
         """Stop reading tracks, write what is queued, finalize the files (idempotent).
@@ -363,10 +509,7 @@ class Recorder:
         if self._closed:
             return
         self._closed = True
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.cancel()
         thread = self._thread
         if thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._finish, thread)
@@ -384,10 +527,13 @@ class Recorder:
         thread.join()
 
     async def _read_track(self, track: MediaStreamTrack) -> None:
-        put = self.write_video if track.kind == "video" else self.write_audio
         try:
             while True:
-                put(await track.recv())
+                frame = await track.recv()
+                if isinstance(frame, av.VideoFrame):
+                    self.write_video(frame)
+                elif isinstance(frame, av.AudioFrame):
+                    self.write_audio(frame)
         except MediaStreamError:
             pass
 
@@ -402,8 +548,11 @@ class Recorder:
                 self.error = exc
                 logger.error("%s", exc)
                 return False
+        arrival = frame.arrival if isinstance(frame, EncodedFrame) else time.monotonic()
+        if kind == "video-copy":
+            arrival = frame[0].arrival
         try:
-            self._queue.put_nowait((kind, frame, time.monotonic()))
+            self._queue.put_nowait((kind, frame, arrival))
             return True
         except queue.Full:
             self.frames_dropped += 1
@@ -425,15 +574,33 @@ class Recorder:
                 if item is _CLOSE:
                     break
                 kind, frame, arrival = item
-                seconds = timelines[kind].seconds(frame, arrival)
-                if kind == "video":
+                if kind == "video-copy":
+                    frame, idr = frame
+                seconds = timelines[kind.split("-")[0]].seconds(frame, arrival)
+                if kind == "video-copy":
+                    if segment is not None and (
+                        not segment.video_copy or (idr and self._due(segment, seconds))
+                    ):
+                        segment.close()
+                        segment = None
+                        index += 1
+                    elif segment is not None and self._due(segment, seconds):
+                        self._keyframe_wanted = True
+                    if segment is None:
+                        if not idr:
+                            self.frames_skipped += 1
+                            continue
+                        segment = self._open(index, None, audio_layout, seconds, frame.data)
+                    segment.write_video_packet(frame.data, idr, seconds)
+                    self.frames_written += 1
+                elif kind == "video":
                     if video_size is None:
                         video_size = (
                             frame.width - frame.width % 2,
                             frame.height - frame.height % 2,
                         )
                     copy = _own_video_frame(frame, video_size, reformatter)
-                    if segment is not None and self._due(segment, seconds):
+                    if segment is not None and (segment.video_copy or self._due(segment, seconds)):
                         segment.close()
                         segment = None
                         index += 1
@@ -450,7 +617,12 @@ class Recorder:
                         index += 1
                     if segment is None:
                         segment = self._open(index, None, audio_layout, seconds)
-                    if segment.audio is not None:
+                    if segment.audio is None:
+                        continue
+                    if kind == "audio-copy":
+                        segment.write_audio_packet(frame.data, seconds)
+                        self.audio_frames_written += 1
+                    else:
                         self.audio_frames_written += segment.write_audio(frame, seconds)
         except Exception as exc:
             self.error = exc
@@ -473,6 +645,7 @@ class Recorder:
         video_size: tuple[int, int] | None,
         audio_layout: str,
         start: float,
+        video_template: bytes | None = None,
     ) -> _Segment:
         path = self.segment_path(index)
         try:
@@ -485,6 +658,7 @@ class Recorder:
                 gop_seconds=self._gop,
                 video_options=self._video_options,
                 start=start,
+                video_template=video_template if self.video else None,
             )
         except (av.FFmpegError, OSError, ValueError) as exc:
             raise MediaError(f"cannot create {path}: {exc}") from exc

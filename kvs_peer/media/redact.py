@@ -16,7 +16,13 @@ _URL_IN_TEXT = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"]+")
 
 
 def describe_url(url: str) -> str:
-    """``url`` without its password and query string, for logs and error messages."""
+    """``url`` without its password and query string, for logs and error messages.
+
+    A spec that is no URL (``testsrc``, a path, a camera index) has neither and is returned as
+    it is.
+    """
+    if "://" not in url:
+        return url
     try:
         parts = urlsplit(url)
         port = parts.port

@@ -25,12 +25,13 @@ sends the same bytes for less work (about 0.0025 core per viewer):
 aiortc's sender keeps the rest: negotiation, RTCP (sender reports, RTT, NACK, PLI/FIR), stats and
 ``replaceTrack`` and other codecs (a track that is not a ``PacketTrack`` or an
 ``AudioSubscriberTrack``, or a negotiated codec other than theirs, is encoded by aiortc's own
-code, as before). To do that, the loop writes the private fields aiortc's own loop writes: the
+code, as before). To do that, the loop keeps the private fields aiortc's own loop keeps: the
 history that NACKs are answered from, and the counters behind sender reports and ``getStats``.
-:func:`use_fast_send` checks that these fields and the few internal names it imports exist. If
-they do not, it leaves the sender alone and logs a warning, so an aiortc upgrade that renames
-them costs speed, not correctness. ``tests/media/test_media_rtpsender.py`` fails if frames do not
-go through this loop with the aiortc version it runs against.
+It reaches them only through :mod:`kvs_peer.aiortc_internals` (:class:`SenderFields`,
+:func:`send_rtp`); everything else here is plain RTP. :func:`use_fast_send` checks that those
+fields exist. If they do not, it leaves the sender alone and logs a warning, so an aiortc
+upgrade that renames them costs speed, not correctness. ``tests/media/test_media_rtpsender.py``
+fails if frames do not go through this loop with the aiortc version it runs against.
 """
 
 from __future__ import annotations
@@ -39,22 +40,23 @@ import asyncio
 import logging
 import struct
 import time
-import types
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiortc.rtcrtpsender
-from aiortc import RTCDtlsTransport, RTCRtpSender
+from aiortc import RTCRtpSender
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import HeaderExtensions, HeaderExtensionsMap, RtpPacket
 from aiortc.utils import random16, random32, uint32_add
 
-try:
-    from aioice.ice import StunProtocol
-except ImportError:  # an aioice without it: every packet takes aiortc's layers
-    StunProtocol = None  # type: ignore[assignment,misc]
+from ..aiortc_internals import (
+    RTP_HISTORY_SIZE,
+    SenderFields,
+    missing_send_loop_fields,
+    replace_send_loop,
+    send_rtp,
+)
 
 __all__ = [
     "ExtensionTemplate",
@@ -71,36 +73,6 @@ _RTP_VERSION_BITS = 0x80  # version 2, no padding, no CSRC
 _NTP_UNIX_OFFSET_NS = 2_208_988_800 * 1_000_000_000  # 1900-01-01 to 1970-01-01
 _EXTENSION_BIT = 0x10
 _HEADER = struct.Struct("!BBHLL")
-
-# aiortc's private fields this module reads or writes, without their name-mangling prefix.
-_SENDER = "_RTCRtpSender__"
-_SENDER_FIELDS = (
-    "track",
-    "encoder",
-    "mid",
-    "rtp_started",
-    "rtp_exited",
-    "rtp_history",
-    "rtp_header_extensions_map",
-    "ntp_timestamp",
-    "rtp_timestamp",
-    "octet_count",
-    "packet_count",
-)
-_DTLS = "_RTCDtlsTransport__"
-_DTLS_FIELDS = ("tx_bytes", "tx_packets")
-# The fields touched for every frame, spelled out once rather than concatenated per frame.
-_TRACK = _SENDER + "track"
-_NTP_TIMESTAMP = _SENDER + "ntp_timestamp"
-_RTP_TIMESTAMP = _SENDER + "rtp_timestamp"
-_OCTET_COUNT = _SENDER + "octet_count"
-_PACKET_COUNT = _SENDER + "packet_count"
-_TX_BYTES = _DTLS + "tx_bytes"
-_TX_PACKETS = _DTLS + "tx_packets"
-
-# aiortc's _retransmit looks packets up in slot ``sequence_number % RTP_HISTORY_SIZE``; the
-# history must use the same size, so the fast loop is off if aiortc no longer names it.
-RTP_HISTORY_SIZE: int | None = getattr(aiortc.rtcrtpsender, "RTP_HISTORY_SIZE", None)
 
 
 def rtp_datagrams(
@@ -210,7 +182,7 @@ class RtpHistory(dict[int, Any]):
             number = (sequence_number + index) & 0xFFFF
             self[number % size] = (number, index, frame)
 
-    def get(self, key: int, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: int, default: Any = None) -> Any:
         """The ``RtpPacket`` in slot ``key``, or ``default``."""
         slot = super().get(key)
         if slot is None:
@@ -310,57 +282,28 @@ def ntp_now() -> int:
     return (seconds << 32) | ((rest << 32) // 1_000_000_000)
 
 
-def _direct_sendto(dtls: RTCDtlsTransport) -> Callable[[bytes], None] | None:
-    """``sendto`` of the nominated pair's socket, when it is plain UDP; else ``None``."""
-    connection = getattr(dtls.transport, "_connection", None)
-    nominated = getattr(connection, "_nominated", None)
-    pair = nominated.get(1) if isinstance(nominated, dict) else None
-    if pair is None or StunProtocol is None or type(pair.protocol) is not StunProtocol:
-        return None
-    transport = pair.protocol.transport
-    if transport is None:
-        return None
-    address = pair.remote_addr
-    return lambda data: transport.sendto(data, address)
-
-
-async def _send(sender: RTCRtpSender, datagrams: list[bytes]) -> None:
-    dtls = sender.transport
-    if dtls.state != "connected":
-        raise ConnectionError("Cannot send encrypted RTP, not connected")
-    protect = dtls._tx_srtp.protect
-    sendto = _direct_sendto(dtls)
-    sent = 0
-    for data in datagrams:
-        data = protect(data)
-        if sendto is not None:
-            sendto(data)
-        else:
-            await dtls.transport._send(data)
-        sent += len(data)
-    setattr(dtls, _TX_BYTES, getattr(dtls, _TX_BYTES) + sent)
-    setattr(dtls, _TX_PACKETS, getattr(dtls, _TX_PACKETS) + len(datagrams))
-
-
-async def _run_rtp(sender: RTCRtpSender, codec: RTCRtpCodecParameters) -> None:
+async def _run_rtp(
+    sender: RTCRtpSender, fields: SenderFields, codec: RTCRtpCodecParameters
+) -> None:
     # Mirrors aiortc 1.16's RTCRtpSender._run_rtp, field for field; only the per-packet work
     # differs. First of all, as aiortc does: stop() waits for this event.
-    getattr(sender, _SENDER + "rtp_started").set()
+    fields.loop_started()
     try:
         history = RtpHistory()
-        setattr(sender, _SENDER + "rtp_history", history)
-        mid = getattr(sender, _SENDER + "mid")
-        extensions_map = getattr(sender, _SENDER + "rtp_header_extensions_map")
+        fields.use_history(history)
+        mid = fields.mid
+        extensions_map = fields.extensions_map
         # Inside the try: a remote offer can negotiate what aiortc cannot serialize (an
         # extension id over 255, a huge MID), and rtp_exited must still be set below.
         template = ExtensionTemplate(extensions_map, mid, audio=sender.kind == "audio")
         payload_type = codec.payloadType
+        assert payload_type is not None  # aiortc gives a negotiated codec its payload type
         mime = codec.mimeType.lower()
         # As aiortc: a start in the lower half, so SRTP's rollover guess cannot go wrong early.
         sequence_number = random16() % 32768
         timestamp_origin = random32()
         while True:
-            track = getattr(sender, _TRACK)
+            track = fields.track
             if track is None:
                 await asyncio.sleep(0.02)
                 continue
@@ -370,12 +313,12 @@ async def _run_rtp(sender: RTCRtpSender, codec: RTCRtpCodecParameters) -> None:
             recv_encoded = getattr(track, "recv_encoded", None)
             if recv_encoded is not None and getattr(track, "codec_mime", None) == mime:
                 encoded = await recv_encoded()
-                if not sender._enabled:
+                if not fields.enabled:
                     continue
                 payloads, media_timestamp = encoded.payloads, encoded.timestamp
                 audio_level = getattr(encoded, "audio_level", None)
             else:
-                frame = await sender._next_encoded_frame(codec)
+                frame = await fields.next_encoded_frame(codec)
                 if frame is None:
                     continue
                 payloads, media_timestamp = frame.payloads, frame.timestamp
@@ -387,7 +330,7 @@ async def _run_rtp(sender: RTCRtpSender, codec: RTCRtpCodecParameters) -> None:
             # pairs this send time with this frame's timestamp.
             now = ntp_now()
             abs_send_time = (now >> 14) & 0x00FFFFFF
-            ssrc = sender._ssrc
+            ssrc = fields.ssrc
             datagrams = rtp_datagrams(
                 payloads,
                 payload_type=payload_type,
@@ -406,23 +349,15 @@ async def _run_rtp(sender: RTCRtpSender, codec: RTCRtpCodecParameters) -> None:
                 abs_send_time=abs_send_time,
                 audio_level=audio_level,
             )
-            await _send(sender, datagrams)
-            setattr(sender, _NTP_TIMESTAMP, now)
-            setattr(sender, _RTP_TIMESTAMP, timestamp)
-            setattr(sender, _OCTET_COUNT, getattr(sender, _OCTET_COUNT) + sum(map(len, payloads)))
-            setattr(sender, _PACKET_COUNT, getattr(sender, _PACKET_COUNT) + len(payloads))
+            await send_rtp(sender.transport, datagrams)
+            fields.count_sent(now, timestamp, sum(map(len, payloads)), len(payloads))
             sequence_number = (sequence_number + len(payloads)) & 0xFFFF
     except (asyncio.CancelledError, ConnectionError, MediaStreamError):
         pass
     except Exception:
         # rtp_exited must be set whatever happens, or RTCRtpSender.stop() hangs.
         logger.warning("RTP send loop failed", exc_info=True)
-    track = getattr(sender, _TRACK)
-    if track is not None:
-        track.stop()
-        setattr(sender, _TRACK, None)
-    setattr(sender, _SENDER + "encoder", None)
-    getattr(sender, _SENDER + "rtp_exited").set()
+    fields.loop_exited()
 
 
 def use_fast_send(sender: RTCRtpSender) -> bool:
@@ -432,15 +367,7 @@ def use_fast_send(sender: RTCRtpSender) -> bool:
         ``False``, with a warning, if this aiortc version lacks a field the loop relies on; the
         sender then keeps aiortc's own loop.
     """
-    missing = [name for name in _SENDER_FIELDS if not hasattr(sender, _SENDER + name)]
-    missing += [name for name in ("_enabled", "_ssrc") if not hasattr(sender, name)]
-    if not callable(getattr(sender, "_next_encoded_frame", None)):
-        missing.append("_next_encoded_frame")
-    if RTP_HISTORY_SIZE is None:
-        missing.append("RTP_HISTORY_SIZE")
-    dtls = sender.transport
-    missing += [name for name in _DTLS_FIELDS if not hasattr(dtls, _DTLS + name)]
-    missing += [name for name in ("state", "_tx_srtp", "transport") if not hasattr(dtls, name)]
+    missing = missing_send_loop_fields(sender)
     if missing:
         logger.warning(
             "aiortc's RTCRtpSender or RTCDtlsTransport has changed (no %s): using aiortc's own, "
@@ -448,7 +375,10 @@ def use_fast_send(sender: RTCRtpSender) -> bool:
             ", ".join(missing),
         )
         return False
-    # An instance attribute shadows the method for this sender only; aiortc's send() starts
-    # the loop with self._run_rtp(codec).
-    sender._run_rtp = types.MethodType(_run_rtp, sender)  # type: ignore[method-assign]
+    fields = SenderFields(sender)
+
+    async def loop(codec: RTCRtpCodecParameters) -> None:
+        await _run_rtp(sender, fields, codec)
+
+    replace_send_loop(sender, loop)
     return True

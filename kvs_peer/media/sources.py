@@ -36,6 +36,7 @@ from .timing import (
     VIDEO_TIME_BASE,
     Pacer,
 )
+from .v4l2 import is_v4l2_device, v4l2_options
 
 __all__ = [
     "CameraTrack",
@@ -327,18 +328,12 @@ def _open_video_once(
         return TestPatternTrack(width or 640, height or 480, fps or 30)
     if spec.isdigit():
         return _open_opencv_camera(int(spec), width, height, fps)
-    if spec.startswith("/dev/video"):
-        ffmpeg_options = {}
-        if width and height:
-            ffmpeg_options["video_size"] = f"{width}x{height}"
-        if fps:
-            ffmpeg_options["framerate"] = f"{fps:g}"
-        ffmpeg_options.update(options or {})
+    if is_v4l2_device(spec):
         container = _open_container(
             spec,
             f"camera {spec}",
             format="v4l2",
-            options=ffmpeg_options,
+            options=v4l2_options(width=width, height=height, fps=fps, options=options),
             timeout=timeout,
             kind="video",
             missing=f"camera device {spec} not found: check `ls /dev/video*` (or use an "

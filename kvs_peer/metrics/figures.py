@@ -51,8 +51,10 @@ class Series:
     """Labels beyond ``role`` and ``channel``."""
 
 
-def _catalog(*entries: tuple[str, Kind, str] | tuple[str, Kind, str, tuple[str, ...]]) -> dict:
-    return {entry[0]: Series(*entry) for entry in entries}  # type: ignore[arg-type]
+def _catalog(
+    *entries: tuple[str, Kind, str] | tuple[str, Kind, str, tuple[str, ...]],
+) -> dict[str, Series]:
+    return {entry[0]: Series(*entry) for entry in entries}
 
 
 C, G, H = Kind.COUNTER, Kind.GAUGE, Kind.HISTOGRAM

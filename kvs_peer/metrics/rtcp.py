@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from aiortc import RTCPeerConnection
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.rtp import (
     RTCP_PSFB_FIR,
     RTCP_PSFB_PLI,
@@ -19,6 +19,8 @@ from aiortc.rtp import (
     RtcpPsfbPacket,
     RtcpRtpfbPacket,
 )
+
+from ..aiortc_internals import on_feedback_sent, on_rtcp_received
 
 __all__ = ["RtcpCounts", "count_rtcp", "rtcp_counts"]
 
@@ -60,45 +62,26 @@ def rtcp_counts(pc: RTCPeerConnection) -> RtcpCounts | None:
     return getattr(pc, _ATTRIBUTE, None)
 
 
-# aiortc (1.16) hands each RTCP packet to ``sender._handle_rtcp_packet`` and sends feedback
-# through ``receiver._send_rtcp_nack`` / ``_send_rtcp_pli``, all looked up on the instance: an
-# instance attribute wraps them for this one sender or receiver, the classes stay untouched.
+# The hooks are per instance, on aiortc's private RTCP paths (kvs_peer.aiortc_internals).
 
 
-def _hook_sender(sender: Any, counts: RtcpCounts) -> None:
-    original = getattr(sender, "_handle_rtcp_packet", None)
-    if "_handle_rtcp_packet" in vars(sender):
-        return  # already counted
-    if not callable(original):
-        logger.debug("aiortc sender without _handle_rtcp_packet: NACK/PLI not counted")
-        return
-
-    async def counted(packet: Any) -> None:
+def _hook_sender(sender: RTCRtpSender, counts: RtcpCounts) -> None:
+    def counted(packet: Any) -> None:
         if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
             counts.nacks += len(packet.lost)
         elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
             counts.plis += 1
-        await original(packet)
 
-    sender._handle_rtcp_packet = counted
+    if not on_rtcp_received(sender, counted):
+        logger.debug("aiortc sender without _handle_rtcp_packet: NACK/PLI not counted")
 
 
-def _hook_receiver(receiver: Any, counts: RtcpCounts) -> None:
-    if "_send_rtcp_nack" in vars(receiver):
-        return
-    send_nack = getattr(receiver, "_send_rtcp_nack", None)
-    send_pli = getattr(receiver, "_send_rtcp_pli", None)
-    if not (callable(send_nack) and callable(send_pli)):
-        logger.debug("aiortc receiver without _send_rtcp_nack/_pli: NACK/PLI not counted")
-        return
-
-    async def nack(media_ssrc: int, lost: list[int]) -> None:
+def _hook_receiver(receiver: RTCRtpReceiver, counts: RtcpCounts) -> None:
+    def nack(media_ssrc: int, lost: list[int]) -> None:
         counts.nacks += len(lost)
-        await send_nack(media_ssrc, lost)
 
-    async def pli(media_ssrc: int) -> None:
+    def pli(media_ssrc: int) -> None:
         counts.plis += 1
-        await send_pli(media_ssrc)
 
-    receiver._send_rtcp_nack = nack
-    receiver._send_rtcp_pli = pli
+    if not on_feedback_sent(receiver, nack, pli):
+        logger.debug("aiortc receiver without _send_rtcp_nack/_pli: NACK/PLI not counted")

@@ -32,6 +32,7 @@ __all__ = [
     "MasterSource",
     "RecorderSource",
     "Source",
+    "StoppedSource",
     "ViewerSource",
     "link_totals",
 ]
@@ -384,3 +385,22 @@ class EmulatorSource:
 
     def problem(self, now: float, wall: float, grace: float) -> str | None:
         return None
+
+
+class StoppedSource:
+    """A part of the process that stopped for good (one camera of a multi-camera master):
+    no figures, and ``/healthz`` unhealthy from then on, so a probe or a person sees it
+    while the rest of the process keeps working.
+
+    Args:
+        reason: what stopped and why, the ``/healthz`` problem line.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    async def sample(self, now: float, wall: float) -> list[Figure]:
+        return []
+
+    def problem(self, now: float, wall: float, grace: float) -> str | None:
+        return self.reason

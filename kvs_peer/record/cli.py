@@ -66,6 +66,12 @@ def _stop_on_eof(stop: asyncio.Event) -> None:
     threading.Thread(target=wait, name="kvs-record-parent", daemon=True).start()
 
 
+def _report_line(line: str) -> None:
+    """A worker's figures to the supervisor: a line on stdout, its pipe (see service.py)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 async def run(args: argparse.Namespace) -> int:
     """Run the supervisor (or, with ``--worker``, one worker process)."""
     from ..errors import InvalidArgument
@@ -80,7 +86,7 @@ async def run(args: argparse.Namespace) -> int:
         if not channels:
             raise InvalidArgument("--worker needs channel names")
         _stop_on_eof(args.stop)
-        await record_channels(config, channels, args.stop)
+        await record_channels(config, channels, args.stop, report=_report_line)
         return 0
 
     from .service import RecordService

@@ -200,10 +200,11 @@ def _bool(where: str, value: Any) -> bool:
 
 
 def _url(where: str, value: Any) -> str:
-    parts = urlsplit(value) if isinstance(value, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise config_error(where, "must be an http:// or https:// URL with a host")
-    return value
+    if isinstance(value, str):
+        parts = urlsplit(value)
+        if parts.scheme in ("http", "https") and parts.hostname:
+            return value
+    raise config_error(where, "must be an http:// or https:// URL with a host")
 
 
 def _text(where: str, value: Any, hint: str) -> str:

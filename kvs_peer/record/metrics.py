@@ -1,19 +1,36 @@
-"""Prometheus figures of ``kvs-peer record``'s supervisor: uploads, spool, worker processes.
+"""Prometheus figures of ``kvs-peer record``: the supervisor's uploads, spool and worker
+processes, and what each worker's viewers do, per channel.
 
 The series are ``kvs_peer_record_*`` (listed in docs/deploy.md); they are defined here, next
-to the service they describe, rather than in :data:`kvs_peer.metrics.figures.SERIES`.
+to the service they describe, rather than in :data:`kvs_peer.metrics.figures.SERIES`. A
+worker process samples its channels (:class:`ChannelRecordingSource`) and writes the figures
+on its stdout (:func:`report_figures`); the supervisor serves the latest of each worker with
+its own.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..metrics.figures import Figure, Kind, Series
+from ..metrics.relay import dump_figures
+from ..metrics.sources import Source, ViewerSource
 
 if TYPE_CHECKING:
     from .service import Plan, RecordService
+    from .worker import ChannelRecording
 
-__all__ = ["RECORD_SERIES", "RecordServiceSource"]
+__all__ = ["RECORD_SERIES", "REPORT_INTERVAL", "ChannelRecordingSource", "RecordServiceSource"]
+
+logger = logging.getLogger(__name__)
+
+REPORT_INTERVAL = 2.0
+"""Seconds between the figures a worker process reports: how stale ``/metrics`` may be."""
 
 _C, _G = Kind.COUNTER, Kind.GAUGE
 
@@ -43,6 +60,11 @@ RECORD_SERIES = {
             "kvs_peer_record_segments_recovered_total",
             _C,
             "segments left by a dead process and kept for upload",
+        ),
+        Series(
+            "kvs_peer_record_viewer_restarts_total",
+            _C,
+            "times a channel's viewer was started again, by channel (its counters restart at 0)",
         ),
     )
 }
@@ -86,7 +108,7 @@ class RecordServiceSource:
             figures.append(
                 Figure(RECORD_SERIES["kvs_peer_record_uploaded_bytes_total"], sent, labels)
             )
-        return figures
+        return figures + service.worker_figures()
 
     def problem(self, now: float, wall: float, grace: float) -> str | None:
         # An S3 outage is not a reason to restart the pod (the spool is there for it), but
@@ -95,3 +117,68 @@ class RecordServiceSource:
         if self._plan.groups and stats.workers_running == 0 and stats.worker_restarts:
             return "no worker process is running (they keep exiting: see the logs)"
         return None
+
+
+class ChannelRecordingSource:
+    """Figures of one channel in a worker process: its viewer's (frames, fps, time to first
+    frame, signaling, link and recording) and its restarts.
+
+    A restarted viewer is a new :class:`~kvs_peer.viewer.Viewer`: its counters start at 0
+    again, which Prometheus' ``rate()`` and ``increase()`` read as a counter reset.
+    """
+
+    def __init__(self, recording: ChannelRecording, *, role: str = "record") -> None:
+        self._recording = recording
+        self._role = role
+        self._viewer: Any = None
+        self._source: ViewerSource | None = None
+
+    async def sample(self, now: float, wall: float) -> list[Figure]:
+        recording = self._recording
+        labels = {"role": self._role, "channel": recording.channel}
+        figures = [
+            Figure(
+                RECORD_SERIES["kvs_peer_record_viewer_restarts_total"], recording.restarts, labels
+            )
+        ]
+        viewer = recording.viewer
+        if viewer is None:
+            return figures
+        if viewer is not self._viewer:
+            self._viewer = viewer
+            self._source = ViewerSource(viewer, channel=recording.channel, role=self._role)
+        assert self._source is not None
+        return figures + await self._source.sample(now, wall)
+
+    def problem(self, now: float, wall: float, grace: float) -> str | None:
+        return None
+
+
+async def report_figures(
+    sources: Sequence[Source],
+    write: Callable[[str], None],
+    stop: asyncio.Event,
+    *,
+    interval: float = REPORT_INTERVAL,
+) -> None:
+    """Sample ``sources`` and ``write`` their figures as one line every ``interval`` seconds
+    until ``stop`` is set (a worker process's side of :class:`RecordServiceSource`).
+
+    ``write`` raising ``OSError`` (the supervisor's end is gone) ends the reports.
+    """
+    while not stop.is_set():
+        figures: list[Figure] = []
+        now, wall = time.monotonic(), time.time()
+        for source in sources:
+            try:
+                figures += await source.sample(now, wall)
+            except Exception:
+                # Metrics must never take the recording down: skip this source's figures.
+                logger.warning("metrics: sampling %r failed", source, exc_info=True)
+        try:
+            write(dump_figures(figures))
+        except OSError as exc:
+            logger.info("metrics: cannot report figures any more (%s)", exc)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)

@@ -23,7 +23,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,10 @@ import boto3
 import botocore.exceptions
 
 from ..errors import AccessDenied, ChannelError, InvalidArgument
+from ..metrics.figures import SERIES, Figure
+from ..metrics.relay import load_figures
 from .config import RecordConfig
+from .metrics import RECORD_SERIES
 from .shard import Shard, select
 from .spool import SegmentState, Spool
 from .upload import Uploader
@@ -169,6 +172,9 @@ class _Worker:
     restart_at: float = 0.0
     delay: float = _RESTART_MIN
     restarts: int = 0
+    reader: asyncio.Task[None] | None = None
+    figures: list[Figure] = field(default_factory=list)
+    """What the process reported last: its channels' viewer and recording figures."""
 
 
 @dataclass
@@ -284,6 +290,7 @@ class RecordService:
                 )
                 self.stats.recovered_segments += len(self.spool.recover(worker.group))
                 worker.process = None
+                worker.figures = []  # its series are gone until the new process reports
                 worker.restart_at = now + worker.delay
                 worker.delay = min(worker.delay * 2, _RESTART_MAX)
                 worker.restarts += 1
@@ -291,6 +298,7 @@ class RecordService:
             if worker.process is None and now >= worker.restart_at:
                 worker.process = await self._spawn(worker.group)
                 worker.started = now
+                worker.reader = asyncio.create_task(self._read_figures(worker, worker.process))
         self.spool.enforce_limits(self.uploader.busy)
         segments = self.spool.scan()
         pending = [s for s in segments if s.state is SegmentState.FINISHED]
@@ -316,9 +324,29 @@ class RecordService:
         if self.verbose:
             command.append("-" + "v" * self.verbose)
         # stdin stays open for the worker's life: its end (our exit, even SIGKILL) stops it.
-        process = await asyncio.create_subprocess_exec(*command, stdin=asyncio.subprocess.PIPE)
+        # stdout brings its figures (kvs_peer.metrics.relay), for this process's /metrics.
+        process = await asyncio.create_subprocess_exec(
+            *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
         logger.info("worker process %d records %s", process.pid, ", ".join(group))
         return process
+
+    async def _read_figures(self, worker: _Worker, process: asyncio.subprocess.Process) -> None:
+        """Keep ``worker.figures`` at the latest sample ``process`` wrote, until its end."""
+        assert process.stdout is not None
+        catalog = {**SERIES, **RECORD_SERIES}
+        while line := await process.stdout.readline():
+            figures = load_figures(line, catalog)
+            if figures is None:
+                logger.info(
+                    "worker process %d: %s", process.pid, line.decode(errors="replace").rstrip()
+                )
+            elif worker.process is process:
+                worker.figures = figures
+
+    def worker_figures(self) -> list[Figure]:
+        """The latest figures every running worker process reported (per channel)."""
+        return [f for worker in self._workers for f in worker.figures]
 
     async def _stop_workers(self) -> None:
         processes = [w.process for w in self._workers if w.process is not None]
@@ -334,3 +362,9 @@ class RecordService:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
                 await process.wait()
+        readers = [w.reader for w in self._workers if w.reader is not None]
+        # The readers end with their process's stdout; a grandchild holding it must not
+        # hold up the stop.
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)

@@ -10,6 +10,7 @@ S3 is used again within that interval and nothing is uploaded out of order in be
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -114,7 +115,7 @@ class Uploader:
                 continue
             task = asyncio.get_running_loop().create_task(self._upload(segment))
             self._tasks[segment.path] = task
-            task.add_done_callback(lambda _, path=segment.path: self._tasks.pop(path, None))
+            task.add_done_callback(functools.partial(self._forget, segment.path))
             free -= 1
             started += 1
             if self._failures:
@@ -149,6 +150,9 @@ class Uploader:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # -- one upload -------------------------------------------------------------------------
+
+    def _forget(self, path: Path, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(path, None)
 
     async def _upload(self, segment: Segment) -> None:
         loop = asyncio.get_running_loop()

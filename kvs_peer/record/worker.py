@@ -45,7 +45,7 @@ _HEALTHY = 60.0
 def recorder_client_id(channel: str, host: str | None = None) -> str:
     """A viewer client id for ``channel`` that stays the same across restarts on one host.
 
-    KVS counts a viewer id it still remembers against the channel's 10-viewer limit, so a
+    KVS counts a viewer id it still remembers against the channel's ``rules.MAX_VIEWERS``, so a
     recorder restarting in a loop must not bring a new id each time.
     """
     digest = hashlib.sha256(f"{host or socket.gethostname()}/{channel}".encode()).hexdigest()
@@ -221,6 +221,7 @@ async def record_channels(
     stop: asyncio.Event,
     *,
     session: object | None = None,
+    report: Callable[[str], None] | None = None,
 ) -> None:
     """Record ``channels`` into the config's spool until ``stop`` is set.
 
@@ -229,6 +230,9 @@ async def record_channels(
         channels: exact channel names (already resolved and sharded).
         stop: set it to stop; every open segment is then completed.
         session: a boto3 ``Session`` for AWS credentials (default: from ``config.profile``).
+        report: called with a line of the channels' figures every
+            :data:`~kvs_peer.record.metrics.REPORT_INTERVAL` seconds (see
+            :func:`~kvs_peer.record.metrics.report_figures`).
     """
     spool = Spool(config.output.dir, max_bytes=config.output.max_bytes)
     async with contextlib.AsyncExitStack() as stack:
@@ -274,4 +278,10 @@ async def record_channels(
             )
             for channel in channels
         ]
-        await asyncio.gather(*(r.run(stop) for r in recordings))
+        work = [r.run(stop) for r in recordings]
+        if report is not None:
+            from .metrics import ChannelRecordingSource, report_figures
+
+            sources = [ChannelRecordingSource(r) for r in recordings]
+            work.append(report_figures(sources, report, stop))
+        await asyncio.gather(*work)

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from ..channel import ChannelResolver
 from ..errors import InvalidArgument
+from ..listen import bind_failure
 from .auth import Authorizer
 from .cache import ChannelCache
 from .config import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, SignerConfig
@@ -171,10 +172,7 @@ async def serve(
         try:
             await site.start()
         except OSError as exc:
-            raise InvalidArgument(
-                f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port "
-                "(0 picks any free one)"
-            ) from None
+            raise InvalidArgument(bind_failure(exc, host, port)) from None
         bound_host, bound_port = runner.addresses[0][:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         yield f"http://{shown}:{bound_port}"

@@ -15,9 +15,11 @@ import argparse
 import asyncio
 import dataclasses
 import getpass
+import json
 import os
 import secrets
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -67,7 +69,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--generate", action="store_true", help="generate a new random token and print it too"
     )
     hash_parser.add_argument(
-        "--name", default="NAME", help="token name for the printed [[tokens]] snippet"
+        "--name",
+        default="NAME",
+        help="token name for the printed [[tokens]] snippet (default: a NAME placeholder)",
+    )
+    hash_parser.add_argument(
+        "--channel",
+        action="append",
+        metavar="NAME",
+        help="a channel (or glob, e.g. 'cam-*') the token may use, for the snippet "
+        "(repeatable; default: a CHANNEL placeholder to edit)",
+    )
+    hash_parser.add_argument(
+        "--role",
+        action="append",
+        type=str.upper,
+        choices=["MASTER", "VIEWER"],
+        help="a role the token may take, for the snippet (repeatable; default VIEWER)",
     )
 
 
@@ -106,13 +124,23 @@ def _hash_token(args: argparse.Namespace) -> int:
         f"sha256: {digest}",
         "",
         "[[tokens]]",
-        f'name = "{args.name}"',
+        f"name = {_toml_string(args.name)}",
         f'sha256 = "{digest}"',
-        'channels = ["CHANNEL"]',
-        'roles = ["VIEWER"]',
+        f"channels = {_toml_list(args.channel or ['CHANNEL'])}",
+        f"roles = {_toml_list(dict.fromkeys(args.role or ['VIEWER']))}",
     ]
     print("\n".join(lines), flush=True)
     return 0
+
+
+def _toml_string(value: str) -> str:
+    # A JSON string is a valid TOML basic string (same escapes for quotes, backslashes and
+    # control characters).
+    return json.dumps(value)
+
+
+def _toml_list(values: Iterable[str]) -> str:
+    return "[" + ", ".join(_toml_string(v) for v in values) + "]"
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -131,8 +159,9 @@ async def run(args: argparse.Namespace) -> int:
 
     if args.config is None:
         raise InvalidArgument(
-            "--config is required: the signer needs a TOML file listing its tokens "
-            "(see docs/signer.md; 'kvs-peer signer hash-token --generate' makes a token)"
+            "--config is required: the signer needs a TOML file with a [[tokens]] table per "
+            "token ('kvs-peer signer hash-token --generate --channel C --role VIEWER' makes a "
+            "token and prints its table)"
         )
     config = load_config(args.config)
     config = dataclasses.replace(
@@ -145,8 +174,9 @@ async def run(args: argparse.Namespace) -> int:
     )
     if not config.tokens and not config.anonymous:
         raise InvalidArgument(
-            f"{args.config} grants nothing: add a [[tokens]] table (or [[anonymous]] for "
-            "viewers) as shown in docs/signer.md"
+            f"{args.config} grants nothing: add a [[tokens]] table ('kvs-peer signer "
+            "hash-token --generate' prints one), or an [[anonymous]] table with "
+            'channels = ["..."] for viewers without a token'
         )
     # Metrics first: a metrics port in use fails before the signer listens.
     async with serve_metrics(args, role="signer") as metrics:

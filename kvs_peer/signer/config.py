@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 
 from ..errors import InvalidArgument
 from ..protocol import Role
-from ..signing import validate_channel_name
+from ..rules import PRESIGN_EXPIRES, validate_channel_name
 from ..tomlconfig import check_keys, config_error, load_toml_config
 
 __all__ = [
@@ -126,7 +126,7 @@ class SignerConfig:
     anonymous: tuple[AnonymousRule, ...] = ()
     region: str | None = None
     endpoint_url: str | None = None
-    url_expires: int = 299
+    url_expires: int = PRESIGN_EXPIRES
     """X-Amz-Expires of the URLs handed out, in seconds."""
     cors_origins: frozenset[str] = field(default_factory=frozenset)
     trusted_proxies: tuple[IpNetwork, ...] = ()
@@ -367,7 +367,7 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Si
             "is a per-token permission: remove it here and put create_channels = true in the "
             "[[tokens]] tables that may create channels (anonymous viewers never can)",
         )
-    expires = data.get("url_expires", 299)
+    expires = data.get("url_expires", PRESIGN_EXPIRES)
     if isinstance(expires, bool) or not isinstance(expires, int):
         raise config_error("url_expires", "must be a whole number of seconds")
     timeouts = {

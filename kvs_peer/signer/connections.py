@@ -98,7 +98,10 @@ class _GuardedProtocol(asyncio.Protocol):
         if not self._guard.admit(address):
             # aiohttp never sees it: no handler, no timers, no log line per connection.
             self._inner = None
-            transport.abort()
+            if isinstance(transport, asyncio.Transport):  # always, for a TCP server
+                transport.abort()
+            else:
+                transport.close()
             return
         self._address = address
         assert self._inner is not None
@@ -159,7 +162,7 @@ class GuardedSite(web.BaseSite):
         )
 
 
-class RedactingHttpLogger(logging.LoggerAdapter):
+class RedactingHttpLogger(logging.LoggerAdapter[logging.Logger]):
     """aiohttp's server logger, minus request content.
 
     aiohttp logs a malformed request at ERROR with the parser's message, which quotes the

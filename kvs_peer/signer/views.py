@@ -12,7 +12,6 @@ import datetime as dt
 import functools
 import logging
 import math
-import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +24,7 @@ from multidict import MultiMapping
 from ..channel import ResolvedChannel
 from ..errors import AccessDenied, ChannelError, ChannelNotFound, InvalidArgument, Throttled
 from ..protocol import Role
-from ..signing import validate_channel_name, validate_client_id
+from ..rules import new_client_id, validate_channel_name, validate_client_id
 from .auth import Principal, Refusal
 from .clock import clock_skew
 from .forwarded import client_address
@@ -43,7 +42,6 @@ __all__ = [
     "UrlQuery",
     "healthz",
     "kinesis_video_url",
-    "new_client_id",
     "parse_url_query",
     "refusal_from_channel_error",
     "timeout_refusal",
@@ -101,11 +99,6 @@ def parse_url_query(query: MultiMapping[str]) -> UrlQuery | Refusal:
     return UrlQuery(channel, role, client_id)
 
 
-def new_client_id() -> str:
-    """A random viewer client id (valid for KVS, unguessable by other viewers)."""
-    return f"viewer-{secrets.token_hex(8)}"
-
-
 def _skew_text(skew: float) -> str:
     if abs(skew) < 1:
         # AWS blamed the time but sent no Date header.
@@ -152,7 +145,9 @@ def refusal_from_channel_error(
             502,
             "aws_access_denied",
             "AWS refused the signer's own credentials for this channel: the operator should "
-            "check the signer's IAM policy and credentials (docs/signer.md)",
+            "check that the signer's IAM policy allows kinesisvideo:DescribeSignalingChannel, "
+            "GetSignalingChannelEndpoint, GetIceServerConfig and ConnectAsMaster / "
+            "ConnectAsViewer on this channel, and that its credentials are valid",
         )
     if isinstance(exc, Throttled):
         return Refusal(
@@ -264,7 +259,7 @@ async def kinesis_video_url(request: web.Request) -> web.Response:
     principal: Principal = decision
     client_id = query.client_id
     if query.role is Role.VIEWER and client_id is None:
-        client_id = new_client_id()
+        client_id = new_client_id("viewer")
     resolver = app[resolver_key]
     # On threads no boto3 call occupies: CPU only, as credentials are in memory (role
     # credentials close to expiry are refreshed here; the deadline bounds that).

@@ -27,13 +27,16 @@ pytest at load time; aiortc, PyAV and the emulator are imported by the fixtures 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
+
+from kvs_peer.rules import ID_CHARS
 
 if TYPE_CHECKING:
     from aiortc import MediaStreamTrack
@@ -50,7 +53,8 @@ __all__ = ["CheckedViewer", "KvsMasterFactory", "KvsViewerFactory"]
 try:
     import pytest_asyncio
 except ImportError:  # pragma: no cover - exercised by a subprocess test
-    pytest_asyncio = None
+    # The optional-import idiom: mypy types the name as the module, None is checked below.
+    pytest_asyncio = None  # type: ignore[assignment]
 
 
 def _async_fixture(func: Callable[..., Any]) -> Any:
@@ -71,8 +75,29 @@ def _async_fixture(func: Callable[..., Any]) -> Any:
     # Not functools.wraps: pytest would follow __wrapped__ and see the async function again.
     unavailable.__name__ = unavailable.__qualname__ = func.__name__
     unavailable.__doc__ = func.__doc__
-    unavailable.__signature__ = inspect.signature(func)  # type: ignore[attr-defined]
+    unavailable.__signature__ = inspect.signature(func)
     return pytest.fixture(unavailable)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> None:
+    """Fail an ``async def`` test that uses these fixtures but that no plugin runs, saying why.
+
+    In pytest-asyncio's default strict mode an unmarked ``async def`` test is left to pytest,
+    whose message says to install an async plugin: misleading when pytest-asyncio is installed.
+    """
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return
+    if not any(name.startswith("kvs_") for name in pyfuncitem.fixturenames):
+        return
+    if any(pyfuncitem.get_closest_marker(name) for name in ("asyncio", "anyio", "trio")):
+        return
+    pytest.fail(
+        f"{pyfuncitem.name} is an async def test that pytest-asyncio does not run in its "
+        'strict mode: mark it @pytest.mark.asyncio, or set asyncio_mode = "auto" under '
+        "[tool.pytest.ini_options] in pyproject.toml",
+        pytrace=False,
+    )
 
 
 class KvsMasterFactory(Protocol):
@@ -266,6 +291,23 @@ def _trusting(kvs: LocalKvs, options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+@contextlib.contextmanager
+def _fixture_hint(kvs: LocalKvs, channel: str) -> Iterator[None]:
+    """Say how to get a channel in a test, rather than the command line's --create-channel."""
+    from kvs_peer.errors import ChannelNotFound
+
+    try:
+        yield
+    except ChannelNotFound:
+        known = ", ".join(repr(name) for name in kvs.channel_names()) or "none"
+        raise ChannelNotFound(
+            channel,
+            f"signaling channel {channel!r} not found on kvs_emulator (channels: {known}): "
+            f"use the kvs_channel fixture's name, or call kvs_emulator.create_channel("
+            f"{channel!r}) first",
+        ) from None
+
+
 @pytest.fixture
 def kvs_emulator_config() -> EmulatorConfig:
     """Settings of ``kvs_emulator``; override this fixture to change them."""
@@ -293,7 +335,7 @@ async def kvs_resolver(kvs_emulator: LocalKvs) -> AsyncIterator[ChannelResolver]
 @pytest.fixture
 def kvs_channel(kvs_emulator: LocalKvs, request: pytest.FixtureRequest) -> str:
     """Name of a new channel on ``kvs_emulator``: the test's name plus a random suffix."""
-    base = re.sub(r"[^a-zA-Z0-9_.-]+", "-", request.node.name).strip("-")[:100] or "test"
+    base = re.sub(f"[^{ID_CHARS}]+", "-", request.node.name).strip("-")[:100] or "test"
     name = f"{base}-{uuid.uuid4().hex[:8]}"
     kvs_emulator.create_channel(name)
     return name
@@ -333,6 +375,7 @@ async def kvs_master(
         timeout: float = 10.0,
         **options: Any,
     ) -> Master:
+        video: MediaStreamTrack | None
         if isinstance(source, str):
             # Files and URLs block while opening; the pattern is quick either way.
             video = await asyncio.to_thread(
@@ -352,7 +395,8 @@ async def kvs_master(
             **_trusting(kvs_emulator, options),
         )
         masters.append(master)
-        await master.start()
+        with _fixture_hint(kvs_emulator, channel):
+            await master.start()
         async with asyncio.timeout(timeout):
             await kvs_emulator.wait_connected(channel, master=True)
         return master
@@ -387,7 +431,8 @@ async def kvs_viewer(
             access, loopback_candidates=loopback_candidates, **_trusting(kvs_emulator, options)
         )
         viewers.append(viewer)
-        await viewer.start()
+        with _fixture_hint(kvs_emulator, channel):
+            await viewer.start()
         return viewer
 
     yield start

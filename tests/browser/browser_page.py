@@ -1,7 +1,7 @@
 """Python side of the browser test page: finding Chromium, serving the page, driving it.
 
-Not a conftest: ``from conftest import MS`` elsewhere in the suite must keep meaning
-tests/conftest.py, so the fixtures live in the test module and the helpers here.
+Plain helpers imported by name (like ``from support import MS``); the fixtures live in the
+test module.
 
 Locally the browser tests skip when Chromium, Playwright or the SDK is missing; with
 ``KVS_PEER_REQUIRE_BROWSER=1`` (set by ``.ci/run``) they fail instead.

@@ -27,8 +27,8 @@ from browser_page import (
     unavailable,
     wait_until,
 )
-from conftest import MS
 from js_sdk import SdkUnavailable, ensure_sdk
+from support import MS
 
 from kvs_peer.access import AwsAccess
 from kvs_peer.channel import ChannelResolver
@@ -56,9 +56,9 @@ OpenPage = Callable[..., Awaitable[BrowserPeer]]
 
 @pytest.fixture(scope="module")
 def sdk_bundle() -> Path:
-    """The verified ``kvs-webrtc.min.js`` (fetched once into tests/browser/vendor/)."""
+    """The verified ``kvs-webrtc.min.js`` from tests/browser/vendor/ (never fetched here)."""
     try:
-        return ensure_sdk()
+        return ensure_sdk(fetch=None)
     except SdkUnavailable as exc:
         unavailable(str(exc))
 
@@ -130,10 +130,10 @@ def _is_mdns(candidate: str) -> bool:
     return len(parts) > 4 and parts[4].endswith(".local")
 
 
-def _print(capsys: pytest.CaptureFixture[str], text: str) -> None:
-    # Measurements go to the terminal even when output is captured.
-    with capsys.disabled():
-        print(f"\n  {text}")
+def _print(record_property: Callable[[str, object], None], text: str) -> None:
+    # Measurements are listed at the end of the run (tests/conftest.py), not in the
+    # progress line.
+    record_property("measurement", text)
 
 
 def _event_times(state: dict[str, Any]) -> dict[str, int]:
@@ -177,7 +177,9 @@ async def _stream_to_browser(
     [(True, True), (False, True), (False, False)],
     ids=["trickle-mdns-candidates", "trickle-raw-ip-candidates", "non-trickle-raw-ip-candidates"],
 )
-async def test_kvs_master_to_browser_viewer(hide_ips, trickle, kvs, resolver, open_page, capsys):
+async def test_kvs_master_to_browser_viewer(
+    hide_ips, trickle, kvs, resolver, open_page, record_property
+):
     peer = await open_page(hide_host_ips=hide_ips)
     state, grabs = await _stream_to_browser(kvs, resolver, peer, trickle=trickle)
 
@@ -199,7 +201,7 @@ async def test_kvs_master_to_browser_viewer(hide_ips, trickle, kvs, resolver, op
 
     times = _event_times(state)
     _print(
-        capsys,
+        record_property,
         f"browser viewer, {'trickle' if trickle else 'non-trickle'}, "
         f"{'mDNS host candidates' if hide_ips else 'raw host IPs'}: "
         f"TTFF {state['firstFrameMs']} ms (offer sent at {times['sdp-offer-sent']} ms, "
@@ -207,7 +209,7 @@ async def test_kvs_master_to_browser_viewer(hide_ips, trickle, kvs, resolver, op
     )
 
 
-async def test_full_hd_plays_in_the_browser(kvs, resolver, open_page, capsys):
+async def test_full_hd_plays_in_the_browser(kvs, resolver, open_page, record_property):
     # Above 1280x720 the encoder needs H.264 level 4.0, while the answer keeps the level the
     # browser offered (3.1, profile-level-id 42e01f): Chromium must decode it anyway.
     peer = await open_page()
@@ -223,10 +225,12 @@ async def test_full_hd_plays_in_the_browser(kvs, resolver, open_page, capsys):
     assert not state["errors"], state["errors"]
     levels = [detail for _, name, detail in state["events"] if name == "sdp-answer"]
     assert levels and levels[0].lower().endswith("1f"), levels  # the answer says level 3.1
-    _print(capsys, f"browser viewer, 1920x1080 at level 4.0: TTFF {state['firstFrameMs']} ms")
+    _print(
+        record_property, f"browser viewer, 1920x1080 at level 4.0: TTFF {state['firstFrameMs']} ms"
+    )
 
 
-async def test_browser_hears_the_shared_opus_audio(kvs, resolver, open_page, capsys):
+async def test_browser_hears_the_shared_opus_audio(kvs, resolver, open_page, record_property):
     # Several browsers, so the Opus packets they decode are the fan-out's shared encoding.
     peers = [await open_page() for _ in range(2)]
     access = AwsAccess(resolver, CHANNEL, Role.MASTER)
@@ -257,7 +261,7 @@ async def test_browser_hears_the_shared_opus_audio(kvs, resolver, open_page, cap
         ]
         for peer in peers:
             await peer.close()
-    _print(capsys, f"browser audio: {later}; fan-out encoded {fanout.frames_encoded}")
+    _print(record_property, f"browser audio: {later}; fan-out encoded {fanout.frames_encoded}")
     for before, after in zip(stats, later, strict=True):
         assert before is not None and after is not None
         assert after["mimeType"] == "audio/opus"
@@ -272,7 +276,9 @@ async def test_browser_hears_the_shared_opus_audio(kvs, resolver, open_page, cap
     assert fanout.frames_encoded > 50
 
 
-async def test_early_mdns_candidates_do_not_delay_the_answer(kvs, resolver, open_page, capsys):
+async def test_early_mdns_candidates_do_not_delay_the_answer(
+    kvs, resolver, open_page, record_property
+):
     # A viewer whose candidates all arrive right behind its offer (gathering was done before
     # it offered) reaches the master while it is still applying the offer. aioice resolves each
     # "<uuid>.local" name inside addIceCandidate with a 1 s timeout; applied in line before the
@@ -285,14 +291,16 @@ async def test_early_mdns_candidates_do_not_delay_the_answer(kvs, resolver, open
     times = _event_times(state)
     answer_ms = times["sdp-answer"] - times["sdp-offer-sent"]
     _print(
-        capsys,
+        record_property,
         f"browser viewer, {len(mdns)} mDNS candidates right behind the offer: answer after "
         f"{answer_ms} ms, TTFF {state['firstFrameMs']} ms",
     )
     assert answer_ms / 1000 < 500 * MS, f"answer {answer_ms} ms after the offer: {state['events']}"
 
 
-async def test_browser_master_to_recording_kvs_viewer(kvs, resolver, open_page, tmp_path, capsys):
+async def test_browser_master_to_recording_kvs_viewer(
+    kvs, resolver, open_page, tmp_path, record_property
+):
     peer = await open_page()
     await peer.start_master(await page_options(kvs, resolver, CHANNEL, Role.MASTER))
     camera = (await peer.state())["camera"]
@@ -334,7 +342,7 @@ async def test_browser_master_to_recording_kvs_viewer(kvs, resolver, open_page, 
     # Chromium's fake camera has no stamp; the recording must hold what the viewer received.
     assert len(frames) >= 0.9 * stats.frames_received, (len(frames), stats.frames_received)
     assert {(f.width, f.height) for f in frames} == {(640, 480)}
-    _print(capsys, f"kvs-peer viewer TTFF from the browser master: {ttff * 1000:.0f} ms")
+    _print(record_property, f"kvs-peer viewer TTFF from the browser master: {ttff * 1000:.0f} ms")
 
 
 async def test_data_channel_browser_viewer_with_kvs_master(kvs, resolver, open_page):
@@ -365,7 +373,7 @@ async def test_data_channel_browser_viewer_with_kvs_master(kvs, resolver, open_p
 
 
 async def test_sdk_reports_a_tampered_signed_url(kvs, resolver, open_page, caplog):
-    caplog.set_level(logging.INFO, logger="kvs_peer.emulator.server")
+    caplog.set_level(logging.INFO, logger="kvs_peer.emulator")
     peer = await open_page()
     options = await page_options(kvs, resolver, CHANNEL, Role.VIEWER, client_id=BROWSER_VIEWER)
     # Another client id than the one signed: the signature no longer matches the query.

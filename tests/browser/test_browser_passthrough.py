@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from browser_page import page_options
-from conftest import MS
+from support import MS
 from test_browser_interop import (  # noqa: F401 -- fixtures used as parameters
     CHANNEL,
     certificate,
@@ -47,7 +47,7 @@ def camera_fifo(fifo: Path) -> subprocess.Popen[bytes]:
 
 
 async def test_browser_plays_a_1080p_high_profile_passthrough_stream(
-    kvs, resolver, open_page, tmp_path, capsys
+    kvs, resolver, open_page, tmp_path, record_property
 ):
     writer = camera_fifo(tmp_path / "camera.h264")
     try:
@@ -84,5 +84,6 @@ async def test_browser_plays_a_1080p_high_profile_passthrough_stream(
     assert not state["errors"], state["errors"]
     answered = [detail for _, name, detail in state["events"] if name == "sdp-answer"]
     assert answered == ["640028"], answered  # the stream's own profile and level
-    with capsys.disabled():
-        print(f"\n  browser, 1080p High passthrough: TTFF {state['firstFrameMs']} ms")
+    record_property(
+        "measurement", f"browser, 1080p High passthrough: TTFF {state['firstFrameMs']} ms"
+    )

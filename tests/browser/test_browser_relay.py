@@ -7,10 +7,11 @@ Both ends use ICE transport policy ``relay``: the master ``relay_only=True``, th
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 from browser_page import page_options
-from conftest import MS
+from support import MS
 
 # The emulator, page and browser fixtures of the interop tests, reused with a TURN emulator.
 from test_browser_interop import (  # noqa: F401
@@ -47,7 +48,7 @@ async def test_kvs_master_to_browser_viewer_relay_only(
     kvs: LocalKvs,  # noqa: F811 - the imported fixture
     resolver: ChannelResolver,
     open_page: OpenPage,  # noqa: F811
-    capsys: pytest.CaptureFixture[str],
+    record_property: Callable[[str, object], None],
 ) -> None:
     peer = await open_page()
     access = AwsAccess(resolver, CHANNEL, Role.MASTER)
@@ -82,5 +83,6 @@ async def test_kvs_master_to_browser_viewer_relay_only(
     assert master_pair == ("relay", "relay")
     kinds = {c.split(" typ ")[1].split()[0] for c in state["localCandidates"]}
     assert kinds == {"relay"}, f"the relay-only page gathered {kinds}"
-    with capsys.disabled():
-        print(f"\n  browser relay-only: first frame after {state['firstFrameMs']} ms")
+    record_property(
+        "measurement", f"browser relay-only: first frame after {state['firstFrameMs']} ms"
+    )

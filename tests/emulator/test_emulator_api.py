@@ -260,7 +260,7 @@ async def test_clock_offset_makes_signatures_skewed_and_shows_in_date(kvs: Local
 
 
 async def test_unsigned_security_token_header_is_accepted(kvs: LocalKvs) -> None:
-    # The C SDK adds x-amz-security-token after signing (kvs-signaling.md 5.1).
+    # The C SDK adds x-amz-security-token after signing (docs/protocol.md#control-plane).
     body = json.dumps({"ChannelName": "c-sdk"}).encode()
     url = f"{kvs.endpoint_url}/createSignalingChannel"
 
@@ -388,7 +388,7 @@ C_SDK_USER_AGENT = "AWS-WEBRTC-KVS-AGENT/1.14.0/1.5.4"
 
 
 async def test_c_sdk_signed_headers_are_accepted(kvs: LocalKvs) -> None:
-    # The C SDK signs host;user-agent;x-amz-date (kvs-signaling.md 5.1, issue 9).
+    # The C SDK signs host;user-agent;x-amz-date (docs/protocol.md#control-plane, issue 9).
     body = json.dumps({"ChannelName": "c-sdk", "ChannelType": "SINGLE_MASTER"}).encode()
     url = f"{kvs.endpoint_url}/createSignalingChannel"
 

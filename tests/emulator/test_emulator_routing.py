@@ -1,4 +1,4 @@
-"""Pure tests of the emulator's routing core (kvs-signaling.md 2.1, 3, 4.2, 4.4): no sockets."""
+"""Pure tests of the emulator's routing core (docs/protocol.md#routing): no sockets."""
 
 from __future__ import annotations
 
@@ -7,9 +7,6 @@ import json
 import pytest
 
 from kvs_peer.emulator.routing import (
-    CONNECT_RATE,
-    ICE_RATE,
-    SDP_RATE,
     Accepted,
     Close,
     Deliver,
@@ -20,6 +17,7 @@ from kvs_peer.emulator.routing import (
     Takeover,
 )
 from kvs_peer.protocol import encode_message, encode_payload, sdp_payload
+from kvs_peer.rules import CONNECT_RATE, ICE_RATE, SDP_RATE
 
 ARN = "arn:aws:kinesisvideo:us-east-1:123456789012:channel/demo/1700000000000"
 OTHER = "arn:aws:kinesisvideo:us-east-1:123456789012:channel/other/1700000000001"

@@ -13,7 +13,7 @@ from typing import Any
 
 import boto3
 import pytest
-from conftest import MS
+from support import MS
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 

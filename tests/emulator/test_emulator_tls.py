@@ -15,8 +15,8 @@ from typing import Any
 
 import boto3
 import pytest
-from conftest import MS
 from cryptography import x509
+from support import MS
 from websockets.asyncio.client import connect
 
 from kvs_peer.channel import ChannelResolver

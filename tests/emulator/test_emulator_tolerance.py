@@ -12,7 +12,7 @@ import json
 import logging
 
 import pytest
-from conftest import MS
+from support import MS
 from websockets.asyncio.client import ClientConnection, connect
 
 from kvs_peer.access import AwsAccess

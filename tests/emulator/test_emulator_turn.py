@@ -27,7 +27,7 @@ import boto3
 import pytest
 from aioice.stun import TransactionFailed
 from aioice.turn import create_turn_endpoint
-from conftest import MS
+from support import MS
 from turn_support import free_port, process_alive, require_turnserver
 
 from kvs_peer.emulator import EmulatorConfig, LocalKvs, TurnServer, ice_servers_from_uris
@@ -167,7 +167,7 @@ async def test_ice_servers_from_uris_are_returned_with_minted_or_given_credentia
     async with LocalKvs(EmulatorConfig(ice_servers=servers, turn_secret=TURN_SECRET)) as kvs:
         arn = kvs.create_channel("external")
         minted, fixed = await ice_server_list(kvs, arn)
-    assert minted["Uris"] == list(servers[0].uris)
+    assert minted["Uris"] == list(servers[0].urls)
     assert int(minted["Username"].split(":", 1)[0]) > time.time()
     assert minted["Password"] == turn_password(minted["Username"])
     assert (fixed["Username"], fixed["Password"]) == ("alice", "p@ss:word")

@@ -1,7 +1,4 @@
-"""Helpers of the ingestion tests: link a channel to a stream, read a stored recording.
-
-Not a conftest: ``from conftest import MS`` must keep meaning tests/conftest.py.
-"""
+"""Helpers of the ingestion tests: link a channel to a stream, read a stored recording."""
 
 from __future__ import annotations
 

@@ -14,8 +14,8 @@ from typing import Any
 import boto3
 import botocore.exceptions
 import pytest
-from conftest import MS
 from storage_support import link_stream
+from support import MS
 
 from kvs_peer.emulator import LocalKvs
 from kvs_peer.emulator.storage import answer_codec_problem

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import MS
 from storage_support import link_stream, read_recording
+from support import MS
 
 from kvs_peer.access import AwsAccess
 from kvs_peer.channel import ChannelResolver

@@ -1,7 +1,7 @@
 """Run the official KVS WebRTC C SDK sample apps (prebuilt) against kvs-peer.
 
-Not a conftest: ``from conftest import MS`` elsewhere in the suite must keep meaning
-tests/conftest.py, so fixtures live in the test module and the helpers here.
+Plain helpers imported by name (like ``from support import MS``); the fixtures live in the
+test module.
 
 The samples come prebuilt in ``../shared/interop/kvs-c-sdk`` beside the repository (its
 README says what they are and how they run; ``KVS_PEER_CSDK_DIR`` overrides the folder).

@@ -24,7 +24,6 @@ import av
 import boto3
 import numpy as np
 import pytest
-from conftest import MS
 from csdk import (
     LOG_INFO,
     LOG_VERBOSE,
@@ -36,6 +35,7 @@ from csdk import (
     unavailable,
 )
 from local_cli import LocalCli, can_bind_privileged_port, run_local
+from support import MS
 
 from kvs_peer.access import AwsAccess
 from kvs_peer.channel import ChannelResolver
@@ -65,14 +65,22 @@ def samples() -> Path:
 
 
 @pytest.fixture(scope="module")
-def local(samples: Path) -> Iterator[LocalCli]:
-    """``kvs-peer local --tls --port 443 --turn``, one per module (443 is held by one at once)."""
+def storage_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the emulator's storage sessions record (``--storage-dir``)."""
+    return tmp_path_factory.mktemp("csdk-storage")
+
+
+@pytest.fixture(scope="module")
+def local(samples: Path, storage_dir: Path) -> Iterator[LocalCli]:
+    """``kvs-peer local --tls --port 443 --turn --storage-dir DIR``, one per module (443 is
+    held by one at once)."""
     if not can_bind_privileged_port(PORT):
         unavailable(f"port {PORT} needs root (or net.ipv4.ip_unprivileged_port_start <= {PORT})")
     if shutil.which("turnserver") is None:
         unavailable("coturn's turnserver is not installed: apt-get install coturn")
     # -vv: the emulator logs every control-plane call with its status (read by a test below).
-    with run_local(["--tls", "--port", str(PORT), "--turn", "-vv"]) as cli:
+    args = ["--tls", "--port", str(PORT), "--turn", "--storage-dir", str(storage_dir), "-vv"]
+    with run_local(args) as cli:
         yield cli
 
 
@@ -292,3 +300,62 @@ async def test_csdk_control_plane_creates_channel(
     # No port in the endpoints: the C SDK cannot parse one, and real KVS never sends one.
     assert re.fullmatch(r"https://127\.0\.0\.1", resolved.https_endpoint or ""), resolved
     assert re.fullmatch(r"wss://127\.0\.0\.1/[\w/]+", resolved.wss_endpoint), resolved
+
+
+async def test_csdk_master_joins_storage_session(
+    samples: Path, local: LocalCli, csdk_env: CsdkEnvironment, storage_dir: Path
+) -> None:
+    """The C SDK master in storage mode (second argument ``1``) on a channel linked to a
+    stream: it joins the storage session, answers its offer and streams; the stored file
+    decodes as H.264 video and Opus audio of the sample's size."""
+    channel, stream = _channel("csdk-storage"), _channel("csdk-stream")
+    kv = boto3.client(
+        "kinesisvideo",
+        region_name=DEFAULT_REGION,
+        endpoint_url=local.endpoint_url,
+        aws_access_key_id=DEFAULT_ACCESS_KEY_ID,
+        aws_secret_access_key=DEFAULT_SECRET_ACCESS_KEY,
+        verify=str(local.ca_cert_path),
+    )
+
+    def link() -> None:
+        channel_arn = kv.create_signaling_channel(ChannelName=channel)["ChannelARN"]
+        stream_arn = kv.create_stream(StreamName=stream, DataRetentionInHours=1)["StreamARN"]
+        kv.update_media_storage_configuration(
+            ChannelARN=channel_arn,
+            MediaStorageConfiguration={"StreamARN": stream_arn, "Status": "ENABLED"},
+        )
+
+    await asyncio.to_thread(link)
+    mark = len(local.stderr)
+    async with start_sample(
+        samples, MASTER, [channel, "1"], csdk_env, log_level=LOG_INFO
+    ) as master:
+        await master.wait_for_line(r"Offer Received from JoinStorageSession", 20_000 * MS)
+        # With a browser-like offer (one sha-256 fingerprint, trickle advertised) the C SDK
+        # answers at once and connects; with aiortc's raw offer its DTLS check failed.
+        await master.wait_for_line(CONNECTED, 10_000 * MS)
+        await _wait_until(
+            lambda: any(f"recording to {storage_dir}/{stream}/" in x for x in local.stderr[mark:]),
+            5_000 * MS,
+            f"the storage session to record:\n{local.output()}",
+        )
+        await asyncio.sleep(3.0)  # about 75 video frames and 150 Opus frames at the sample's rate
+    # The master left: its storage peer connection closes and the file is finished.
+    await _wait_until(
+        lambda: any(
+            re.search(rf"storage session of {channel} ended", x) for x in local.stderr[mark:]
+        ),
+        10_000 * MS,
+        f"the storage session to end:\n{local.output()}",
+    )
+    assert master.find(r"(?i)allocateSrtp\(\): operation returned") is None, master.tail()
+    recordings = sorted((storage_dir / stream).glob("*.mkv"))
+    assert len(recordings) == 1, recordings
+    lumas, audio_frames, codecs = _decode(recordings[0])
+    assert codecs == {"video": "h264", "audio": "opus"}
+    assert len(lumas) >= 40, f"only {len(lumas)} video frames decode from {recordings[0]}"
+    assert all(luma.shape == (720, 1280) for luma in lumas)
+    assert float(np.median([luma.std() for luma in lumas])) > 10
+    assert audio_frames >= 80, f"only {audio_frames} Opus frames decode from {recordings[0]}"
+    _assert_quiet(local, mark)

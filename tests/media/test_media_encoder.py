@@ -11,8 +11,8 @@ import av
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender
 from aiortc.mediastreams import MediaStreamError
-from conftest import MS
 from media_peers import connect, watch
+from support import MS
 
 from kvs_peer.errors import InvalidArgument, InvalidState
 from kvs_peer.media import (

@@ -13,8 +13,8 @@ from aiortc import RTCRtpSender
 from aiortc.codecs.opus import OpusEncoder
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import compute_audio_level_dbov
-from conftest import MS
 from media_peers import connect
+from support import MS
 
 from kvs_peer.errors import InvalidArgument, InvalidState, MediaError
 from kvs_peer.media import AudioFanout, TestPatternTrack, ToneTrack

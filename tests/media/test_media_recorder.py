@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from conftest import MS
+from support import MS
 
 from kvs_peer.errors import InvalidArgument, InvalidState, MediaError
 from kvs_peer.media import (

@@ -13,8 +13,8 @@ import av
 import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError
-from conftest import MS
 from media_files import mpegts_bytes
+from support import MS
 
 from kvs_peer.errors import InvalidArgument, MediaError
 from kvs_peer.media import (

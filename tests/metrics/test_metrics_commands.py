@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.rtp import RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket, RtcpRtpfbPacket
-from conftest import MS
 from prometheus_client.parser import text_string_to_metric_families
+from support import MS
 
 from kvs_peer.cli import build_parser, main
 from kvs_peer.emulator import EmulatorConfig, LocalKvs

@@ -11,8 +11,8 @@ import sys
 from collections.abc import Mapping
 
 import aiohttp
-from conftest import MS
 from prometheus_client.parser import text_string_to_metric_families
+from support import MS
 
 from kvs_peer.emulator import LocalKvs
 from kvs_peer.metrics.figures import SERIES

@@ -1,8 +1,4 @@
-"""Shared parts of the recorder tests: moto's S3 server, a TCP proxy to cut it off, configs.
-
-Not a conftest: ``from conftest import MS`` elsewhere in the suite must keep meaning
-tests/conftest.py.
-"""
+"""Shared parts of the recorder tests: moto's S3 server, a TCP proxy to cut it off, configs."""
 
 from __future__ import annotations
 
@@ -18,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MS
+from support import MS
 
 BUCKET = "recordings"
 PREFIX = "site-1"

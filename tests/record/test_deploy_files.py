@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from kvs_peer.cli import build_parser
+from kvs_peer.masterconfig import load_master_config
 from kvs_peer.record.config import parse_config
 from kvs_peer.record.shard import parse_shard
 
@@ -92,7 +93,9 @@ def _exec_start(path: Path) -> list[str]:
     return shlex.split(re.sub(r"\$\{(\w+)\}", "x", line))
 
 
-@pytest.mark.parametrize("unit", ["kvs-peer-master@.service", "kvs-peer-signer.service"])
+@pytest.mark.parametrize(
+    "unit", ["kvs-peer-master@.service", "kvs-peer-signer.service", "kvs-peer-cameras.service"]
+)
 def test_systemd_units_run_real_commands(unit: str) -> None:
     text = (DEPLOY / "systemd" / unit).read_text()
     argv = _exec_start(DEPLOY / "systemd" / unit)
@@ -100,6 +103,16 @@ def test_systemd_units_run_real_commands(unit: str) -> None:
     _parses(argv[1:])
     for setting in ("Restart=always", "NoNewPrivileges=yes", "ProtectSystem=strict"):
         assert setting in text
+
+
+def test_multi_camera_unit_reads_the_example_config() -> None:
+    argv = _exec_start(DEPLOY / "systemd" / "kvs-peer-cameras.service")
+    config_path = Path(argv[argv.index("--config") + 1])
+    # The unit reads the installed copy of the example next to it.
+    config = load_master_config(DEPLOY / "systemd" / config_path.name)
+    assert config.channels == ("front-door", "garage")
+    assert config.connection.signer and config.metrics.port
+    assert all(camera.preset == "ultrafast" for camera in config.cameras)
 
 
 def test_systemd_analyze_verify(tmp_path: Path) -> None:

@@ -21,7 +21,6 @@ from pathlib import Path
 import aiohttp
 import av
 import pytest
-from conftest import MS
 from record_support import (
     BUCKET,
     PREFIX,
@@ -31,6 +30,7 @@ from record_support import (
     recorder_env,
     write_config,
 )
+from support import MS
 
 KEY_RE = re.compile(rf"{PREFIX}/(?P<channel>[^/]+)/(?P<name>\d{{8}}T\d{{6}}\.\d{{3}}Z\.mkv)")
 
@@ -127,23 +127,35 @@ async def test_two_channels_five_second_segments_reach_s3_and_decode(
             40_000 * MS,
             "two uploaded segments per channel",
         )
-        # The supervisor's metrics count the uploads S3 has, per channel.
+        # The supervisor's metrics count the uploads S3 has, per channel. An object is in
+        # the bucket a moment before its upload is confirmed and counted: scrape until then.
         url = re.search(r"metrics on (http://\S+)/metrics", recorder.text())
         assert url, recorder.text()
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"{url[1]}/metrics") as response:
-                text = await response.text()
-            async with session.get(f"{url[1]}/healthz") as response:
-                assert response.status == 200
-        in_bucket = uploaded(moto_s3)
-        for channel in channels:
+
+        def counted(text: str, channel: str) -> int:
             line = re.search(
                 rf'kvs_peer_record_segments_uploaded_total{{channel="{channel}",role="record"}} '
                 r"(\d+)",
                 text,
             )
             assert line, text
-            assert 2 <= int(line[1]) <= sum(k.startswith(channel + "/") for k in in_bucket)
+            return int(line[1])
+
+        async with aiohttp.ClientSession() as session:
+            deadline = time.monotonic() + 10_000 * MS
+            while True:
+                async with session.get(f"{url[1]}/metrics") as response:
+                    text = await response.text()
+                if all(counted(text, c) >= 2 for c in channels) or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
+            async with session.get(f"{url[1]}/healthz") as response:
+                assert response.status == 200
+        in_bucket = uploaded(moto_s3)
+        for channel in channels:
+            assert (
+                2 <= counted(text, channel) <= sum(k.startswith(channel + "/") for k in in_bucket)
+            )
         assert 'kvs_peer_record_workers_running{role="record"} 2.0' in text
     finally:
         code = await recorder.stop()

@@ -1,7 +1,6 @@
 """A real signer service on 127.0.0.1 in front of a real local KVS emulator.
 
-Not a conftest: ``from conftest import MS`` elsewhere in the suite must keep meaning
-tests/conftest.py, so the signer tests import these helpers by name instead.
+Plain helpers the signer tests import by name (like ``from support import MS``).
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import MS
 from js_sdk import SdkUnavailable, ensure_sdk
 from signer_helpers import MASTER_TOKEN, VIEWER_TOKEN, signer_stack, standard_tokens
+from support import MS
 
 from kvs_peer.access import SignerAccess
 from kvs_peer.protocol import IceCandidate, Role, SdpOffer

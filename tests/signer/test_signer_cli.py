@@ -10,8 +10,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import MS
 from signer_helpers import VIEWER_TOKEN
+from support import MS
 
 from kvs_peer.emulator import EmulatorConfig, LocalKvs
 from kvs_peer.errors import InvalidArgument

@@ -23,8 +23,8 @@ import aiohttp
 import boto3
 import botocore.exceptions
 import pytest
-from conftest import MS
 from signer_helpers import MASTER_TOKEN, VIEWER_TOKEN, signer_stack, standard_tokens
+from support import MS
 
 from kvs_peer.channel import ChannelResolver
 from kvs_peer.emulator import DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY, LocalKvs

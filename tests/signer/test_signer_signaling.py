@@ -11,8 +11,8 @@ from pathlib import Path
 
 import boto3
 import pytest
-from conftest import MS
 from signer_helpers import MASTER_TOKEN, VIEWER_TOKEN, clear_aws_environment, signer_stack
+from support import MS
 
 from kvs_peer.access import SignerAccess
 from kvs_peer.errors import SignerError

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import MS
+from support import MS
 
 from kvs_peer.emulator import LocalKvs
 from kvs_peer.errors import ChannelNotFound, InvalidArgument

@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import MS
+from support import MS
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 

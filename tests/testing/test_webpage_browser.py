@@ -17,7 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from conftest import MS
+from support import MS
 
 from kvs_peer.emulator import EmulatorConfig, LocalKvs
 from kvs_peer.media import read_stamp

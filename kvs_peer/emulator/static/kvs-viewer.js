@@ -1,6 +1,6 @@
 // A small KVS WebRTC signaling client for one VIEWER: no AWS SDK, no credentials.
 //
-// Wire protocol (kvs-signaling.md sections 2 and 3): the viewer opens a presigned
+// Wire protocol (docs/protocol.md, client and service frames): the viewer opens a presigned
 // ConnectAsViewer URL and sends text frames {"action", "messagePayload", "correlationId"?}
 // whose payload is base64 of a JSON object: first SDP_OFFER, then each ICE_CANDIDATE as it is
 // gathered (trickle ICE). It receives {"messageType", "messagePayload", "senderClientId"?,
@@ -68,7 +68,7 @@ class KvsViewer {
     const pc = new RTCPeerConnection({ iceServers: this.iceServers });
     this.pc = pc;
     this.stream = new MediaStream();
-    // With both, Chromium 156's offer is about 8.6K of the 10K payload limit (2.1).
+    // With both, Chromium 156's offer is about 8.6K of the 10K payload limit (docs/protocol.md#limits).
     pc.addTransceiver('video', { direction: 'recvonly' });
     pc.addTransceiver('audio', { direction: 'recvonly' });
     pc.ontrack = (event) => {
@@ -76,7 +76,7 @@ class KvsViewer {
       this.onStream(this.stream);
     };
     pc.onicecandidate = (event) => {
-      // KVS has no end-of-candidates message (2.2): the final null candidate is not sent.
+      // KVS has no end-of-candidates message (docs/protocol.md#client-frames): the final null candidate is not sent.
       if (event.candidate) this.send('ICE_CANDIDATE', event.candidate.toJSON());
     };
     pc.onconnectionstatechange = () => this.onState(pc.connectionState);

@@ -1,4 +1,4 @@
-"""aiortc glue shared by master and viewer sessions.
+"""aiortc peer-connection helpers shared by the master, the viewer and the storage link.
 
 Conversions between KVS/browser JSON and aiortc objects (candidate lines carry a
 ``candidate:`` prefix aiortc does not expect, an empty candidate means end of candidates),
@@ -7,8 +7,6 @@ the ICE configuration aiortc can actually use, and an opt-in for loopback host c
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -17,6 +15,14 @@ from typing import Any
 from aiortc import RTCConfiguration, RTCIceCandidate, RTCIceServer, RTCPeerConnection
 from aiortc.sdp import candidate_from_sdp, candidate_to_sdp
 
+from ._tasks import TaskSet
+from .aiortc_internals import (
+    Hook,
+    gather_loopback,
+    hook_incoming_packets,
+    ice_connection,
+    remove_hooks,
+)
 from .channel import IceServer
 from .errors import InvalidArgument
 from .protocol import MAX_CANDIDATES_PER_PEER, IceCandidate
@@ -38,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 def _usable(url: str) -> bool:
     # aiortc ignores TURN over DTLS (turns:...?transport=udp) and rejects STUN URLs with a
-    # transport parameter (python-ecosystem.md 2.5).
+    # transport parameter (docs/protocol.md#aiortc-notes).
     if url.startswith("turns:"):
         return "transport=udp" not in url
     if url.startswith("stun:") or url.startswith("stuns:"):
@@ -169,7 +175,7 @@ def _ice_connections(pc: RTCPeerConnection) -> Sequence[Any]:
         transports.append(pc.sctp.transport)
     seen: dict[int, Any] = {}
     for dtls in transports:
-        connection = dtls.transport.iceGatherer._connection
+        connection = ice_connection(dtls.transport)
         seen[id(connection)] = connection
     return list(seen.values())
 
@@ -184,19 +190,7 @@ def enable_loopback_candidates(pc: RTCPeerConnection) -> None:
     before ``setLocalDescription``.
     """
     for connection in _ice_connections(pc):
-        if getattr(connection, "_kvs_peer_loopback", False):
-            continue
-        original = connection.get_component_candidates
-
-        async def with_loopback(
-            component: int, addresses: list[str], timeout: int = 5, _orig: Any = original
-        ) -> Any:
-            if "127.0.0.1" not in addresses:
-                addresses = [*addresses, "127.0.0.1"]
-            return await _orig(component=component, addresses=addresses, timeout=timeout)
-
-        connection.get_component_candidates = with_loopback
-        connection._kvs_peer_loopback = True
+        gather_loopback(connection)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +224,7 @@ async def link_stats(pc: RTCPeerConnection) -> LinkStats:
 
 
 MAX_REMOTE_CANDIDATES = MAX_CANDIDATES_PER_PEER
-"""Candidates accepted per peer connection (KVS itself allows 20 ICE messages per second)."""
+"""Candidates accepted per peer connection (KVS itself allows ``rules.ICE_RATE`` per second)."""
 
 
 class RemoteCandidates:
@@ -247,7 +241,7 @@ class RemoteCandidates:
         self._label = label
         self._ready = False
         self._pending: list[IceCandidate] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
         self._received = 0
 
     def add(self, event: IceCandidate) -> None:
@@ -264,9 +258,7 @@ class RemoteCandidates:
         candidate = candidate_from_json(event.candidate, event.sdp_mid, event.sdp_mline_index)
         if candidate is None:
             return  # end-of-candidates or unparsable: aioice keeps checking what it has
-        task = asyncio.ensure_future(self._apply(candidate))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._apply(candidate), "remote-candidate")
 
     async def _apply(self, candidate: RTCIceCandidate) -> None:
         try:
@@ -283,11 +275,7 @@ class RemoteCandidates:
 
     async def close(self) -> None:
         """Cancel candidates still being applied (e.g. mDNS lookups). Idempotent."""
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._tasks.cancel()
 
 
 class RemoteDtls:
@@ -315,7 +303,7 @@ class RemoteDtls:
         self._pc = pc
         self.on_confirmed = on_confirmed
         """Called once, when the remote's first packet arrives (may be set after creation)."""
-        self._hooks: list[tuple[Any, str]] = []
+        self._hooks: list[Hook] = []
         self.confirmed = False
         """The remote sent DTLS-protected data (it completed DTLS with our certificate)."""
 
@@ -337,43 +325,17 @@ class RemoteDtls:
         ``setLocalDescription``. Idempotent."""
         if self.confirmed:
             return
-        targets: list[tuple[Any, str]] = []
         try:
-            transports = {
-                id(t.receiver.transport): t.receiver.transport for t in self._pc.getTransceivers()
-            }
-            sctp = self._pc.sctp
-            if sctp is not None:
-                transports[id(sctp.transport)] = sctp.transport
-                targets.append((sctp, "_handle_data"))
-            for dtls in transports.values():
-                targets += [(dtls, "_handle_rtp_data"), (dtls, "_handle_rtcp_data")]
-            for obj, name in targets:
-                if not callable(getattr(obj, name)):
-                    raise AttributeError(name)
+            self._hooks += hook_incoming_packets(self._pc, self._confirm)
         except AttributeError as exc:
             logger.debug("cannot watch the remote's DTLS (%s): trusting aiortc's state", exc)
             self._confirm()
-            return
-        for obj, name in targets:
-            if name in vars(obj):
-                continue  # already hooked
-            original = getattr(obj, name)
-
-            async def hooked(*args: Any, _orig: Any = original, **kwargs: Any) -> Any:
-                self._confirm()
-                return await _orig(*args, **kwargs)
-
-            setattr(obj, name, hooked)
-            self._hooks.append((obj, name))
 
     def _confirm(self) -> None:
         if self.confirmed:
             return
         self.confirmed = True
-        for obj, name in self._hooks:
-            with contextlib.suppress(AttributeError):
-                delattr(obj, name)  # back to the class's method: no cost per packet
+        remove_hooks(self._hooks)  # back to the class's methods: no cost per packet
         self._hooks.clear()
         if self.on_confirmed is not None:
             self.on_confirmed()
