@@ -27,8 +27,8 @@ from aiortc.contrib.media import MediaRelay
 
 from kvs_peer.access import ChannelAccess
 from kvs_peer.errors import InvalidArgument
-from kvs_peer.protocol import IceCandidate, Role, SdpOffer
 from kvs_peer.peerconnection import candidate_from_json, enable_loopback_candidates
+from kvs_peer.protocol import IceCandidate, Role, SdpOffer
 from kvs_peer.signaling import SignalingClient
 
 __all__ = ["CODECS", "AiortcDefaultMaster"]

@@ -569,8 +569,9 @@ def main(argv: list[str] | None = None) -> int:
     except BenchmarkError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
-    write_report(args.json, json.dumps(report, indent=2) + "\n")
     print_report(report)
+    # default=str: the report echoes paths (log folder, source tree).
+    write_report(args.json, json.dumps(report, indent=2, default=str) + "\n")
     print(f"\nJSON: {args.json}; logs: {report['logDir']}")
     return 0
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection
 
 from ._tasks import TaskSet
 from .access import AwsAccess, ChannelAccess, IceConfig
@@ -40,17 +40,14 @@ from .errors import (
 from .media.encoder import AudioFanout, SharedVideoEncoder, attach_keyframe_requests, force_h264
 from .media.passthrough import PassthroughVideo, route_video
 from .media.rtpsender import use_fast_send
+from .peerconnection import (
+    link_stats,
+    rtc_configuration,
+)
+from .peerlink import PeerLink
 from .protocol import IceCandidate, SdpOffer, StatusResponse
 from .reconnect import Refresh
 from .rules import STORAGE_SESSION_LIMIT
-from .sdp import for_kvs_peers
-from .peerconnection import (
-    RemoteCandidates,
-    enable_loopback_candidates,
-    link_stats,
-    rtc_configuration,
-    split_mdns_candidates,
-)
 from .signaling import Connected, SignalingClient
 
 __all__ = ["StorageLink", "StorageOptions", "StorageStats"]
@@ -120,11 +117,10 @@ class StorageStats:
 class _Session:
     """One storage-session peer connection (a fresh one per offer)."""
 
-    def __init__(self, pc: RTCPeerConnection, offer: SdpOffer) -> None:
-        self.pc = pc
+    def __init__(self, link: PeerLink, offer: SdpOffer) -> None:
+        self.link = link
+        self.pc = link.pc
         self.offer = offer
-        self.candidates = RemoteCandidates(pc, label="storage session")
-        self.tracks: list[MediaStreamTrack] = []
         self.correlation_id = str(int(time.time() * 1000))
         self.connected = asyncio.Event()
         self.ended = asyncio.Event()
@@ -132,11 +128,7 @@ class _Session:
 
     async def close(self) -> None:
         self.ended.set()
-        await self.candidates.close()
-        for track in self.tracks:
-            track.stop()
-        with contextlib.suppress(Exception):
-            await self.pc.close()
+        await self.link.close()
 
 
 class StorageLink:
@@ -259,7 +251,7 @@ class StorageLink:
             return True
         if isinstance(event, IceCandidate) and event.sender_client_id is None:
             if self._current is not None:
-                self._current.candidates.add(event)
+                self._current.link.candidates.add(event)
             return True
         if isinstance(event, StatusResponse) and self._current is not None:
             if event.correlation_id == self._current.correlation_id:
@@ -283,9 +275,15 @@ class StorageLink:
         ice = self._ice
         servers = ice.servers if ice is not None else ()
         policy = "relay" if self._relay_only else (ice.transport_policy if ice else "all")
-        session = _Session(
-            RTCPeerConnection(rtc_configuration(servers, transport_policy=policy)), offer
+        # aiortc gathers STUN/TURN candidates itself, and the storage session's state is
+        # aiortc's alone: no DTLS watch, no RTCP counts.
+        link = PeerLink(
+            rtc_configuration(servers, transport_policy=policy),
+            label="storage session",
+            loopback=self._loopback,
+            instrument=False,
         )
+        session = _Session(link, offer)
         old, self._current = self._current, session
         if old is not None:
             # No re-negotiation in storage mode: a new offer means a new peer connection.
@@ -369,16 +367,16 @@ class StorageLink:
         return True
 
     async def _negotiate(self, session: _Session) -> bool:
-        pc = session.pc
+        link = session.link
+        pc = link.pc
 
-        @pc.on("connectionstatechange")
-        def on_state() -> None:
-            state = pc.connectionState
-            logger.info("storage session: peer connection %s", state)
+        def on_state(state: str) -> None:
             if state == "connected":
                 session.connected.set()
             elif state in ("failed", "closed"):
                 session.ended.set()
+
+        link.on_state(on_state)
 
         sdp = session.offer.sdp
         kinds = {line[2:].split(" ", 1)[0] for line in sdp.splitlines() if line.startswith("m=")}
@@ -393,28 +391,23 @@ class StorageLink:
                 viewer="the storage session",
             )
             track = route.fanout.subscribe()
-            session.tracks.append(track)
+            link.tracks.append(track)
             transceiver = pc.addTransceiver(track, direction="sendonly")
             force_h264(transceiver)  # before setRemoteDescription: the answer's codecs
             attach_keyframe_requests(transceiver.sender, track)
             use_fast_send(transceiver.sender)
             if self._audio is not None and "audio" in kinds:
                 audio = self._audio.subscribe()
-                session.tracks.append(audio)
+                link.tracks.append(audio)
                 use_fast_send(pc.addTransceiver(audio, direction="sendonly").sender)
-            clean, mdns = split_mdns_candidates(sdp)
-            clean = route.offer(clean)  # passthrough: only the payload type it uses
-            for event in mdns:
-                session.candidates.add(event)
-            await pc.setRemoteDescription(RTCSessionDescription(clean, "offer"))
+            # Passthrough: only the payload type the stream uses.
+            await link.apply_remote(sdp, "offer", route.offer)
             route.negotiated(transceiver)
-            session.candidates.remote_description_set()
-            if self._loopback:
-                enable_loopback_candidates(pc)
-            await pc.setLocalDescription(await pc.createAnswer())
-            await self._signaling.send_storage_answer(
-                route.answer(for_kvs_peers(pc.localDescription.sdp)),
-                correlation_id=session.correlation_id,
+            await link.answer(
+                lambda answer: self._signaling.send_storage_answer(
+                    answer, correlation_id=session.correlation_id
+                ),
+                route.answer,
             )
         except asyncio.CancelledError:
             raise

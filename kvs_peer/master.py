@@ -15,20 +15,19 @@ socket, so they keep streaming while signaling reconnects.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection
 
 from ._memory import release_free_memory
 from ._tasks import invoke
 from .access import ChannelAccess
 from .errors import InvalidArgument, SessionError
-from .gathering import BackgroundGathering, without_end_of_candidates
+from .gathering import BackgroundGathering
 from .ingestion import StorageLink, StorageOptions
 from .media.encoder import (
     AudioFanout,
@@ -40,8 +39,12 @@ from .media.encoder import (
 from .media.passthrough import VIDEO_MODES, H264Source, PassthroughVideo, VideoRoute, route_video
 from .media.redact import redact_urls
 from .media.rtpsender import use_fast_send
-from .metrics.rtcp import count_rtcp
 from .peer import SignalingPeer
+from .peerconnection import (
+    RemoteCandidates,
+    RemoteDtls,
+)
+from .peerlink import IcePlan, PeerLink
 from .protocol import (
     GoAway,
     IceCandidate,
@@ -52,14 +55,6 @@ from .protocol import (
 )
 from .reconnect import Refresh
 from .rules import MAX_VIEWERS
-from .sdp import for_kvs_peers
-from .peerconnection import (
-    RemoteCandidates,
-    RemoteDtls,
-    enable_loopback_candidates,
-    rtc_configuration,
-    split_mdns_candidates,
-)
 from .signaling import Connected, Disconnected, SignalingClient, SignalingEvent
 from .takeover import TakeoverWatch
 
@@ -78,24 +73,35 @@ class ViewerSession:
     """One viewer's peer connection on the master."""
 
     client_id: str
-    pc: RTCPeerConnection
+    link: PeerLink
+    """The peer connection and its wiring (candidates, DTLS watch, gathering)."""
     created_at: float = field(default_factory=time.monotonic)
     connected_at: float | None = None
     channel: Any = None
     """The viewer's data channel, once it opened one."""
-    candidates: RemoteCandidates = field(init=False)
-    dtls: RemoteDtls = field(init=False)
-    """Whether the viewer accepted our DTLS certificate (see :class:`RemoteDtls`)."""
-    _tracks: list[MediaStreamTrack] = field(default_factory=list)
-    gathering: BackgroundGathering | None = None
-    """STUN/TURN candidates trickled after the answer (None: relay-only, aiortc gathers)."""
     _closed: bool = False
     _negotiation: asyncio.Task[None] | None = None
     _deadline: asyncio.TimerHandle | None = None
 
-    def __post_init__(self) -> None:
-        self.candidates = RemoteCandidates(self.pc, label=f"viewer {self.client_id}")
-        self.dtls = RemoteDtls(self.pc)
+    @property
+    def pc(self) -> RTCPeerConnection:
+        """The viewer's peer connection."""
+        return self.link.pc
+
+    @property
+    def candidates(self) -> RemoteCandidates:
+        """The viewer's trickled candidates."""
+        return self.link.candidates
+
+    @property
+    def dtls(self) -> RemoteDtls:
+        """Whether the viewer accepted our DTLS certificate (see :class:`RemoteDtls`)."""
+        return self.link.dtls
+
+    @property
+    def gathering(self) -> BackgroundGathering | None:
+        """STUN/TURN candidates trickled after the answer (None: relay-only, aiortc gathers)."""
+        return self.link.gathering
 
     @property
     def state(self) -> str:
@@ -106,7 +112,7 @@ class ViewerSession:
     @property
     def tracks(self) -> tuple[MediaStreamTrack, ...]:
         """This viewer's own tracks (a ``PacketTrack`` for video, one for audio)."""
-        return tuple(self._tracks)
+        return tuple(self.link.tracks)
 
     def _disarm(self) -> None:
         # A pending timer keeps the session alive: cancel it the moment it is not needed.
@@ -123,13 +129,7 @@ class ViewerSession:
         negotiation, self._negotiation = self._negotiation, None
         if negotiation is not None and negotiation is not asyncio.current_task():
             negotiation.cancel()
-        await self.candidates.close()
-        if self.gathering is not None:
-            await self.gathering.close()
-        for track in self._tracks:
-            track.stop()
-        with contextlib.suppress(Exception):
-            await self.pc.close()
+        await self.link.close()
 
 
 @dataclass
@@ -447,32 +447,18 @@ class Master(SignalingPeer):
             self._tasks.spawn(old.close(), f"close-{client_id}")
         if not self._make_room(client_id):
             return
-        ice = asyncio.ensure_future(self.access.ice_config())
-        ice.add_done_callback(lambda task: task.cancelled() or task.exception())
-        await asyncio.sleep(0)  # a cached configuration (the usual case) is ready now
-        relay = self._relay_only or (
-            ice.done() and ice.exception() is None and ice.result().transport_policy == "relay"
-        )
-        if relay:
-            servers = (await ice).servers
+        plan = await IcePlan.fetch(self.access, relay_only=self._relay_only)
         if not self._make_room(client_id):  # sessions may have come and gone meanwhile
             return
-        if relay:
-            pc = RTCPeerConnection(rtc_configuration(servers, transport_policy="relay"))
-            session = ViewerSession(client_id, pc)
-        else:
-            # Host candidates in the answer, STUN/TURN ones trickled after it: a TURN server
-            # that does not answer (or a GetIceServerConfig refresh) never holds it up.
-            pc = RTCPeerConnection(rtc_configuration(()))
-            session = ViewerSession(client_id, pc)
-            session.gathering = BackgroundGathering(
-                pc,
-                ice,
-                lambda line, mid, index: self.signaling.send_ice_candidate(
-                    line, sdp_mid=mid, sdp_mline_index=index, recipient_client_id=client_id
-                ),
-                label=f"viewer {client_id}",
-            )
+        link = PeerLink.planned(
+            plan,
+            lambda line, mid, index: self.signaling.send_ice_candidate(
+                line, sdp_mid=mid, sdp_mline_index=index, recipient_client_id=client_id
+            ),
+            label=f"viewer {client_id}",
+            loopback=self._loopback,
+        )
+        session = ViewerSession(client_id, link)
         self._sessions[client_id] = session
         self.stats.sessions_started += 1
         session._deadline = asyncio.get_running_loop().call_later(
@@ -526,7 +512,8 @@ class Master(SignalingPeer):
         self._tasks.spawn(self._drop(session, why), f"expire-{session.client_id}")
 
     async def _negotiate(self, session: ViewerSession, offer: SdpOffer, started: float) -> None:
-        pc = session.pc
+        link = session.link
+        pc = link.pc
         client_id = session.client_id
 
         async def mark_connected() -> None:
@@ -542,16 +529,15 @@ class Master(SignalingPeer):
             mark_connected(), f"connected-{client_id}"
         )
 
-        @pc.on("connectionstatechange")
-        async def on_state() -> None:
-            state = pc.connectionState
-            logger.info("viewer %s: peer connection %s", client_id, state)
+        async def on_state(state: str) -> None:
             if state == "connected":
                 await mark_connected()
             elif state in ("failed", "closed"):
                 if state == "failed":
                     self.stats.sessions_failed += 1
                 await self._drop(session, f"connection {state}")
+
+        link.on_state(on_state)
 
         @pc.on("datachannel")
         def on_datachannel(channel: RTCDataChannel) -> None:
@@ -579,7 +565,7 @@ class Master(SignalingPeer):
                     viewer=client_id,
                 )
                 track = route.fanout.subscribe()
-                session._tracks.append(track)
+                link.tracks.append(track)
                 if isinstance(track, PacketTrack):
                     # Its keyframe is encoded while ICE and DTLS run (passthrough tracks
                     # start at the cached IDR anyway).
@@ -592,17 +578,13 @@ class Master(SignalingPeer):
                 use_fast_send(transceiver.sender)
             if self._audio is not None and "audio" in kinds:
                 audio = self._audio.subscribe()
-                session._tracks.append(audio)
+                link.tracks.append(audio)
                 # Sends the fan-out's shared Opus payloads if Opus is negotiated, else (PCMU,
                 # PCMA) encodes this viewer's copy itself.
                 use_fast_send(pc.addTransceiver(audio, direction="sendonly").sender)
-            sdp, mdns_candidates = split_mdns_candidates(offer.sdp)
-            if route is not None:
-                sdp = route.offer(sdp)  # passthrough: only the payload type it uses
-            for event in mdns_candidates:
-                session.candidates.add(event)  # held until the offer is applied
             try:
-                await pc.setRemoteDescription(RTCSessionDescription(sdp, "offer"))
+                # Passthrough: only the payload type the stream uses.
+                await link.apply_remote(offer.sdp, "offer", route.offer if route else None)
             except Exception as exc:
                 if route is not None and "H264" not in offer.sdp:
                     reason = "it offers no H.264 video, which kvs-peer sends"
@@ -613,22 +595,10 @@ class Master(SignalingPeer):
                 ) from exc
             if route is not None:
                 route.negotiated(transceiver)  # passthrough: the offered payload type
-            session.candidates.remote_description_set()
-            if self._loopback:
-                enable_loopback_candidates(pc)
-            session.dtls.attach()
-            count_rtcp(pc)  # NACK and PLI/FIR counts for metrics (RTCP only)
-            if session.gathering is not None:
-                session.gathering.prepare()
-            await pc.setLocalDescription(await pc.createAnswer())
-            sdp = for_kvs_peers(pc.localDescription.sdp)
-            if route is not None:
-                sdp = route.answer(sdp)  # passthrough: the stream's profile-level-id
-            if session.gathering is not None:
-                sdp = without_end_of_candidates(sdp)
-            await self.signaling.send_answer(sdp, recipient_client_id=client_id)
-            if session.gathering is not None:
-                session.gathering.described(sdp)
+            await link.answer(
+                lambda sdp: self.signaling.send_answer(sdp, recipient_client_id=client_id),
+                route.answer if route else None,  # passthrough: the stream's profile-level-id
+            )
             self.stats.last_answer_time = time.monotonic() - started
             logger.info(
                 "answered viewer %s in %.0f ms", client_id, self.stats.last_answer_time * 1000

@@ -24,29 +24,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import av
-from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
 from ._tasks import invoke
 from .access import ChannelAccess
 from .aiortc_internals import open_data_channel, use_jitter_buffer
 from .errors import InvalidArgument, InvalidState, KvsPeerError, MediaError, SessionError
-from .gathering import BackgroundGathering, without_end_of_candidates
+from .gathering import BackgroundGathering
 from .media.encoded import EncodedFrame, ReceiverTap, sps_size
 from .media.jitter import MarkerJitterBuffer
-from .metrics.rtcp import count_rtcp
 from .peer import SignalingPeer
+from .peerlink import IcePlan, PeerLink
 from .protocol import GoAway, IceCandidate, ReconnectIceServer, Role, SdpAnswer, StatusResponse
 from .reconnect import Refresh
 from .rules import new_client_id
-from .sdp import for_kvs_peers
-from .peerconnection import (
-    RemoteCandidates,
-    RemoteDtls,
-    enable_loopback_candidates,
-    rtc_configuration,
-    split_mdns_candidates,
-)
 from .signaling import Connected, SignalingClient, SignalingEvent
 
 __all__ = ["Viewer", "ViewerStats", "new_client_id"]
@@ -233,11 +225,8 @@ class Viewer(SignalingPeer):
                 access, role=Role.VIEWER, client_id=access.client_id, **dict(signaling or {})
             )
         )
-        self.pc: RTCPeerConnection | None = None
+        self._link: PeerLink | None = None
         self.channel: RTCDataChannel | None = None
-        self._candidates: RemoteCandidates | None = None
-        self._gathering: BackgroundGathering | None = None
-        self._dtls: RemoteDtls | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._offer_lock = asyncio.Lock()
         self._first_frame = asyncio.Event()
@@ -310,10 +299,19 @@ class Viewer(SignalingPeer):
         return self.stats.time_to_first_frame
 
     @property
+    def pc(self) -> RTCPeerConnection | None:
+        """The current peer connection (a new one per offer), or None."""
+        return self._link.pc if self._link is not None else None
+
+    @property
+    def _gathering(self) -> BackgroundGathering | None:
+        return self._link.gathering if self._link is not None else None
+
+    @property
     def connection_state(self) -> str:
         """new, connecting, connected, failed or closed: the peer connection's state, but
         ``connected`` only once the master's DTLS accepted us too."""
-        return self._dtls.state if self._dtls is not None else "new"
+        return self._link.dtls.state if self._link is not None else "new"
 
     async def wait_connected(self, timeout: float = 30.0) -> None:
         """Wait until the peer connection is connected."""
@@ -341,20 +339,10 @@ class Viewer(SignalingPeer):
     # -- negotiation -------------------------------------------------------------------------
 
     async def _close_pc(self) -> None:
-        pc, self.pc = self.pc, None
-        candidates, self._candidates = self._candidates, None
-        gathering, self._gathering = self._gathering, None
-        if gathering is not None:
-            await gathering.close()
+        link, self._link = self._link, None
         self.channel = None
-        if candidates is not None:
-            await candidates.close()
-        if pc is not None:
-            with contextlib.suppress(Exception):
-                # Shielded: a cancelled second close() cancels the future aiortc's own
-                # close() (started when a connection fails) resolves, which then raises
-                # InvalidStateError in a task nobody awaits.
-                await asyncio.shield(pc.close())
+        if link is not None:
+            await link.close()
 
     async def _offer(self) -> None:
         """Create a fresh peer connection and send its offer, one offer at a time.
@@ -387,35 +375,16 @@ class Viewer(SignalingPeer):
     async def _offer_locked(self) -> None:
         await self._close_pc()
         self._connected_event.clear()
-        ice_config = asyncio.ensure_future(self.access.ice_config())
-        ice_config.add_done_callback(lambda task: task.cancelled() or task.exception())
-        await asyncio.sleep(0)  # a cached configuration (a signer's always is) is ready now
-        relay = self._relay_only or (
-            ice_config.done()
-            and ice_config.exception() is None
-            and ice_config.result().transport_policy == "relay"
+        plan = await IcePlan.fetch(self.access, relay_only=self._relay_only)
+        link = self._link = PeerLink.planned(
+            plan,
+            lambda line, mid, index: self.signaling.send_ice_candidate(
+                line, sdp_mid=mid, sdp_mline_index=index
+            ),
+            label=f"viewer {self.client_id}",
+            loopback=self._loopback,
         )
-        gathering = None
-        if relay:
-            pc = RTCPeerConnection(
-                rtc_configuration((await ice_config).servers, transport_policy="relay")
-            )
-        else:
-            # Host candidates in the offer, STUN/TURN ones trickled after it: neither
-            # GetIceServerConfig nor a TURN server that does not answer holds the offer up.
-            pc = RTCPeerConnection(rtc_configuration(()))
-            gathering = BackgroundGathering(
-                pc,
-                ice_config,
-                lambda line, mid, index: self.signaling.send_ice_candidate(
-                    line, sdp_mid=mid, sdp_mline_index=index
-                ),
-                label=f"viewer {self.client_id}",
-            )
-        self.pc = pc
-        self._gathering = gathering
-        self._candidates = RemoteCandidates(pc, label=f"viewer {self.client_id}")
-        dtls = self._dtls = RemoteDtls(pc)
+        pc, dtls = link.pc, link.dtls
         if self._want_video:
             receiver = pc.addTransceiver("video", direction="recvonly").receiver
             # Frames leave on their marked last packet, not one frame later (media/jitter.py).
@@ -438,12 +407,9 @@ class Viewer(SignalingPeer):
 
         dtls.on_confirmed = mark_connected
 
-        @pc.on("connectionstatechange")
-        async def on_state() -> None:
+        async def on_state(state: str) -> None:
             if pc is not self.pc:
                 return
-            state = pc.connectionState
-            logger.info("viewer %s: peer connection %s", self.client_id, state)
             if state == "connected":
                 mark_connected()
             elif state in ("failed", "closed"):
@@ -452,19 +418,8 @@ class Viewer(SignalingPeer):
                 # restarted: offer again so a new master picks us up.
                 self._reoffer(f"peer connection {state}")
 
-        if self._loopback:
-            enable_loopback_candidates(pc)
-        dtls.attach()
-        count_rtcp(pc)  # NACK and PLI counts for metrics (RTCP only)
-        if gathering is not None:
-            gathering.prepare()
-        await pc.setLocalDescription(await pc.createOffer())
-        sdp = for_kvs_peers(pc.localDescription.sdp)
-        if gathering is not None:
-            sdp = without_end_of_candidates(sdp)
-        await self.signaling.send_offer(sdp)
-        if gathering is not None:
-            gathering.described(sdp)
+        link.on_state(on_state)
+        await link.offer(self.signaling.send_offer)
         self.stats.offers_sent += 1
         self.stats.offer_error = None
         if self.stats.first_offer_at is None:
@@ -513,23 +468,17 @@ class Viewer(SignalingPeer):
             await asyncio.sleep(_CHANNEL_POLL)
 
     async def _on_answer(self, answer: SdpAnswer) -> None:
-        pc = self.pc
-        if pc is None or pc.signalingState != "have-local-offer":
+        link = self._link
+        if link is None or link.pc.signalingState != "have-local-offer":
             logger.debug("ignoring an answer with no offer outstanding")
             return
         self.stats.answers_received += 1
         if self.stats.first_answer_at is None:
             self.stats.first_answer_at = time.monotonic()
-        sdp, mdns_candidates = split_mdns_candidates(answer.sdp)
-        if self._candidates is not None:
-            for event in mdns_candidates:
-                self._candidates.add(event)  # held until the answer is applied
         try:
-            await pc.setRemoteDescription(RTCSessionDescription(sdp, "answer"))
+            await link.apply_remote(answer.sdp, "answer")
         except Exception as exc:
             raise SessionError(None, f"the master's answer was refused: {exc}") from exc
-        if self._candidates is not None:
-            self._candidates.remote_description_set()
 
     async def _handle(self, event: SignalingEvent) -> None:
         match event:
@@ -542,8 +491,8 @@ class Viewer(SignalingPeer):
             case SdpAnswer():
                 await self._on_answer(event)
             case IceCandidate():
-                if self._candidates is not None:
-                    self._candidates.add(event)
+                if self._link is not None:
+                    self._link.candidates.add(event)
             case ReconnectIceServer():
                 self.access.invalidate(Refresh.ICE)
             case GoAway():

@@ -109,7 +109,7 @@ async def pair() -> AsyncIterator[Pair]:
     try:
         yield peers
     finally:
-        await asyncio.wait_for(peers.master.close(), 5)
+        await asyncio.wait_for(peers.master.close(), 5000 * MS)
         await peers.viewer.close()
 
 
@@ -311,7 +311,7 @@ async def test_a_loop_made_of_these_fields_sends_counted_decodable_video(pair: P
     assert fields.mid == pair.master.getTransceivers()[0].mid  # set when the sender starts
     assert fields.extensions_map is not None
     for _ in range(3):  # aiortc's receiver decodes what the loop sent
-        frame = await asyncio.wait_for(received[0].recv(), 5)
+        frame = await asyncio.wait_for(received[0].recv(), 5000 * MS)
         assert frame.width == 640
     stats = await sender.getStats()
     outbound = next(s for s in stats.values() if s.type == "outbound-rtp")
@@ -320,7 +320,7 @@ async def test_a_loop_made_of_these_fields_sends_counted_decodable_video(pair: P
     assert outbound.packetsSent >= sent["packets"] - 5  # a frame may be in flight
     assert transport.packetsSent >= outbound.packetsSent > 0
     # close() returns only once the loop set the exited event; the track was stopped.
-    await asyncio.wait_for(pair.master.close(), 5)
+    await asyncio.wait_for(pair.master.close(), 5000 * MS)
     assert fields.track is None and track.readyState == "ended"
 
 

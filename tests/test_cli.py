@@ -11,6 +11,7 @@ from pathlib import Path
 
 import av
 import pytest
+from support import MS
 
 from kvs_peer.cli import build_parser, main
 from kvs_peer.emulator import LocalKvs
@@ -116,7 +117,7 @@ async def test_master_and_viewer_commands_stream_and_record(
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(30_000 * MS):
             await kvs.wait_connected("cam", master=True)
         record = tmp_path / "out.mkv"
         snapshot = tmp_path / "last.png"
@@ -143,7 +144,7 @@ async def test_master_and_viewer_commands_stream_and_record(
             assert sum(1 for _ in container.decode(video=0)) >= 0.9 * report["framesReceived"]
     finally:
         master.send_signal(signal.SIGINT)  # clean shutdown, exit code 0
-        out, err = await asyncio.wait_for(master.communicate(), 20)
+        out, err = await asyncio.wait_for(master.communicate(), 20_000 * MS)
     assert master.returncode == 0, err.decode()
     summary = json.loads(out.decode())
     assert summary["sessionsConnected"] == 1
@@ -196,7 +197,7 @@ async def test_local_prints_what_to_export_and_stops_cleanly() -> None:
         stderr=asyncio.subprocess.PIPE,
     )
     lines: list[str] = []
-    async with asyncio.timeout(30):
+    async with asyncio.timeout(30_000 * MS):
         while not lines or "Ctrl+C" not in lines[-1]:
             lines.append((await proc.stdout.readline()).decode())
     text = "".join(lines)
@@ -215,7 +216,7 @@ async def test_local_prints_what_to_export_and_stops_cleanly() -> None:
     info = await asyncio.to_thread(kv.describe_signaling_channel, ChannelName="demo")
     assert info["ChannelInfo"]["ChannelName"] == "demo"
     proc.send_signal(signal.SIGINT)
-    await asyncio.wait_for(proc.wait(), 20)
+    await asyncio.wait_for(proc.wait(), 20_000 * MS)
     assert proc.returncode == 0
 
 
@@ -257,12 +258,12 @@ async def test_viewer_ctrl_c_still_reports_and_snapshots(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(30_000 * MS):
             while not kvs.connected("sig").viewers:
                 await asyncio.sleep(0.1)
         await asyncio.sleep(2.0)  # some frames
         viewer.send_signal(signal.SIGINT)
-        out, err = await asyncio.wait_for(viewer.communicate(), 20)
+        out, err = await asyncio.wait_for(viewer.communicate(), 20_000 * MS)
     assert viewer.returncode == 0, err.decode()
     report = json.loads(out)
     assert report["framesReceived"] > 10
@@ -274,6 +275,6 @@ async def test_viewer_exits_when_the_channel_refuses_it(
 ) -> None:
     kvs.create_channel("closed")
     kvs.fail_next_connects("closed", 403, count=5)
-    code, _, err = await run("viewer", "--channel", "closed", env=device_env, timeout=30)
+    code, _, err = await run("viewer", "--channel", "closed", env=device_env, timeout=30_000 * MS)
     assert code == 1
     assert "HTTP 403" in err and "clock" in err

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import av
 import pytest
+from support import MS
 from test_cli import KVS_PEER, run
 
 from kvs_peer.access import AwsAccess
@@ -86,7 +87,9 @@ async def test_outputs_are_checked_before_connecting(
     kvs: LocalKvs, device_env: dict[str, str], args: list[str], phrases: list[str]
 ) -> None:
     # The channel does not exist: had the viewer connected first, it would say "not found".
-    code, out, err = await run(*args, "--duration", "2", "--json", env=device_env, timeout=60)
+    code, out, err = await run(
+        *args, "--duration", "2", "--json", env=device_env, timeout=60_000 * MS
+    )
     assert_one_error(code, err, EXIT_ERROR, *phrases)
     assert json.loads(out)["ok"] is False
     assert not Path("/proc/x").exists()
@@ -151,14 +154,14 @@ async def test_a_full_disk_ends_the_viewer_with_an_error(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    out, err = await asyncio.wait_for(proc.communicate(), 60_000 * MS)
     elapsed = time.monotonic() - started
     assert proc.returncode is not None
     line = assert_one_error(
         proc.returncode, err.decode(), EXIT_ERROR, f"recording to {record} failed", reason
     )
     assert "check the free space" in line
-    assert elapsed < 20, "the viewer ran on without recording"
+    assert elapsed < 20_000 * MS, "the viewer ran on without recording"
     assert json.loads(out)["ok"] is False
     # Video arrived and what fit on the disk stays playable. (Not the master's session
     # count: the master counts a session once the viewer's first SRTCP packet arrives,
@@ -185,7 +188,7 @@ async def test_aws_setup_errors_are_one_line(
     env = {k: v for k, v in device_env.items() if not k.startswith("AWS_ACCESS_KEY_ID")}
     env.pop("AWS_SECRET_ACCESS_KEY")
     env["AWS_SHARED_CREDENTIALS_FILE"] = str(credentials)
-    code, _, err = await run(*viewer, env=env, timeout=30)
+    code, _, err = await run(*viewer, env=env, timeout=30_000 * MS)
     assert_one_error(
         code,
         err,
@@ -207,7 +210,7 @@ async def test_an_untrusted_certificate_is_one_line(device_env: dict[str, str]) 
         kvs.create_channel("cam")
         env = dict(device_env, KVS_PEER_ENDPOINT_URL=kvs.endpoint_url)
         args = ["url", "--channel", "cam", "--client-id", "c1"]
-        code, _, err = await run(*args, env=env, timeout=30)
+        code, _, err = await run(*args, env=env, timeout=30_000 * MS)
         assert_one_error(
             code,
             err,
@@ -217,7 +220,7 @@ async def test_an_untrusted_certificate_is_one_line(device_env: dict[str, str]) 
         )
         # The hint works: the same command with the emulator's CA trusted.
         env["AWS_CA_BUNDLE"] = str(kvs.ca_cert_path)
-        code, out, err = await run(*args, env=env, timeout=30)
+        code, out, err = await run(*args, env=env, timeout=30_000 * MS)
         assert code == 0, err
         assert out.startswith("wss://")
 
@@ -234,7 +237,7 @@ async def test_camera_example_without_a_camera_is_one_line(device_env: dict[str,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    _, err = await asyncio.wait_for(proc.communicate(), 30_000 * MS)
     assert proc.returncode is not None
     assert_one_error(
         proc.returncode, err.decode(), EXIT_ERROR, "camera device /dev/video97 not found", "ls"
@@ -273,7 +276,7 @@ async def test_viewer_refused_by_a_full_master_says_why(
             loopback_candidates=True,
         ) as first,
     ):
-        await first.wait_first_frame(timeout=30)
+        await first.wait_first_frame(timeout=30_000 * MS)
         code, _, err = await run("viewer", "--channel", "full", "--duration", "3", env=device_env)
         assert master.stats.refused_over_limit >= 1
         assert first.stats.frames_received > 30
@@ -295,11 +298,11 @@ async def test_viewer_json_when_the_master_leaves_midway(
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
             )
-            async with asyncio.timeout(30):
+            async with asyncio.timeout(30_000 * MS):
                 while master.stats.sessions_connected == 0:
                     await asyncio.sleep(0.05)
             await asyncio.sleep(1.5)  # video flows, then the master leaves
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    out, err = await asyncio.wait_for(proc.communicate(), 30_000 * MS)
     assert proc.returncode is not None
     line = assert_one_error(proc.returncode, err.decode(), EXIT_NO_VIDEO, "video stopped")
     report = json.loads(out)
@@ -336,7 +339,7 @@ async def test_a_signal_stops_a_viewer_still_connecting(device_env: dict[str, st
     await asyncio.sleep(3)  # the CLI is up and retrying
     assert proc.returncode is None
     proc.send_signal(signal.SIGINT)
-    _, err = await asyncio.wait_for(reader, 10)
+    _, err = await asyncio.wait_for(reader, 10_000 * MS)
     assert proc.returncode == 0, err.decode()
     assert "Traceback" not in err.decode()
     assert "could not reach" in err.decode()  # it was connecting when stopped

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pytest
+from support import MS
 
 from kvs_peer.emulator import LocalKvs
 
@@ -25,6 +27,7 @@ async def run_example(name: str, *args: str, env: dict[str, str]) -> asyncio.sub
     )
 
 
+@pytest.mark.slow
 async def test_camera_master_with_recording_and_motion_viewers(
     kvs: LocalKvs, device_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -34,7 +37,7 @@ async def test_camera_master_with_recording_and_motion_viewers(
         "camera_master.py", "--channel", "ex", "--source", "testsrc", "--duration", "20", env=env
     )
     try:
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(30_000 * MS):
             await kvs.wait_connected("ex", master=True)
         recorder = await run_example(
             "recording_viewer.py",
@@ -58,8 +61,8 @@ async def test_camera_master_with_recording_and_motion_viewers(
             str(tmp_path / "motion"),
             env=env,
         )
-        rec_out, rec_err = await asyncio.wait_for(recorder.communicate(), 40)
-        mot_out, mot_err = await asyncio.wait_for(motion.communicate(), 40)
+        rec_out, rec_err = await asyncio.wait_for(recorder.communicate(), 40_000 * MS)
+        mot_out, mot_err = await asyncio.wait_for(motion.communicate(), 40_000 * MS)
     finally:
         master.terminate()
         await master.wait()
@@ -90,6 +93,7 @@ def write_clip(path: Path, frames: int) -> None:
         container.mux(stream.encode(None))
 
 
+@pytest.mark.slow
 async def test_camera_master_loops_a_file(
     kvs: LocalKvs, device_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -103,14 +107,14 @@ async def test_camera_master_loops_a_file(
         env=device_env,
     )
     try:
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(30_000 * MS):
             await kvs.wait_connected("loop", master=True)
         recorder = await run_example(
             "recording_viewer.py",
             *("--channel", "loop", "--out", str(tmp_path / "rec.mkv"), "--duration", "3"),
             env=device_env,
         )
-        _, rec_err = await asyncio.wait_for(recorder.communicate(), 40)
+        _, rec_err = await asyncio.wait_for(recorder.communicate(), 40_000 * MS)
         assert master.returncode is None, "the master stopped at the end of the file"
     finally:
         master.terminate()

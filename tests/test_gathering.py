@@ -24,8 +24,8 @@ from kvs_peer.errors import ChannelError
 from kvs_peer.gathering import BackgroundGathering, without_end_of_candidates
 from kvs_peer.master import Master
 from kvs_peer.media import TestPatternTrack
-from kvs_peer.protocol import Role
 from kvs_peer.peerconnection import rtc_configuration
+from kvs_peer.protocol import Role
 from kvs_peer.viewer import Viewer
 
 CHANNEL = "gathering"
@@ -59,7 +59,7 @@ async def _watch(resolver: ChannelResolver, client_id: str) -> tuple[float, View
     await master.start()
     try:
         await viewer.start()
-        ttff = await viewer.wait_first_frame(timeout=20)
+        ttff = await viewer.wait_first_frame(timeout=20_000 * MS)
     except BaseException:
         await viewer.close()
         await master.close()

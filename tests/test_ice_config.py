@@ -70,6 +70,6 @@ async def test_over_tls_with_the_emulator_ca(tmp_path: Path) -> None:
             resolved = await resolver.resolve(CHANNEL, Role.VIEWER, client_id="v")
             assert resolved.https_endpoint.startswith("https://") and resolved.ice_servers
         async with kvs.resolver(verify=None, disk_cache=tmp_path) as untrusting:
-            with pytest.raises(ChannelError, match="is not trusted.*AWS_CA_BUNDLE"):
+            with pytest.raises(ChannelError, match=r"is not trusted.*AWS_CA_BUNDLE"):
                 await untrusting.resolve(CHANNEL, Role.VIEWER, client_id="v")
             assert "DescribeSignalingChannel" not in untrusting.calls

@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import pytest
+from support import MS
 
 HEAVY = ("aiohttp", "websockets", "boto3", "botocore", "aiortc", "av", "cv2")
 
@@ -40,7 +41,11 @@ def _loaded_after_import(module: str) -> list[str]:
         f"print(json.dumps([m for m in {list(HEAVY)!r} if m in sys.modules]))\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60_000 * MS,
+        check=False,
     )
     assert done.returncode == 0, f"importing {module} failed:\n{done.stderr}"
     loaded: list[str] = json.loads(done.stdout.strip().splitlines()[-1])

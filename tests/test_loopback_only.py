@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import MS
 
 SCRIPT = Path(__file__).with_name("netns_stream.py")
 
@@ -15,7 +16,10 @@ SCRIPT = Path(__file__).with_name("netns_stream.py")
 def run_in_loopback_namespace(*args: str) -> dict[str, object]:
     command = f"ip link set lo up && exec {sys.executable} {SCRIPT} {' '.join(args)}"
     done = subprocess.run(
-        ["unshare", "--net", "sh", "-c", command], capture_output=True, text=True, timeout=90
+        ["unshare", "--net", "sh", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=90_000 * MS,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])

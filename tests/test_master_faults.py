@@ -13,12 +13,11 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from support import MS
+from support import MS, wait_until
 
 from kvs_peer.access import AwsAccess
 from kvs_peer.channel import ChannelResolver
@@ -50,12 +49,6 @@ def master_for(resolver: ChannelResolver, **kwargs: Any) -> Master:
     return Master(
         AwsAccess(resolver, CHANNEL, Role.MASTER), video=TestPatternTrack(320, 240, 15), **kwargs
     )
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.02)
 
 
 def _strip_candidates(sdp: str) -> str:
@@ -144,15 +137,15 @@ async def test_a_session_is_released_as_soon_as_its_viewer_leaves(
     # The default 30 s connect timeout: nothing may keep a finished session until then.
     async with master_for(resolver) as master, RawViewer(resolver, "leaver") as viewer:
         pc = await viewer.offer()
-        await master.wait_for_viewers(1, timeout=10)
+        await master.wait_for_viewers(1, timeout=10_000 * MS)
         session = weakref.ref(master.viewers["leaver"])
         master_pc = weakref.ref(master.viewers["leaver"].pc)
         await wait_until(lambda: pc.connectionState == "connected")
         await viewer.close_pcs()
-        await wait_until(lambda: not master.viewers, timeout=3)
+        await wait_until(lambda: not master.viewers, timeout=3000 * MS)
         started = time.monotonic()
         while session() is not None or master_pc() is not None:
-            assert time.monotonic() - started < 2.0, "the master still holds the session"
+            assert time.monotonic() - started < 2000 * MS, "the master still holds the session"
             await asyncio.sleep(0.05)
             gc.collect()
         assert master.encoder.subscribers == 0
@@ -165,13 +158,13 @@ async def test_a_connected_session_outlives_the_connect_timeout_and_a_pending_on
     async with master_for(resolver, connect_timeout=1.5) as master:
         access = AwsAccess(resolver, CHANNEL, Role.VIEWER, client_id="stays")
         async with Viewer(access, on_frame=check.add) as viewer:
-            await viewer.wait_first_frame(timeout=10)
+            await viewer.wait_first_frame(timeout=10_000 * MS)
             session = master.viewers["stays"]
             async with RawViewer(resolver, "ghost") as ghost:
                 await ghost.offer(abandon=True)
                 await wait_until(lambda: "ghost" in master.viewers)
                 gone = weakref.ref(master.viewers["ghost"])
-                await wait_until(lambda: "ghost" not in master.viewers, timeout=4)
+                await wait_until(lambda: "ghost" not in master.viewers, timeout=4000 * MS)
                 gc.collect()
                 assert gone() is None
             before = check.frames
@@ -195,7 +188,7 @@ async def test_short_churn_releases_everything(resolver: ChannelResolver, channe
         async with RawViewer(resolver, "warm") as warm:
             await warm.offer()
             await wait_until(lambda: warm.pc.connectionState == "connected")
-        await wait_until(lambda: not master.viewers, timeout=3)
+        await wait_until(lambda: not master.viewers, timeout=3000 * MS)
         baseline = _baseline()
 
         kinds = itertools.cycle(("watch", "abandon", "watch", "reoffer"))
@@ -216,7 +209,7 @@ async def test_short_churn_releases_everything(resolver: ChannelResolver, channe
             for client in clients:
                 await client.close_pcs()
                 await client.offer()
-            await wait_until(lambda: len(master.viewers) == len(clients), timeout=10)
+            await wait_until(lambda: len(master.viewers) == len(clients), timeout=10_000 * MS)
             note_sessions()
             await wait_until(
                 lambda: all(
@@ -225,7 +218,7 @@ async def test_short_churn_releases_everything(resolver: ChannelResolver, channe
             )
             for client in clients:
                 await client.close_pcs()
-            await wait_until(lambda: not master.viewers, timeout=3)
+            await wait_until(lambda: not master.viewers, timeout=3000 * MS)
         finally:
             for client in clients:
                 await client.__aexit__()
@@ -234,7 +227,7 @@ async def test_short_churn_releases_everything(resolver: ChannelResolver, channe
         assert len(seen) >= 2 * 20
         assert [r for r in seen if r() is not None] == []
         assert master.encoder.subscribers == 0
-        now = await _back_to(baseline, timeout=5)
+        now = await _back_to(baseline, timeout=5000 * MS)
         assert all(now[k] <= baseline[k] for k in baseline), (now, baseline)
         assert now["peer_connections"] == 0
 
@@ -258,10 +251,12 @@ async def test_a_viewer_joins_within_2_s_while_squatters_hold_every_slot(
             assert len(master.viewers) == 9
             access = AwsAccess(resolver, CHANNEL, Role.VIEWER, client_id="legit")
             async with Viewer(access) as viewer:
-                ttff = await viewer.wait_first_frame(timeout=10)
+                ttff = await viewer.wait_first_frame(timeout=10_000 * MS)
                 assert ttff < 2000 * MS, ttff
                 # Connected once its first packet confirms DTLS: from then on, never evicted.
-                await wait_until(lambda: master.viewers["legit"].connected_at is not None, 5)
+                await wait_until(
+                    lambda: master.viewers["legit"].connected_at is not None, 5000 * MS
+                )
         finally:
             for squatter in squatters:
                 await squatter.__aexit__()
@@ -274,11 +269,11 @@ async def test_connected_viewers_are_never_evicted(resolver: ChannelResolver, ch
         first = Viewer(AwsAccess(resolver, CHANNEL, Role.VIEWER, client_id="first"))
         second = Viewer(AwsAccess(resolver, CHANNEL, Role.VIEWER, client_id="second"))
         async with first, RawViewer(resolver, "squatter") as squatter:
-            await first.wait_first_frame(timeout=10)
+            await first.wait_first_frame(timeout=10_000 * MS)
             await squatter.offer(abandon=True)
             await wait_until(lambda: "squatter" in master.viewers)
             async with second:
-                await second.wait_first_frame(timeout=10)  # took the squatter's place
+                await second.wait_first_frame(timeout=10_000 * MS)  # took the squatter's place
                 assert set(master.viewers) == {"first", "second"}
                 assert master.stats.sessions_evicted == 1
                 kept = dict(master.viewers)

@@ -9,6 +9,7 @@ from typing import Any
 
 import av
 import pytest
+from support import MS, wait_until
 
 from kvs_peer.access import AwsAccess
 from kvs_peer.channel import ChannelResolver
@@ -43,22 +44,16 @@ async def master(resolver: ChannelResolver, channel: str) -> AsyncIterator[Maste
         yield m
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.02)
-
-
 async def test_viewer_receives_advancing_frames(master: Master, resolver: ChannelResolver) -> None:
     check = VideoCheck()
     async with viewer_for(resolver, "v1", on_frame=check.add) as viewer:
-        ttff = await viewer.wait_first_frame(timeout=15)
+        ttff = await viewer.wait_first_frame(timeout=15_000 * MS)
         await wait_until(lambda: check.frames >= 30)
         # Counted once the viewer's first RTCP proves its DTLS is up too (session.RemoteDtls).
-        await master.wait_for_viewers(1, timeout=5)
+        await master.wait_for_viewers(1, timeout=5000 * MS)
     check.assert_ok(min_frames=30, size=(320, 240), max_gap_s=1.0)
     assert check.counters_advanced >= 25
-    assert ttff < 5.0
+    assert ttff < 5000 * MS
     assert master.stats.sessions_connected == 1
 
 
@@ -68,8 +63,8 @@ async def test_three_viewers_share_one_encoder(master: Master, resolver: Channel
     for v in viewers:
         await v.start()
     try:
-        await master.wait_for_viewers(3, timeout=15)
-        await wait_until(lambda: all(c.frames >= 30 for c in checks), timeout=15)
+        await master.wait_for_viewers(3, timeout=15_000 * MS)
+        await wait_until(lambda: all(c.frames >= 30 for c in checks), timeout=15_000 * MS)
         encoded = master.encoder.frames_encoded
         await asyncio.sleep(1.0)
         per_second = master.encoder.frames_encoded - encoded
@@ -86,19 +81,19 @@ async def test_viewer_that_leaves_frees_its_session(
     master: Master, resolver: ChannelResolver
 ) -> None:
     async with viewer_for(resolver, "leaver") as viewer:
-        await viewer.wait_first_frame(timeout=15)
+        await viewer.wait_first_frame(timeout=15_000 * MS)
         assert set(master.viewers) == {"leaver"}
-    await wait_until(lambda: "leaver" not in master.viewers, timeout=15)
+    await wait_until(lambda: "leaver" not in master.viewers, timeout=15_000 * MS)
 
 
 async def test_same_client_id_reoffer_replaces_session(
     master: Master, resolver: ChannelResolver
 ) -> None:
     async with viewer_for(resolver, "twin") as first:
-        await first.wait_first_frame(timeout=15)
+        await first.wait_first_frame(timeout=15_000 * MS)
         old = master.viewers["twin"]
         async with viewer_for(resolver, "twin") as second:
-            await second.wait_first_frame(timeout=15)
+            await second.wait_first_frame(timeout=15_000 * MS)
             assert master.viewers["twin"] is not old
             assert master.stats.sessions_replaced == 1
             assert len(master.viewers) == 1
@@ -110,7 +105,7 @@ async def test_recording_decodes_with_expected_frames(
     path = tmp_path / "rec.mkv"
     recorder = Recorder(path)
     async with viewer_for(resolver, "rec", recorder=recorder) as viewer:
-        await viewer.wait_first_frame(timeout=15)
+        await viewer.wait_first_frame(timeout=15_000 * MS)
         await wait_until(lambda: viewer.stats.frames_received >= 45)
     received = viewer.stats.frames_received
     with av.open(str(path)) as container:
@@ -134,7 +129,7 @@ async def test_data_channel_round_trip(resolver: ChannelResolver, channel: str) 
         async with viewer_for(
             resolver, "chat", data_channel=True, on_message=from_master.append
         ) as viewer:
-            await viewer.wait_connected(timeout=15)
+            await viewer.wait_connected(timeout=15_000 * MS)
             await wait_until(lambda: viewer.channel.readyState == "open")
             await viewer.send("ping")
             await wait_until(lambda: from_viewers == [("chat", "ping")])
@@ -153,7 +148,7 @@ async def test_audio_arrives(resolver: ChannelResolver, channel: str) -> None:
         ),
         viewer_for(resolver, "ears", audio=True) as viewer,
     ):
-        await viewer.wait_first_frame(timeout=15)
+        await viewer.wait_first_frame(timeout=15_000 * MS)
         await wait_until(lambda: viewer.stats.audio_frames_received >= 25)
 
 
@@ -161,7 +156,7 @@ async def test_audio_only_viewer_and_data_only_viewer(
     master: Master, resolver: ChannelResolver
 ) -> None:
     async with viewer_for(resolver, "data", video=False, data_channel=True) as viewer:
-        await viewer.wait_connected(timeout=15)
+        await viewer.wait_connected(timeout=15_000 * MS)
     with pytest.raises(InvalidArgument):
         viewer_for(resolver, "none", video=False)
 
@@ -171,7 +166,7 @@ async def test_streams_survive_signaling_go_away(
 ) -> None:
     check = VideoCheck()
     async with viewer_for(resolver, "steady", on_frame=check.add) as viewer:
-        await viewer.wait_first_frame(timeout=15)
+        await viewer.wait_first_frame(timeout=15_000 * MS)
         await kvs.send_go_away(CHANNEL, master=True)
         await kvs.send_go_away(CHANNEL, client_id="steady")
         await wait_until(lambda: master.signaling.stats.reconnects >= 1)
@@ -190,7 +185,7 @@ async def test_max_viewers_refuses_extra_offers(resolver: ChannelResolver, chann
         max_viewers=1,
     ) as master:
         async with viewer_for(resolver, "first") as first:
-            await first.wait_first_frame(timeout=15)
+            await first.wait_first_frame(timeout=15_000 * MS)
             async with viewer_for(resolver, "second", connect_timeout=60):
                 await wait_until(lambda: master.stats.refused_over_limit >= 1)
                 assert set(master.viewers) == {"first"}
@@ -213,12 +208,12 @@ async def test_viewer_offers_again_when_the_master_restarts(
 
     async with viewer_for(resolver, "loyal", on_frame=check.add) as viewer:
         async with new_master():
-            await viewer.wait_first_frame(timeout=15)
+            await viewer.wait_first_frame(timeout=15_000 * MS)
         # the old master closed every session; a new one comes up
         async with new_master() as second:
-            await second.wait_for_viewers(1, timeout=20)
+            await second.wait_for_viewers(1, timeout=20_000 * MS)
             before = check.frames
-            await wait_until(lambda: check.frames >= before + 15, timeout=10)
+            await wait_until(lambda: check.frames >= before + 15, timeout=10_000 * MS)
         assert viewer.stats.offers_sent >= 2
         assert viewer.stats.peer_reconnects >= 1
 
@@ -227,17 +222,17 @@ async def test_link_stats_count_bytes_and_rtt(master: Master, resolver: ChannelR
     from kvs_peer.peerconnection import link_stats
 
     async with viewer_for(resolver, "stats") as viewer:
-        await viewer.wait_first_frame(timeout=15)
+        await viewer.wait_first_frame(timeout=15_000 * MS)
         assert viewer.pc is not None
         session = master.viewers["stats"]
         # RTT needs a receiver report back from the viewer: aiortc sends them every ~1 s
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(10_000 * MS):
             while (sent := await link_stats(session.pc)).round_trip_time is None:
                 await asyncio.sleep(0.2)
         received = await link_stats(viewer.pc)
     assert received.bytes_received > 10_000
     assert sent.bytes_sent > 10_000
-    assert sent.round_trip_time < 1.0
+    assert sent.round_trip_time < 1000 * MS
 
 
 async def test_mdns_candidates_inside_a_non_trickle_offer_do_not_delay_the_answer(
@@ -264,11 +259,11 @@ async def test_mdns_candidates_inside_a_non_trickle_offer_do_not_delay_the_answe
         async with SignalingClient(access, role=Role.VIEWER, client_id="non-trickle") as sc:
             started = time.monotonic()
             await sc.send_offer(offer)
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(10_000 * MS):
                 async for event in sc:
                     if isinstance(event, SdpAnswer):
                         break
-            assert time.monotonic() - started < 0.8
+            assert time.monotonic() - started < 800 * MS
     finally:
         await pc.close()
 
@@ -280,7 +275,7 @@ async def test_a_bad_viewer_does_not_hurt_the_others(
 
     check = VideoCheck()
     async with viewer_for(resolver, "good", on_frame=check.add) as good:
-        await good.wait_first_frame(timeout=15)
+        await good.wait_first_frame(timeout=15_000 * MS)
         bad_access = AwsAccess(resolver, CHANNEL, Role.VIEWER, client_id="bad")
         async with SignalingClient(bad_access, role=Role.VIEWER, client_id="bad") as bad:
             await bad.send_offer("v=0\r\nthis is not an SDP\r\n")
@@ -310,7 +305,7 @@ async def test_master_survives_a_failing_control_plane_call(
         async with viewer:
             # The master answers at once with host candidates (STUN/TURN ones are gathered
             # after the answer, kvs_peer.gathering), so the failure costs no offer.
-            await viewer.wait_first_frame(timeout=20)
+            await viewer.wait_first_frame(timeout=20_000 * MS)
         assert viewer.stats.offers_sent == 1
     assert "no STUN/TURN candidates (GetIceServerConfig" in caplog.text
     assert not master._runner.done()
@@ -322,11 +317,11 @@ async def test_viewer_reports_when_signaling_gives_up(
     from kvs_peer.errors import HandshakeRejected
 
     async with viewer_for(resolver, "doomed", signaling={"backoff_base": 0.01}) as viewer:
-        await viewer.wait_first_frame(timeout=15)
+        await viewer.wait_first_frame(timeout=15_000 * MS)
         kvs.fail_next_connects(CHANNEL, 403, count=10)
         await kvs.send_go_away(CHANNEL, client_id="doomed")
         with pytest.raises(HandshakeRejected) as info:
-            await asyncio.wait_for(viewer.wait_closed(), 20)
+            await asyncio.wait_for(viewer.wait_closed(), 20_000 * MS)
         assert info.value.status == 403
 
 
@@ -336,7 +331,9 @@ async def test_frames_iterator_ends_after_close_even_when_full(
     viewer = viewer_for(resolver, "slow-reader", frame_queue=2)
     await viewer.start()
     frames = viewer.frames()
-    first = await asyncio.wait_for(anext(frames), 15)  # registers the queue, then stop reading
+    first = await asyncio.wait_for(
+        anext(frames), 15_000 * MS
+    )  # registers the queue, then stop reading
     assert first is not None
     await asyncio.sleep(0.3)  # the queue fills up
     await viewer.close()

@@ -13,12 +13,12 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from support import MS
+from support import MS, wait_until
 from websockets.asyncio.client import ClientConnection, connect
 
 from kvs_peer.access import AwsAccess
@@ -56,12 +56,6 @@ async def master(resolver: ChannelResolver, channel: str) -> AsyncIterator[Maste
         connect_timeout=4,
     ) as m:
         yield m
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.02)
 
 
 def tamper(sdp: str) -> str:
@@ -112,7 +106,7 @@ async def raw_viewer(
 
 
 async def next_answer(ws: ClientConnection) -> str:
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(10_000 * MS):
         while True:
             frame = json.loads(await ws.recv())
             if frame.get("messageType") == "SDP_ANSWER":
@@ -126,7 +120,7 @@ async def test_go2rtc_style_viewer_connects_with_the_rewritten_answer(
 ) -> None:
     async with raw_viewer(resolver, "go2rtc-1") as (pc, answer):
         assert_kvs_readable(answer)
-        await master.wait_for_viewers(1, timeout=10)
+        await master.wait_for_viewers(1, timeout=10_000 * MS)
         await wait_until(lambda: pc.connectionState == "connected")
     assert master.stats.sessions_connected == 1
 
@@ -149,7 +143,7 @@ async def test_a_viewer_whose_dtls_failed_never_counts_as_connected(
         with pytest.raises(TimeoutError):
             await master.wait_for_viewers(1, timeout=200 * MS)
         # connect_timeout (4 s) drops it as failed, saying why.
-        await wait_until(lambda: "go2rtc-bad" not in master.viewers, timeout=10)
+        await wait_until(lambda: "go2rtc-bad" not in master.viewers, timeout=10_000 * MS)
     assert master.stats.sessions_failed == 1
     assert master.stats.sessions_connected == 0
     assert "DTLS is up on our side only" in caplog.text
@@ -167,9 +161,9 @@ async def test_kvs_peer_loopback_uses_the_rewritten_sdps(
     )
     viewer.signaling.on_event(lambda e: answers.append(e.sdp) if isinstance(e, SdpAnswer) else None)
     async with viewer:
-        await viewer.wait_first_frame(timeout=15)
-        await viewer.wait_connected(timeout=5)
-        await master.wait_for_viewers(1, timeout=10)
+        await viewer.wait_first_frame(timeout=15_000 * MS)
+        await viewer.wait_connected(timeout=5000 * MS)
+        await master.wait_for_viewers(1, timeout=10_000 * MS)
         assert viewer.connection_state == "connected"
         assert master.viewers["loop-1"].state == "connected"
     assert len(offers) == len(answers) == 1

@@ -33,8 +33,8 @@ from kvs_peer.emulator import (
 from kvs_peer.errors import InvalidArgument
 from kvs_peer.master import Master
 from kvs_peer.media import TestPatternTrack
-from kvs_peer.protocol import Role
 from kvs_peer.peerconnection import rtc_configuration
+from kvs_peer.protocol import Role
 from kvs_peer.testing.video import VideoCheck
 from kvs_peer.viewer import Viewer
 
@@ -88,7 +88,7 @@ async def _stream(
             reconnect=False,
         ) as viewer,
     ):
-        ttff = await viewer.wait_first_frame(timeout=15)
+        ttff = await viewer.wait_first_frame(timeout=15_000 * MS)
         await _frames(check, 30, 10)
         assert viewer.pc is not None
         (session,) = master.viewers.values()
@@ -212,7 +212,7 @@ async def test_cli_master_relay_only_through_cli_local_turn(local_turn: str) -> 
                 relay_only=True,
             ) as viewer,
         ):
-            await viewer.wait_first_frame(timeout=20)
+            await viewer.wait_first_frame(timeout=20_000 * MS)
             await _frames(check, 30, 10)
             assert viewer.pc is not None
             assert selected_pair(viewer.pc) == ("relay", "relay")
@@ -250,7 +250,7 @@ async def test_cli_viewer_relay_only(
             stderr=asyncio.subprocess.PIPE,
             env=device_env,
         )
-        await master.wait_for_viewers(1, timeout=20)
+        await master.wait_for_viewers(1, timeout=20_000 * MS)
         (session,) = master.viewers.values()
         pair = selected_pair(session.pc)
         remote = {c.type for c in _ice(session.pc).getRemoteCandidates()}

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from support import MS
 
 from kvs_peer.access import AwsAccess
 from kvs_peer.channel import ChannelResolver
@@ -160,7 +161,7 @@ async def test_newest_master_takes_over(
         offer = await next_of(newer, SdpOffer)
         assert offer.sdp == "v=0 to-newest"
         with pytest.raises(TimeoutError):
-            await next_of(master, SdpOffer, timeout=0.3)
+            await next_of(master, SdpOffer, timeout=300 * MS)
 
 
 async def test_go_away_reconnects_with_a_fresh_url(
@@ -198,7 +199,9 @@ async def test_proactive_rotation_before_the_cap(
     client_factory: Callable[..., SignalingClient],
 ) -> None:
     async with client_factory(Role.MASTER, max_connection_duration=0.4, rotate_margin=0.2) as m:
-        event = await next_of(m, (Connected, Disconnected), timeout=3, where=lambda e: e.reconnect)
+        event = await next_of(
+            m, (Connected, Disconnected), timeout=3000 * MS, where=lambda e: e.reconnect
+        )
         assert isinstance(event, Connected)  # make before break: no Disconnected first
         assert m.stats.reconnects >= 1
 
@@ -306,7 +309,7 @@ async def test_status_response_for_a_failed_send(master: SignalingClient) -> Non
     # without a correlation id, failures are silent (docs/protocol.md#client-frames)
     await master.send_answer("v=0 " + "x" * 200, recipient_client_id="v")
     with pytest.raises(TimeoutError):
-        await next_of(master, StatusResponse, timeout=0.3)
+        await next_of(master, StatusResponse, timeout=300 * MS)
 
 
 async def test_closed_client_ends_iteration_and_refuses_sends(
@@ -330,7 +333,7 @@ async def test_no_reconnect_mode_ends_with_signaling_closed(
     async with client_factory(Role.MASTER, reconnect=False) as m:
         events = []
         with pytest.raises(SignalingClosed) as info:
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(5000 * MS):
                 async for event in m:
                     events.append(event)
         assert info.value.code == 1001

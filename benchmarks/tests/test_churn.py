@@ -13,15 +13,16 @@ from pathlib import Path
 import pytest
 
 from benchmarks.churn import main
+from benchmarks.tests.usage import assert_usage_error
 
 
 def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as info:
-        main(["--rate", "20", "--clients", "2"])
-    assert info.value.code == 2
-    assert "5 offers per second per connection" in capsys.readouterr().err
+    assert_usage_error(
+        main, ["--rate", "20", "--clients", "2"], "5 offers per second per connection", capsys
+    )
 
 
+@pytest.mark.slow
 def test_a_short_run_reports_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "churn.json"
     code = main(
@@ -64,6 +65,7 @@ def test_a_short_run_reports_every_figure(tmp_path: Path) -> None:
 @pytest.mark.skipif(
     not os.environ.get("KVS_PEER_CHURN_60S"), reason="set KVS_PEER_CHURN_60S=1 (takes ~3 min)"
 )
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_minute_of_churn_gives_everything_back(tmp_path: Path) -> None:
     out = tmp_path / "churn.json"

@@ -23,6 +23,7 @@ from benchmarks.master_cpu import (
     verdicts,
 )
 from benchmarks.measure import CpuSample, cpu_window, percentile, summarize
+from benchmarks.tests.usage import assert_usage_error
 
 
 def settings(**overrides: object) -> Settings:
@@ -67,10 +68,7 @@ def run_row(impl: str, viewers: int, cores: float, fps: float = 30.0) -> dict[st
 def test_bad_arguments_exit_2_with_a_reason(
     argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert exc.value.code == 2
-    assert message in capsys.readouterr().err
+    assert_usage_error(main, argv, message, capsys)
 
 
 def test_percentile_and_summary() -> None:
@@ -151,6 +149,7 @@ def test_a_worker_that_cannot_start_is_reported_with_its_log(tmp_path: Path) -> 
     assert len(logs) == 1 and logs[0].read_text().strip()
 
 
+@pytest.mark.slow
 def test_end_to_end_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out.json"
     code = main(

@@ -20,6 +20,7 @@ from benchmarks.passthrough import (
     parse_args,
     verdicts,
 )
+from benchmarks.tests.usage import assert_usage_error
 
 TINY = ["--size", "320x240", "--viewers", "1", "--seconds", "0.5", "--settle", "0"]
 
@@ -38,10 +39,7 @@ TINY = ["--size", "320x240", "--viewers", "1", "--seconds", "0.5", "--settle", "
 def test_bad_arguments_exit_2_with_a_reason(
     argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert exc.value.code == 2
-    assert message in capsys.readouterr().err
+    assert_usage_error(main, argv, message, capsys)
 
 
 def _row(**fields: object) -> dict[str, object]:
@@ -81,6 +79,7 @@ def test_sample_frames_are_concatenated_in_numeric_order(tmp_path: Path) -> None
         concatenate_frames(tmp_path / "nothing-here", out)
 
 
+@pytest.mark.slow
 def test_tiny_run_measures_rtsp_both_ways_and_a_join(tmp_path: Path) -> None:
     # stdin is the floor test's kvs-peer side: one source here keeps the suite fast.
     out = tmp_path / "out.json"
@@ -96,6 +95,7 @@ def test_tiny_run_measures_rtsp_both_ways_and_a_join(tmp_path: Path) -> None:
     assert report["targets"]["joinP50"]["verdict"] in ("PASS", "FAIL")
 
 
+@pytest.mark.slow
 def test_tiny_floor_run_measures_the_c_sdk_and_kvs_peer(tmp_path: Path) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "interop"))
     from csdk import locate_samples  # skips (or fails in CI) without the samples

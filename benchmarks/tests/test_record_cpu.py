@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.record_cpu import main, summarize
+from benchmarks.tests.usage import assert_usage_error
 
 
 @pytest.mark.parametrize(
@@ -25,10 +26,7 @@ from benchmarks.record_cpu import main, summarize
 def test_bad_arguments_exit_2_with_a_reason(
     argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert exc.value.code == 2
-    assert message in capsys.readouterr().err
+    assert_usage_error(main, argv, message, capsys)
 
 
 def test_summary_compares_transcode_with_passthrough() -> None:
@@ -42,6 +40,7 @@ def test_summary_compares_transcode_with_passthrough() -> None:
     assert summary["channelsPerCore"] == 25
 
 
+@pytest.mark.slow
 async def test_a_tiny_run_measures_both_modes(tmp_path: Path) -> None:
     out = tmp_path / "record.json"
     argv = ["--size", "320x240", "--seconds", "0.5", "--settle", "0", "--bitrate", "300000"]

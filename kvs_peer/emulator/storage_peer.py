@@ -38,6 +38,7 @@ from aiortc import (
 from aiortc.contrib.media import MediaRelay
 
 from ..media.recorder import Recorder
+from ..peerconnection import candidate_from_json
 from ..protocol import (
     Action,
     ClientMessage,
@@ -49,7 +50,6 @@ from ..protocol import (
     sdp_payload,
 )
 from ..sdp import for_kvs_peers
-from ..peerconnection import candidate_from_json
 from .controlplane import StorageJoin
 from .storage import answer_codec_problem, sent_kinds
 

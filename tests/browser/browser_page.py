@@ -15,13 +15,10 @@ connects to ``wss://``; Chromium is told to accept exactly the emulator's key
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
 import shutil
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -204,12 +201,3 @@ class BrowserPeer:
 
     async def close(self) -> None:
         await self.page.evaluate("() => kvsTest.close()")
-
-
-async def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    """Poll a Python predicate on the event loop."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(0.02)

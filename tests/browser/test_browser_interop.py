@@ -25,10 +25,9 @@ from browser_page import (
     page_options,
     require_network_interface,
     unavailable,
-    wait_until,
 )
 from js_sdk import SdkUnavailable, ensure_sdk
-from support import MS
+from support import MS, wait_until
 
 from kvs_peer.access import AwsAccess
 from kvs_peer.channel import ChannelResolver
@@ -46,7 +45,7 @@ except ImportError:  # the open_page fixture skips (or fails, in CI) with the re
     async_playwright = None
     PlaywrightError = Exception
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHANNEL = "browser-interop"
 BROWSER_VIEWER = "browser-viewer"
@@ -114,7 +113,9 @@ async def open_page(
             page.on("console", lambda m: peer.console.append(f"{m.type}: {m.text}"))
             page.on("pageerror", lambda e: peer.console.append(f"pageerror: {e}"))
             await page.goto(kvs.endpoint_url + PAGE_PATH)
-            await page.wait_for_function("() => window.kvsTest !== undefined", timeout=5000)
+            await page.wait_for_function(
+                "() => window.kvsTest !== undefined", timeout=5000 * MS * 1000
+            )
             return peer
 
         try:

@@ -30,7 +30,7 @@ from kvs_peer.media.passthrough import H264Source
 from kvs_peer.media.stamp import read_stamp
 from kvs_peer.protocol import Role
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 WRITER = Path(__file__).resolve().parent.parent / "media" / "h264_writer.py"
 

@@ -34,7 +34,7 @@ from kvs_peer.media import TestPatternTrack
 from kvs_peer.media.stamp import read_stamp
 from kvs_peer.protocol import Role
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from botocore.auth import SigV4Auth, SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
+from support import MS
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus
 
@@ -439,7 +440,7 @@ async def test_connect_verifies_every_signed_header(kvs: LocalKvs) -> None:
     QueryAuth(credentials, "kinesisvideo", kvs.region, expires=299).add_auth(request)
     assert "X-Amz-SignedHeaders=host%3Buser-agent" in request.url
     async with ws_connect(request.url, user_agent_header="cam/1.0"):
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(5000 * MS):
             await kvs.wait_connected("signed-ua", viewers=["cam"])
     with pytest.raises(InvalidStatus) as info:
         async with ws_connect(request.url, user_agent_header="cam/2.0"):

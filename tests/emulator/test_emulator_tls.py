@@ -229,7 +229,7 @@ async def test_kvs_peer_master_and_viewer_through_tls_on_443(
     )
     master = await kvs_master("tls-443", width=160, height=120)
     viewer = await kvs_viewer("tls-443", client_id="v-443")
-    await viewer.wait_frames(3, timeout=20)
+    await viewer.wait_frames(3, timeout=20_000 * MS)
     viewer.assert_video(size=(160, 120))
     async with asyncio.timeout(WAIT):  # the master counts its session a moment later
         while master.stats.sessions_connected != 1:

@@ -53,7 +53,7 @@ def h264_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
             ],
             stdout=out,
             check=True,
-            timeout=60,
+            timeout=60_000 * MS,
         )
     return path
 

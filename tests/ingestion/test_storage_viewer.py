@@ -28,8 +28,8 @@ from kvs_peer.emulator.storage_peer import SessionState
 from kvs_peer.ingestion import StorageOptions
 from kvs_peer.master import Master
 from kvs_peer.media import TestPatternTrack, ToneTrack
-from kvs_peer.protocol import Event, IceCandidate, Role, SdpOffer, StatusResponse
 from kvs_peer.peerconnection import candidate_from_json
+from kvs_peer.protocol import Event, IceCandidate, Role, SdpOffer, StatusResponse
 from kvs_peer.signaling import SignalingClient
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
+from support import MS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REQUIRE_CSDK = os.environ.get("KVS_PEER_REQUIRE_CSDK") == "1"
@@ -73,7 +74,7 @@ def missing_libraries(binary: Path) -> list[str]:
     if ldd is None:
         return ["ldd (libc-bin) itself"]
     result = subprocess.run(
-        [ldd, str(binary)], capture_output=True, text=True, timeout=30, check=False
+        [ldd, str(binary)], capture_output=True, text=True, timeout=30_000 * MS, check=False
     )
     missing = [
         line.split("=>")[0].strip() for line in result.stdout.splitlines() if "not found" in line
@@ -232,7 +233,7 @@ class CsdkProcess:
                 await self.process.wait()
         if self._reader is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(self._reader, 2.0)
+                await asyncio.wait_for(self._reader, 2000 * MS)
         assert self.process.returncode is not None
         return self.process.returncode
 

@@ -20,10 +20,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from support import MS
+
 ADDRESS_IN_USE = re.compile(r"address already in use|EADDRINUSE|errno 98", re.IGNORECASE)
-READY_TIMEOUT = 20.0
+READY_TIMEOUT = 20_000 * MS
 """Seconds ``kvs-peer local`` may take to print its endpoint (imports, certificate, coturn)."""
-BUSY_RETRY_FOR = 60.0
+BUSY_RETRY_FOR = 60_000 * MS
 """Seconds to keep retrying while the port is held by someone else."""
 
 

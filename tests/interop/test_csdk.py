@@ -15,9 +15,8 @@ import asyncio
 import re
 import shutil
 import ssl
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import av
@@ -35,7 +34,7 @@ from csdk import (
     unavailable,
 )
 from local_cli import LocalCli, can_bind_privileged_port, run_local
-from support import MS
+from support import MS, wait_until
 
 from kvs_peer.access import AwsAccess
 from kvs_peer.channel import ChannelResolver
@@ -45,6 +44,8 @@ from kvs_peer.master import Master
 from kvs_peer.media import Recorder, TestPatternTrack, ToneTrack
 from kvs_peer.protocol import Role
 from kvs_peer.viewer import Viewer, new_client_id
+
+pytestmark = pytest.mark.slow
 
 PORT = 443
 SET_UP = r"\[KVS Master\] Channel (\S+) set up done"
@@ -116,14 +117,6 @@ def tls(local: LocalCli) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(local.ca_cert_path))
 
 
-async def _wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 def _assert_quiet(local: LocalCli, mark: int) -> None:
     """The emulator logged no warning or error since ``mark`` (e.g. about the C SDK's
     WebSocket subprotocol, or a message it could not route)."""
@@ -180,7 +173,7 @@ async def test_csdk_master_to_kvs_peer_viewer(
                 raise AssertionError(f"no frame from the C SDK master:\n{master.tail()}") from None
             await master.wait_for_line(CONNECTED, 5_000 * MS)
             await master.wait_for_line(r"New DataChannel has been opened kvs-peer", 5_000 * MS)
-            await _wait_until(
+            await wait_until(
                 lambda: viewer.channel is not None and viewer.channel.readyState == "open",
                 5_000 * MS,
                 f"the viewer's data channel to open:\n{master.tail()}",
@@ -189,9 +182,9 @@ async def test_csdk_master_to_kvs_peer_viewer(
             await master.wait_for_line(
                 r"DataChannel String Message: hello from kvs-peer", 5_000 * MS
             )
-            await _wait_until(lambda: MASTER_REPLY in replies, 5_000 * MS, "the master's reply")
+            await wait_until(lambda: MASTER_REPLY in replies, 5_000 * MS, "the master's reply")
             # Two seconds of media: 50 video frames at 25 fps, 100 Opus frames of 20 ms.
-            await _wait_until(
+            await wait_until(
                 lambda: (
                     viewer.stats.frames_received >= 50 and viewer.stats.audio_frames_received >= 100
                 ),
@@ -237,12 +230,12 @@ async def test_kvs_peer_master_to_csdk_viewer(
         ) as viewer:
             await viewer.wait_for_line(CONNECTED, 15_000 * MS)
             await viewer.wait_for_line(r"New DataChannel has been opened", 5_000 * MS)
-            await _wait_until(
+            await wait_until(
                 lambda: any(m == VIEWER_GREETING for _, m in messages),
                 5_000 * MS,
                 f"the C SDK viewer's data-channel greeting:\n{viewer.tail()}",
             )
-            await _wait_until(
+            await wait_until(
                 lambda: (
                     viewer.count(r"Video Frame received") >= 15
                     and viewer.count(r"Audio Frame received") >= 25
@@ -253,7 +246,7 @@ async def test_kvs_peer_master_to_csdk_viewer(
             assert master.stats.sessions_connected == 1
             assert master.stats.sessions_failed == 0
         # The C SDK closes DTLS when it quits: its seat is free again at once.
-        await _wait_until(lambda: not master.viewers, 3_000 * MS, "the master to drop the viewer")
+        await wait_until(lambda: not master.viewers, 3_000 * MS, "the master to drop the viewer")
     assert viewer.find(r"(?i)dtls.*(fail|error)") is None, viewer.tail()
     _assert_quiet(local, mark)
 
@@ -271,7 +264,7 @@ async def test_csdk_control_plane_creates_channel(
         await resolver.describe(channel)
     async with start_sample(samples, MASTER, [channel], csdk_env, log_level=LOG_INFO) as master:
         await master.wait_for_line(SET_UP, 20_000 * MS)
-        await _wait_until(
+        await wait_until(
             lambda: any(f"master connected to {channel}" in line for line in local.stderr[mark:]),
             5_000 * MS,
             "the emulator to see the master's WebSocket",
@@ -335,14 +328,14 @@ async def test_csdk_master_joins_storage_session(
         # With a browser-like offer (one sha-256 fingerprint, trickle advertised) the C SDK
         # answers at once and connects; with aiortc's raw offer its DTLS check failed.
         await master.wait_for_line(CONNECTED, 10_000 * MS)
-        await _wait_until(
+        await wait_until(
             lambda: any(f"recording to {storage_dir}/{stream}/" in x for x in local.stderr[mark:]),
             5_000 * MS,
             f"the storage session to record:\n{local.output()}",
         )
         await asyncio.sleep(3.0)  # about 75 video frames and 150 Opus frames at the sample's rate
     # The master left: its storage peer connection closes and the file is finished.
-    await _wait_until(
+    await wait_until(
         lambda: any(
             re.search(rf"storage session of {channel} ended", x) for x in local.stderr[mark:]
         ),

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from support import MS
 
 from kvs_peer.media import (
     AudioFanout,
@@ -98,7 +99,7 @@ async def watch(link: Link, seconds: float) -> Watch:
     end = time.perf_counter() + seconds
     try:
         while time.perf_counter() < end:
-            _note(result, await asyncio.wait_for(link.video.recv(), 2.0))
+            _note(result, await asyncio.wait_for(link.video.recv(), 2000 * MS))
     except MediaStreamError:
         pass
     result.fps = (result.frames - 1) / seconds

@@ -214,7 +214,7 @@ async def test_source_end_ends_every_subscriber() -> None:
     for track in tracks:
         with pytest.raises(MediaStreamError):
             while True:
-                await asyncio.wait_for(track.recv(), 1.0)
+                await asyncio.wait_for(track.recv(), 1000 * MS)
     await encoder.close()
 
 
@@ -289,19 +289,19 @@ async def test_join_right_after_a_periodic_keyframe_is_served_at_once() -> None:
             pass
         started = time.monotonic()
         joiner = encoder.subscribe()
-        packet = await asyncio.wait_for(joiner.recv(), 2)
+        packet = await asyncio.wait_for(joiner.recv(), 2000 * MS)
         waited = time.monotonic() - started
         first.stop()
         joiner.stop()
     assert packet.is_keyframe
-    assert waited < 0.25, f"joiner waited {waited:.3f} s for its keyframe"
+    assert waited < 250 * MS, f"joiner waited {waited:.3f} s for its keyframe"
 
 
 @pytest.mark.parametrize(("size", "level"), [((1280, 720), 31), ((1920, 1080), 40)])
 async def test_level_fits_the_frame_size(size: tuple[int, int], level: int) -> None:
     async with SharedVideoEncoder(TestPatternTrack(*size, 10)) as encoder:
         track = encoder.subscribe()
-        encoded = await asyncio.wait_for(track.recv_encoded(), 10)
+        encoded = await asyncio.wait_for(track.recv_encoded(), 10_000 * MS)
     data = bytes(encoded.packet)
     sps = data.index(b"\x00\x00\x01\x67") + 4  # NAL type 7 with nal_ref_idc 3, as x264 writes
     profile_idc, constraints, level_idc = data[sps : sps + 3]

@@ -26,7 +26,7 @@ async def count_audio(track, seconds: float) -> int:
     await track.recv()
     end, frames = time.perf_counter() + seconds, 0
     while time.perf_counter() < end:
-        await asyncio.wait_for(track.recv(), 1.0)
+        await asyncio.wait_for(track.recv(), 1000 * MS)
         frames += 1
     return frames
 
@@ -126,7 +126,7 @@ async def drain_until_ended(track) -> int:
     frames = 0
     with pytest.raises(MediaStreamError):
         for _ in range(200):
-            await asyncio.wait_for(track.recv(), 1.0)
+            await asyncio.wait_for(track.recv(), 1000 * MS)
             frames += 1
     return frames
 

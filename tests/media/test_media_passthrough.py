@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import MS, wait_until
 
 from kvs_peer.access import AwsAccess
 from kvs_peer.channel import ChannelResolver
@@ -59,12 +60,6 @@ def viewer(resolver: ChannelResolver, client_id: str, **kwargs: Any) -> Viewer:
     return Viewer(AwsAccess(resolver, CHANNEL, Role.VIEWER, client_id=client_id), **kwargs)
 
 
-async def wait_until(predicate: Any, timeout: float) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.02)
-
-
 @contextlib.asynccontextmanager
 async def passthrough_master(
     resolver: ChannelResolver, source: Any, **kwargs: Any
@@ -84,8 +79,8 @@ async def test_fifo_stream_reaches_a_viewer_without_encoding(
         async with passthrough_master(resolver, source) as master:
             check = VideoCheck()
             async with viewer(resolver, "v1", on_frame=check.add) as v:
-                await v.wait_first_frame(timeout=10)
-                await wait_until(lambda: check.frames >= 30, 10)
+                await v.wait_first_frame(timeout=10_000 * MS)
+                await wait_until(lambda: check.frames >= 30, 10_000 * MS)
             assert master.passthrough is not None and master.encoder is not None
             assert master.passthrough.frames_forwarded >= 30
             assert master.encoder.frames_encoded == 0  # nothing was re-encoded
@@ -102,8 +97,8 @@ async def late_joiners(
     for index in range(count):
         check = VideoCheck()
         async with viewer(resolver, f"late-{index}", on_frame=check.add) as v:
-            ttffs.append(await v.wait_first_frame(timeout=10))
-            await wait_until(lambda c=check: c.frames >= 10, 10)
+            ttffs.append(await v.wait_first_frame(timeout=10_000 * MS))
+            await wait_until(lambda c=check: c.frames >= 10, 10_000 * MS)
         checks.append(check)
         await asyncio.sleep(gap)
     return ttffs, checks
@@ -117,7 +112,7 @@ async def test_late_joiners_start_from_the_cached_gop(
         async with passthrough_master(resolver, open_master_video(str(fifo))) as master:
             first = VideoCheck()
             async with viewer(resolver, "first", on_frame=first.add) as v:
-                await v.wait_first_frame(timeout=10)
+                await v.wait_first_frame(timeout=10_000 * MS)
                 ttffs, checks = await late_joiners(resolver, 4, gap=0.37)
                 frames_before = first.frames
                 await asyncio.sleep(0.5)
@@ -131,7 +126,7 @@ async def test_late_joiners_start_from_the_cached_gop(
     with capsys.disabled():
         print(f"\n  passthrough late joiners, 2 s GOP: TTFF {[round(t * 1000) for t in ttffs]} ms")
     # Generous for a loaded 2-core machine; the benchmark measures the real figure.
-    assert statistics.median(ttffs) < 1.5
+    assert statistics.median(ttffs) < 1500 * MS
 
 
 async def test_parameter_sets_sent_once_still_serve_late_joiners(
@@ -152,8 +147,8 @@ async def test_high_profile_goes_to_the_encoder_for_a_baseline_only_viewer(
         async with passthrough_master(resolver, open_master_video(str(fifo))) as master:
             check = VideoCheck()
             async with viewer(resolver, "baseline-only", on_frame=check.add) as v:
-                await v.wait_first_frame(timeout=10)
-                await wait_until(lambda: check.frames >= 20, 10)
+                await v.wait_first_frame(timeout=10_000 * MS)
+                await wait_until(lambda: check.frames >= 20, 10_000 * MS)
             assert master.encoder is not None and master.encoder.frames_encoded >= 20
             assert master.passthrough is not None
             assert master.passthrough.sps is not None
@@ -170,7 +165,7 @@ async def test_passthrough_mode_refuses_a_viewer_that_cannot_take_the_profile(
             assert master.encoder is None
             v = viewer(resolver, "refused")
             async with v:
-                await wait_until(lambda: master.stats.sessions_failed >= 1, 10)
+                await wait_until(lambda: master.stats.sessions_failed >= 1, 10_000 * MS)
             assert master.passthrough is not None and master.passthrough.viewers_refused >= 1
     refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert refusals and "High" in refusals[0] and "--video-mode auto" in refusals[0]
@@ -187,8 +182,8 @@ async def test_a_source_that_is_not_h264_falls_back_to_the_encoder(
         assert master.passthrough is None
         check = VideoCheck()
         async with viewer(resolver, "vp8-source", on_frame=check.add) as v:
-            await v.wait_first_frame(timeout=10)
-            await wait_until(lambda: check.frames >= 10, 10)
+            await v.wait_first_frame(timeout=10_000 * MS)
+            await wait_until(lambda: check.frames >= 10, 10_000 * MS)
         assert master.encoder is not None and master.encoder.frames_encoded >= 10
     with pytest.raises(InvalidArgument, match=r"not H\.264"):
         open_master_video(str(clip), video_mode="passthrough")
@@ -229,13 +224,13 @@ async def test_a_raw_h264_file_loops_without_seeking(
     async with passthrough_master(resolver, source) as master:
         check = VideoCheck()
         async with viewer(resolver, "looper", on_frame=check.add) as v:
-            await v.wait_first_frame(timeout=10)
-            await wait_until(lambda: check.frames >= 25, 10)  # 10-frame clip: 2+ passes
+            await v.wait_first_frame(timeout=10_000 * MS)
+            await wait_until(lambda: check.frames >= 25, 10_000 * MS)  # 10-frame clip: 2+ passes
         assert master.end_reason is None
     assert source.opens >= 3
     # Each pass starts again at counter 0: the counter goes back once per loop.
     assert check.backwards >= 2 and check.stamped == check.frames
-    assert (check.width, check.height) == (160, 120) and check.longest_gap_s < 1.0
+    assert (check.width, check.height) == (160, 120) and check.longest_gap_s < 1000 * MS
 
 
 KVS_PEER = [sys.executable, "-m", "kvs_peer"]
@@ -273,11 +268,11 @@ async def test_stdin_pipeline_into_the_master_command(
     try:
         check = VideoCheck()
         async with viewer(resolver, "cli-viewer", on_frame=check.add) as v:
-            await v.wait_first_frame(timeout=15)
-            await wait_until(lambda: check.frames >= 30, 10)
+            await v.wait_first_frame(timeout=15_000 * MS)
+            await wait_until(lambda: check.frames >= 30, 10_000 * MS)
     finally:
         master.send_signal(signal.SIGINT)
-        _out, err = await asyncio.wait_for(master.communicate(), 20)
+        _out, err = await asyncio.wait_for(master.communicate(), 20_000 * MS)
         writer.kill()
         writer.wait()
     assert master.returncode == 0, err.decode()
@@ -297,7 +292,7 @@ async def test_a_missing_encoder_is_a_clear_error(device_env: dict[str, str]) ->
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    _, err = await asyncio.wait_for(proc.communicate(), 30_000 * MS)
     assert proc.returncode != 0
     assert "h264_vaapi" in err.decode() and "not in this FFmpeg build" in err.decode()
 
@@ -311,8 +306,8 @@ async def test_rtsp_camera_is_demuxed_not_decoded(channel: str, resolver: Channe
         async with passthrough_master(resolver, source) as master:
             check = VideoCheck()
             async with viewer(resolver, "rtsp-viewer", on_frame=check.add) as v:
-                await v.wait_first_frame(timeout=10)
-                await wait_until(lambda: check.frames >= 15, 10)
+                await v.wait_first_frame(timeout=10_000 * MS)
+                await wait_until(lambda: check.frames >= 15, 10_000 * MS)
             assert master.encoder is not None and master.encoder.frames_encoded == 0
     check.assert_ok(min_frames=15, size=(320, 240), max_gap_s=1.0)
 
@@ -334,7 +329,7 @@ async def test_h264_in_a_media_file_is_passed_through_and_loops(
             frames += 1
 
         async with viewer(resolver, "mkv-viewer", on_frame=count) as v:
-            await v.wait_first_frame(timeout=10)
-            await wait_until(lambda: frames >= 25, 10)
+            await v.wait_first_frame(timeout=10_000 * MS)
+            await wait_until(lambda: frames >= 25, 10_000 * MS)
         assert master.encoder is not None and master.encoder.frames_encoded == 0
     assert source.opens >= 3

@@ -155,7 +155,7 @@ async def test_add_track_stops_when_the_track_ends(tmp_path: Path) -> None:
             return video_frame(self.sent)
 
     async with Recorder(tmp_path / "three.mkv") as recorder:
-        await asyncio.wait_for(recorder.add_track(Three()), 1.0)
+        await asyncio.wait_for(recorder.add_track(Three()), 1000 * MS)
     assert recorder.frames_written == 3
 
 

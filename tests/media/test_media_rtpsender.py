@@ -13,6 +13,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, c
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import HeaderExtensions, HeaderExtensionsMap, RtpPacket
 from media_peers import connect, watch
+from support import MS
 
 from kvs_peer.media import SharedVideoEncoder, TestPatternTrack, add_shared_video
 from kvs_peer.media.rtpsender import (
@@ -301,9 +302,9 @@ async def test_an_offer_aiortc_cannot_serialize_does_not_hang_close() -> None:
             await master.setRemoteDescription(RTCSessionDescription(offer, "offer"))
             await master.setLocalDescription(await master.createAnswer())
             await viewer.setRemoteDescription(master.localDescription)
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(10_000 * MS):
                 while transceiver.sender._RTCRtpSender__rtp_exited.is_set() is False:
                     await asyncio.sleep(0.05)
         finally:
-            await asyncio.wait_for(master.close(), 5)
+            await asyncio.wait_for(master.close(), 5000 * MS)
             await viewer.close()

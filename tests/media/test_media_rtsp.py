@@ -6,13 +6,13 @@ import asyncio
 import random
 import re
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from media_files import mpegts_bytes
 from rtsp_server import RtspServer
+from support import MS, wait_until
 
 from kvs_peer.access import AwsAccess
 from kvs_peer.channel import ChannelResolver
@@ -33,7 +33,7 @@ async def test_rtsp_source_decodes_the_camera_stream() -> None:
         counters = []
         try:
             while len(counters) < 20:
-                frame = await asyncio.wait_for(track.recv(), 5)
+                frame = await asyncio.wait_for(track.recv(), 5000 * MS)
                 assert (frame.width, frame.height, frame.format.name) == (320, 240, "yuv420p")
                 stamp = read_stamp(frame)
                 assert stamp is not None
@@ -50,10 +50,10 @@ async def test_rtsp_source_ends_when_the_camera_goes_away() -> None:
     async with RtspServer(320, 240, fps=15) as camera:
         track = await asyncio.to_thread(open_video_source, camera.url, timeout=5)
         try:
-            await asyncio.wait_for(track.recv(), 5)
+            await asyncio.wait_for(track.recv(), 5000 * MS)
             await camera.stop()
             with pytest.raises(MediaStreamError):
-                async with asyncio.timeout(10):
+                async with asyncio.timeout(10_000 * MS):
                     while True:
                         await track.recv()
         finally:
@@ -68,6 +68,7 @@ async def test_rtsp_url_with_nothing_listening_is_a_clear_error() -> None:
         await asyncio.to_thread(open_video_source, url, timeout=3)
 
 
+@pytest.mark.slow
 async def test_master_streams_an_rtsp_camera_through_a_camera_restart(
     kvs: LocalKvs, resolver: ChannelResolver
 ) -> None:
@@ -84,20 +85,20 @@ async def test_master_streams_an_rtsp_camera_through_a_camera_restart(
                 on_frame=check.add,
             ) as viewer,
         ):
-            await viewer.wait_first_frame(timeout=15)
-            await wait_for(lambda: check.frames >= 20)
+            await viewer.wait_first_frame(timeout=15_000 * MS)
+            await wait_until(lambda: check.frames >= 20)
             # Two H.264 encodes (camera, then master) and the stamps still read back in order.
             check.assert_ok(min_frames=20, size=(320, 240), max_gap_s=1.0)
             assert check.counters_advanced >= 15
 
             meter = _Meter()
             await camera.stop()  # the camera reboots...
-            await wait_for(lambda: video.reopening)
+            await wait_until(lambda: video.reopening)
             assert "| source reopening |" in await _master_status(master, meter)
             await asyncio.sleep(1.0)
             before = check.frames
             async with RtspServer(320, 240, fps=15, port=camera.port):  # ...and is back
-                await wait_for(lambda: check.frames >= before + 20, timeout=20)
+                await wait_until(lambda: check.frames >= before + 20, timeout=20_000 * MS)
                 await _master_status(master, meter)
                 await asyncio.sleep(0.5)
                 status = await _master_status(master, meter)
@@ -108,12 +109,7 @@ async def test_master_streams_an_rtsp_camera_through_a_camera_restart(
     assert viewer.stats.offers_sent == 1
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.05)
-
-
+@pytest.mark.slow
 async def test_reopening_source_comes_back_after_a_camera_restart() -> None:
     camera = RtspServer(320, 240, fps=15)
     async with camera:
@@ -122,13 +118,13 @@ async def test_reopening_source_comes_back_after_a_camera_restart() -> None:
         pts = []
         try:
             for _ in range(5):
-                pts.append((await asyncio.wait_for(track.recv(), 5)).pts)
+                pts.append((await asyncio.wait_for(track.recv(), 5000 * MS)).pts)
             await camera.stop()
             # The old stream drains, then the track retries while nothing listens.
             await asyncio.sleep(1.0)
             async with RtspServer(320, 240, fps=15, port=camera.port) as again:
                 counters = []
-                async with asyncio.timeout(20):
+                async with asyncio.timeout(20_000 * MS):
                     while len(counters) < 5:
                         frame = await track.recv()
                         pts.append(frame.pts)
@@ -145,14 +141,14 @@ async def test_reopening_source_comes_back_after_a_camera_restart() -> None:
 async def test_stopping_a_reopening_source_ends_its_wait() -> None:
     async with RtspServer() as camera:
         track = await asyncio.to_thread(open_video_source, camera.url, timeout=3, reopen=True)
-        await asyncio.wait_for(track.recv(), 5)
+        await asyncio.wait_for(track.recv(), 5000 * MS)
     # Nothing listens any more: the track keeps trying until it is stopped.
     reader = asyncio.ensure_future(_drain(track))
     await asyncio.sleep(1.5)
     assert not reader.done()
     track.stop()
     with pytest.raises(MediaStreamError):
-        await asyncio.wait_for(reader, 5)
+        await asyncio.wait_for(reader, 5000 * MS)
     assert track.failed_attempts >= 1
 
 
@@ -195,11 +191,11 @@ async def test_a_source_opened_after_its_reader_left_is_kept_for_the_next_read()
     with pytest.raises(asyncio.CancelledError):
         await reader
     release.set()
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(5000 * MS):
         while track.opens == 0:
             await asyncio.sleep(0.02)
     try:
-        frame = await asyncio.wait_for(track.recv(), 5)
+        frame = await asyncio.wait_for(track.recv(), 5000 * MS)
         assert (frame.width, frame.height) == (64, 60)
         assert len(opened) == 1  # adopted, not opened a second time
     finally:
@@ -220,7 +216,7 @@ async def test_a_reader_arriving_during_an_open_waits_for_it_instead_of_opening_
     await asyncio.sleep(0.2)
     release.set()
     try:
-        frame = await asyncio.wait_for(second, 5)
+        frame = await asyncio.wait_for(second, 5000 * MS)
         assert (frame.width, frame.height) == (64, 60)
     finally:
         track.stop()
@@ -237,13 +233,14 @@ class _DiesAtOnce(MediaStreamTrack):
         raise MediaStreamError
 
 
+@pytest.mark.slow
 async def test_a_source_that_keeps_dying_backs_off_more_and_more() -> None:
     track = ReopeningVideoTrack(_DiesAtOnce, description="flaky camera", rng=random.Random(5))
     reader = asyncio.ensure_future(_drain(track))
     await asyncio.sleep(3.0)
     track.stop()
     with pytest.raises(MediaStreamError):
-        await asyncio.wait_for(reader, 5)
+        await asyncio.wait_for(reader, 5000 * MS)
     # The same seeded delays: how many attempts fit in 3 s if every one waits longer.
     delays = backoff(base=0.5, cap=10.0, rng=random.Random(5))
     elapsed, expected = 0.0, 0

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from media_files import mpegts_bytes
+from support import MS
 
 from kvs_peer.access import AwsAccess
 from kvs_peer.channel import ChannelResolver
@@ -41,7 +42,7 @@ async def test_master_stops_when_its_file_ends(
         Viewer(AwsAccess(resolver, "clip", Role.VIEWER, client_id="c1"), on_frame=check.add),
     ):
         # The file is read only while someone watches: one second of video, then the end.
-        await asyncio.wait_for(master.wait_closed(), 15)
+        await asyncio.wait_for(master.wait_closed(), 15_000 * MS)
         assert master.end_reason == "the video source ended"
         assert master.encoder is not None and master.encoder.ended
     assert check.frames >= 20
@@ -59,10 +60,10 @@ async def test_master_command_exits_when_its_file_ends(
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        await asyncio.wait_for(kvs.wait_connected("clip", master=True), 30)
+        await asyncio.wait_for(kvs.wait_connected("clip", master=True), 30_000 * MS)
         async with Viewer(AwsAccess(resolver, "clip", Role.VIEWER, client_id="c1")) as viewer:
-            await viewer.wait_first_frame(timeout=15)
-            out, err = await asyncio.wait_for(process.communicate(), 20)
+            await viewer.wait_first_frame(timeout=15_000 * MS)
+            out, err = await asyncio.wait_for(process.communicate(), 20_000 * MS)
     finally:
         if process.returncode is None:
             process.kill()
@@ -96,7 +97,7 @@ async def test_a_failing_camera_is_named_without_its_password(
             master,
             Viewer(AwsAccess(resolver, "cam", Role.VIEWER, client_id="c1")),
         ):
-            await asyncio.wait_for(master.wait_closed(), 15)
+            await asyncio.wait_for(master.wait_closed(), 15_000 * MS)
     assert master.end_reason is not None
     assert master.end_reason.startswith("the video source failed: ")
     assert "tcp://admin:***@127.0.0.1" in master.end_reason

@@ -126,7 +126,7 @@ async def test_metrics_move_during_a_stream_and_match_json(
                     ):
                         break
                     await asyncio.sleep(0.1)
-            assert 0 < third_m[rtt] < 0.5
+            assert 0 < third_m[rtt] < 500 * MS
             assert value(third_m, "kvs_peer_sessions_started_total", "master") == 2
             assert value(third_m, "kvs_peer_session_setup_seconds_count", "master") == 2
             for name in ("bytes_sent", "frames_sent"):

@@ -15,6 +15,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from support import MS
 
 from kvs_peer.cli import build_parser
 from kvs_peer.masterconfig import load_master_config
@@ -126,6 +127,8 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
         target = tmp_path / path.name.replace("@.", "@garage.")
         target.write_text(path.read_text().replace("/usr/local/bin/kvs-peer", str(kvs_peer)))
         units.append(str(target))
-    result = subprocess.run([analyze, "verify", *units], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [analyze, "verify", *units], capture_output=True, text=True, timeout=60_000 * MS
+    )
     assert result.returncode == 0, result.stderr
     assert "Unknown key" not in result.stderr and "Unknown section" not in result.stderr

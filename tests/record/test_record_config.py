@@ -8,6 +8,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from support import MS
 
 from kvs_peer.errors import InvalidArgument
 from kvs_peer.record.config import load_config, parse_config, parse_size
@@ -101,7 +102,7 @@ def test_cli_refuses_a_bad_config_and_names_the_key(tmp_path: Path) -> None:
         [sys.executable, "-m", "kvs_peer", "record", "--config", str(path)],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=60_000 * MS,
     )
     assert result.returncode == 1
     assert "output: unknown key segment_secs" in result.stderr
@@ -110,7 +111,7 @@ def test_cli_refuses_a_bad_config_and_names_the_key(tmp_path: Path) -> None:
         [sys.executable, "-m", "kvs_peer", "record", "--config", str(tmp_path / "nope.toml")],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=60_000 * MS,
     )
     assert missing.returncode == 1
     assert "not found: pass --config" in missing.stderr

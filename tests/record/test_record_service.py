@@ -30,7 +30,9 @@ from record_support import (
     recorder_env,
     write_config,
 )
-from support import MS
+from support import MS, wait_until
+
+pytestmark = pytest.mark.slow
 
 KEY_RE = re.compile(rf"{PREFIX}/(?P<channel>[^/]+)/(?P<name>\d{{8}}T\d{{6}}\.\d{{3}}Z\.mkv)")
 
@@ -77,14 +79,6 @@ def spool_names(spool: Path) -> dict[str, set[str]]:
     return found
 
 
-async def wait_for(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.2)
-
-
 def uploaded(moto: MotoS3) -> dict[str, int]:
     """channel/name -> size of every segment in the bucket (keys checked)."""
     found = {}
@@ -120,7 +114,7 @@ async def test_two_channels_five_second_segments_reach_s3_and_decode(
     recorder = RecorderProcess(config, recorder_env(kvs_emulator), "--metrics-port", "0")
     await recorder.start()
     try:
-        await wait_for(
+        await wait_until(
             lambda: all(
                 sum(k.startswith(c + "/") for k in uploaded(moto_s3)) >= 2 for c in channels
             ),
@@ -205,7 +199,7 @@ async def test_s3_outage_then_sigkill_nothing_is_lost(
     second = RecorderProcess(config, env)
     try:
         await first.start()
-        await wait_for(
+        await wait_until(
             lambda: {n.split("/")[0] for n in uploaded(moto_s3)} == set(channels),
             40_000 * MS,
             "a first segment of each channel in S3",
@@ -218,7 +212,7 @@ async def test_s3_outage_then_sigkill_nothing_is_lost(
         assert len(held) >= 10, (held, first.text()[-3000:])
         assert set(uploaded(moto_s3)) == before
         await s3_proxy.restore()
-        await wait_for(
+        await wait_until(
             lambda: not spool_names(spool)["finished"], 20_000 * MS, "the spool to drain"
         )
         assert held <= set(uploaded(moto_s3))
@@ -238,7 +232,7 @@ async def test_s3_outage_then_sigkill_nothing_is_lost(
                     return False
             return len(sizes) == len(channels) and min(sizes) > 20_000
 
-        await wait_for(parts_have_frames, 5_000 * MS, "open segments with frames")
+        await wait_until(parts_have_frames, 5_000 * MS, "open segments with frames")
         first.kill_all()
         await first.stop()
         left = spool_names(spool)
@@ -250,7 +244,7 @@ async def test_s3_outage_then_sigkill_nothing_is_lost(
             removed = f"{name} was being written when its process stopped and holds no frame"
             return name in uploaded(moto_s3) or removed in second.text()
 
-        await wait_for(
+        await wait_until(
             lambda: all(accounted(n) for n in left["finished"] | left["part"]),
             30_000 * MS,
             "the killed run's spool in S3",

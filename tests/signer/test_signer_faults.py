@@ -42,7 +42,7 @@ HALF_SENT = (
 
 async def _read_line(stream: asyncio.StreamReader, marker: str) -> str:
     seen = ""
-    async with asyncio.timeout(30):
+    async with asyncio.timeout(30_000 * MS):
         while marker not in seen:
             line = await stream.readline()
             if not line:
@@ -73,7 +73,7 @@ async def local_emulator(*channels: str) -> AsyncIterator[tuple[asyncio.subproce
             proc.send_signal(signal.SIGCONT)
             proc.send_signal(signal.SIGINT)
             try:
-                await asyncio.wait_for(proc.wait(), 20)
+                await asyncio.wait_for(proc.wait(), 20_000 * MS)
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
@@ -95,6 +95,7 @@ async def _get(
 # -- item 4: a hung control plane -------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_sigstopped_emulator_cached_channel_served_uncached_gets_503_in_time() -> None:
     deadline = max(0.05, 1000 * MS)
     async with local_emulator("cam-1", "cam-2") as (emulator, endpoint):
@@ -213,6 +214,7 @@ async def _closed_at(reader: asyncio.StreamReader, within: float) -> float | Non
     return time.perf_counter() if await _closed_by_server(reader, within) else None
 
 
+@pytest.mark.slow
 async def test_half_sent_requests_are_closed_after_header_timeout() -> None:
     header_timeout = max(0.05, 1000 * MS)
     config = {
@@ -277,6 +279,7 @@ async def test_one_address_cannot_hold_more_than_its_connections() -> None:
             _close_all(conns)
 
 
+@pytest.mark.slow
 async def test_connection_flood_from_one_address_does_not_lock_the_signer(
     tmp_path: Path,
 ) -> None:
@@ -326,7 +329,7 @@ async def test_connection_flood_from_one_address_does_not_lock_the_signer(
         _close_all(conns)
         proc.send_signal(signal.SIGINT)
         try:
-            await asyncio.wait_for(proc.wait(), 20)
+            await asyncio.wait_for(proc.wait(), 20_000 * MS)
         except TimeoutError:
             proc.kill()
             await proc.wait()

@@ -7,6 +7,7 @@ from pathlib import Path
 import boto3
 import pytest
 from signer_helpers import MASTER_TOKEN, VIEWER_TOKEN, clear_aws_environment, signer_stack
+from support import MS
 
 from kvs_peer.access import SignerAccess
 from kvs_peer.master import Master
@@ -33,7 +34,7 @@ async def test_master_and_viewer_stream_through_the_signer(no_aws_env: None) -> 
             Master(master_access, video=TestPatternTrack(320, 240, 30)),
             Viewer(viewer_access, on_frame=check.add) as viewer,
         ):
-            await viewer.wait_first_frame(timeout=15)
+            await viewer.wait_first_frame(timeout=15_000 * MS)
             async for _ in viewer.frames():
                 if check.frames >= 30:
                     break

@@ -23,7 +23,7 @@ from kvs_peer.emulator import EmulatorConfig, LocalKvs
 from kvs_peer.media import read_stamp
 from kvs_peer.testing import KvsMasterFactory
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = Path(os.environ.get("KVS_PEER_CHROMIUM") or "/usr/bin/chromium")
 WAIT = 20_000 * MS
