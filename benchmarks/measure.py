@@ -16,7 +16,7 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -76,6 +76,17 @@ def write_report(path: Path, text: str) -> None:
     """Write a benchmark's JSON report to ``path``, creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def emit_report(
+    report: dict[str, Any], json_path: str | None, render: Callable[[Any], str]
+) -> None:
+    """Print ``report`` as JSON and as its table, and write the JSON to ``json_path`` if set."""
+    text = json.dumps(report, indent=2)
+    if json_path:
+        write_report(Path(json_path), text + "\n")
+    print(text)
+    print(render(report))
 
 
 def _thread_times() -> dict[int, float]:

@@ -48,7 +48,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.measure import write_report
+from benchmarks.measure import emit_report
 
 ROOT = Path(__file__).resolve().parent.parent
 WRITER = ROOT / "tests" / "media" / "h264_writer.py"
@@ -615,12 +615,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    report = asyncio.run(run(args))
-    text = json.dumps(report, indent=2)
-    if args.json:
-        write_report(Path(args.json), text + "\n")
-    print(text)
-    print(render(report))
+    emit_report(asyncio.run(run(args)), args.json, render)
     return 0
 
 

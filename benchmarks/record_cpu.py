@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.measure import write_report
+from benchmarks.measure import emit_report
 from benchmarks.passthrough import cpu_seconds, device_env, kvs_peer_master, make_clip
 
 MODES = ("passthrough", "transcode", "receive")
@@ -221,12 +221,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    report = asyncio.run(run(args))
-    text = json.dumps(report, indent=2)
-    if args.json:
-        write_report(Path(args.json), text + "\n")
-    print(text)
-    print(render(report))
+    emit_report(asyncio.run(run(args)), args.json, render)
     return 0
 
 

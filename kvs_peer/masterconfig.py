@@ -46,12 +46,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from .errors import InvalidArgument
 from .media.presets import X264_PRESETS
 from .signing import validate_channel_name
-from .tomlconfig import check_keys, config_error, load_toml_config
+from .tomlconfig import check_keys, config_bool, config_error, config_url, load_toml_config
 
 __all__ = [
     "CAMERA_DEFAULTS",
@@ -173,20 +172,6 @@ def _positive(where: str, value: Any) -> float:
     return float(value)
 
 
-def _bool(where: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise config_error(where, f"must be true or false, got {value!r}")
-    return value
-
-
-def _url(where: str, value: Any) -> str:
-    if isinstance(value, str):
-        parts = urlsplit(value)
-        if parts.scheme in ("http", "https") and parts.hostname:
-            return value
-    raise config_error(where, f"must be an http:// or https:// URL with a host, got {value!r}")
-
-
 def _port(where: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
         raise config_error(where, f"must be a port from 0 to 65535, got {value!r}")
@@ -209,23 +194,23 @@ _CAMERA_KEYS: dict[str, Any] = {
     "width": _whole(16),
     "height": _whole(16),
     "fps": _positive,
-    "loop": _bool,
-    "reopen": _bool,
+    "loop": config_bool,
+    "reopen": config_bool,
     "bitrate": _whole(10_000),
     "gop": _whole(1),
     "preset": _choice(X264_PRESETS),
     "max_viewers": _whole(1),
-    "storage": _bool,
+    "storage": config_bool,
 }
 _CONNECTION_KEYS: dict[str, Any] = {
     "region": _text,
-    "endpoint_url": _url,
-    "create_channel": _bool,
-    "channel_cache": _bool,
-    "signer": _url,
+    "endpoint_url": config_url,
+    "create_channel": config_bool,
+    "channel_cache": config_bool,
+    "signer": config_url,
     "token_file": _text,
-    "loopback_candidates": _bool,
-    "relay_only": _bool,
+    "loopback_candidates": config_bool,
+    "relay_only": config_bool,
 }
 _METRICS_KEYS: dict[str, Any] = {"port": _port, "host": _text, "stats_interval": _interval}
 _TOP_KEYS = {"connection", "metrics", "defaults", "camera"}

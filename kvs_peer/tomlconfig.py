@@ -9,6 +9,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from .errors import InvalidArgument
 
@@ -69,3 +70,19 @@ def load_toml_config(
         return parse(data, base_dir=path.parent)
     except InvalidArgument as exc:
         raise InvalidArgument(f"{what} {str(path)!r}: {exc}") from None
+
+
+def config_bool(where: str, value: Any) -> bool:
+    """``value`` if it is a TOML boolean, else an error naming ``where``."""
+    if not isinstance(value, bool):
+        raise config_error(where, f"must be true or false, got {value!r}")
+    return value
+
+
+def config_url(where: str, value: Any) -> str:
+    """``value`` if it is an http(s) URL with a host, else an error naming ``where``."""
+    if isinstance(value, str):
+        parts = urlsplit(value)
+        if parts.scheme in ("http", "https") and parts.hostname:
+            return value
+    raise config_error(where, f"must be an http:// or https:// URL with a host, got {value!r}")

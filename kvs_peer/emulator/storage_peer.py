@@ -21,6 +21,7 @@ import datetime as dt
 import enum
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,7 +147,7 @@ class SessionInfo:
     """The ``correlationId`` of the accepted answer (what a STATUS_RESPONSE would name)."""
 
 
-class OfferingPeer:
+class OfferingPeer(ABC):
     """The storage session's side of one participant's peer connection.
 
     It offers (candidates first, then the SDP without ``senderClientId``), holds the
@@ -198,18 +199,18 @@ class OfferingPeer:
 
     # -- what subclasses decide ----------------------------------------------------------------
 
+    @abstractmethod
     def _setup(self, pc: RTCPeerConnection) -> None:
         """Add the transceivers (and track handlers) before the offer."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _answer_problem(self, sdp: str) -> str | None:
         """Why the answer cannot be accepted, or None."""
-        raise NotImplementedError
 
-    async def _accepted(self, sdp: str) -> None:
+    async def _accepted(self, sdp: str) -> None:  # noqa: B027 (an optional hook)
         """The answer was accepted (called before it is applied)."""
 
-    async def _finished(self) -> None:
+    async def _finished(self) -> None:  # noqa: B027 (an optional hook)
         """The peer connection is closed: release what the subclass holds."""
 
     # -- the offer/answer flow -----------------------------------------------------------------

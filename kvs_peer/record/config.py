@@ -38,11 +38,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from ..errors import InvalidArgument
 from ..signing import validate_channel_name
-from ..tomlconfig import check_keys, config_error, load_toml_config
+from ..tomlconfig import check_keys, config_bool, config_error, config_url, load_toml_config
 
 __all__ = [
     "STORAGE_CLASSES",
@@ -193,20 +192,6 @@ def _whole(where: str, value: Any, low: int, high: int) -> int:
     return value
 
 
-def _bool(where: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise config_error(where, "must be true or false")
-    return value
-
-
-def _url(where: str, value: Any) -> str:
-    if isinstance(value, str):
-        parts = urlsplit(value)
-        if parts.scheme in ("http", "https") and parts.hostname:
-            return value
-    raise config_error(where, "must be an http:// or https:// URL with a host")
-
-
 def _text(where: str, value: Any, hint: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise config_error(where, hint)
@@ -281,7 +266,7 @@ def _output(data: Any, base_dir: Path | None) -> OutputConfig:
         ),
         max_bytes=parse_size(table.get("max_bytes", DEFAULT_MAX_BYTES), where="output.max_bytes"),
         max_age=_number("output.max_age", table.get("max_age", 0), 0, 365 * 86400),
-        audio=_bool("output.audio", table.get("audio", False)),
+        audio=config_bool("output.audio", table.get("audio", False)),
     )
 
 
@@ -314,7 +299,7 @@ def _s3(data: Any, region: str | None) -> S3Config:
         bucket=bucket,
         prefix=prefix.strip("/"),
         region=s3_region or region,
-        endpoint_url=None if endpoint is None else _url("s3.endpoint_url", endpoint),
+        endpoint_url=None if endpoint is None else config_url("s3.endpoint_url", endpoint),
         storage_class=storage_class,
         upload_threads=_whole("s3.upload_threads", table.get("upload_threads", 4), 1, 64),
         max_retry_interval=_number(
@@ -357,7 +342,7 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Re
         _text("profile", profile, "must be the name of an AWS profile")
     signer_url = data.get("signer_url")
     if signer_url is not None:
-        _url("signer_url", signer_url)
+        config_url("signer_url", signer_url)
         if endpoint is not None or profile is not None:
             raise config_error(
                 "signer_url",
@@ -385,12 +370,14 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Re
         output=_output(data["output"], base_dir),
         s3=_s3(data["s3"], region),
         region=region,
-        endpoint_url=None if endpoint is None else _url("endpoint_url", endpoint),
+        endpoint_url=None if endpoint is None else config_url("endpoint_url", endpoint),
         profile=profile,
         signer_url=signer_url,
         token_file=token_path,
         processes=None if processes is None else _whole("processes", processes, 1, 1024),
-        loopback_candidates=_bool("loopback_candidates", data.get("loopback_candidates", False)),
+        loopback_candidates=config_bool(
+            "loopback_candidates", data.get("loopback_candidates", False)
+        ),
     )
 
 
