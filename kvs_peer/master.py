@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +64,9 @@ __all__ = ["Master", "MasterStats", "ViewerSession"]
 logger = logging.getLogger(__name__)
 
 MessageCallback = Callable[[str, str | bytes], Any]
+
+SETUP_HISTORY = 256
+"""Session setup times :class:`MasterStats` keeps for readers that sample now and then."""
 
 MEMORY_RELEASE_DELAY = 2.0
 """Seconds after a session closes before freed memory is handed back (once per wave)."""
@@ -146,6 +150,9 @@ class MasterStats:
     refused_over_limit: int = 0
     last_answer_time: float | None = None
     """Seconds from the last offer to its answer being sent."""
+    recent_setup_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=SETUP_HISTORY))
+    """Offer-to-connected seconds of the last ``SETUP_HISTORY`` sessions, as they connected
+    (metrics read the ones added since they last looked: a session may be gone by then)."""
 
 
 class Master(SignalingPeer):
@@ -522,6 +529,7 @@ class Master(SignalingPeer):
                 session.connected_at = time.monotonic()
                 session._disarm()
                 self.stats.sessions_connected += 1
+                self.stats.recent_setup_seconds.append(session.connected_at - session.created_at)
                 logger.info("viewer %s: connected", client_id)
                 await self._notify()
 

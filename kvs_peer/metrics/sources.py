@@ -162,17 +162,22 @@ class MasterSource:
         self._setup = Buckets(TIME_TO_FIRST_FRAME_BOUNDS)
         self._seen: dict[int, Any] = {}
         """Sessions of the previous sample (held so their ids stay unique), by id."""
-        self._setup_seen: set[int] = set()
+        self._setups_observed = 0
         self._fps = Rate()
 
     def tick(self, now: float) -> list[Any]:
         """Cheap look at the sessions (no ``getStats()``); returns them."""
+        stats = self._master.stats
+        # From the stats, not the sessions: one that connected and left between two samples
+        # counts too.
+        new = stats.sessions_connected - self._setups_observed
+        if new > 0:
+            for seconds in list(stats.recent_setup_seconds)[-new:]:
+                self._setup.observe(max(0.0, seconds))
+            self._setups_observed = stats.sessions_connected
         sessions = list(self._master.viewers.values())
         for session in sessions:
             key = id(session)
-            if session.connected_at is not None and key not in self._setup_seen:
-                self._setup_seen.add(key)
-                self._setup.observe(max(0.0, session.connected_at - session.created_at))
             video = [t for t in session.tracks if getattr(t, "kind", "") == "video"]
             self._frames_sent.update(key, sum(getattr(t, "packets_delivered", 0) for t in video))
             self._drops.update(
@@ -183,7 +188,6 @@ class MasterSource:
                 ),
             )
         self._seen = {id(s): s for s in sessions}
-        self._setup_seen &= set(self._seen)
         for tally in (self._links, self._frames_sent, self._drops):
             tally.retire_missing(self._seen)
         return sessions
