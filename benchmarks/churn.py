@@ -102,7 +102,8 @@ def _probe(master: Any, trim: bool = False) -> dict[str, Any]:
         "sessions": len(master.viewers),
         "connected": sum(1 for s in master.viewers.values() if s.connected_at is not None),
         "subscribers": encoder.subscribers if encoder is not None else 0,
-        "stats": dict(vars(master.stats)),
+        # Counters only: the setup-time history is a deque (and not a figure of churn).
+        "stats": {k: v for k, v in vars(master.stats).items() if k != "recent_setup_seconds"},
     }
 
 
