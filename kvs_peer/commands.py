@@ -37,7 +37,6 @@ from .signer import cli as signer_cli
 
 if TYPE_CHECKING:
     from .access import ChannelAccess
-    from .emulator import LocalKvs
     from .masterconfig import CameraConfig, ConnectionConfig, MasterConfig
     from .metrics.hub import Metrics
 
@@ -203,7 +202,9 @@ async def _local(args: argparse.Namespace) -> int:
         metrics.add(EmulatorSource(kvs))
         for name in args.channel:
             kvs.create_channel(name)
-        exports = [f"export {name}={shlex.quote(value)}" for name, value in _local_env(kvs)]
+        exports = [
+            f"export {name}={shlex.quote(value)}" for name, value in kvs.environment().items()
+        ]
         lines = [
             f"kvs-peer local emulator listening on {kvs.endpoint_url}",
             "Point kvs-peer, boto3 or the AWS CLI at it with:",
@@ -247,22 +248,6 @@ def _claim_env_file(path: Path) -> None:
 
 def _remove_file(path: Path) -> None:
     path.unlink(missing_ok=True)
-
-
-def _local_env(kvs: LocalKvs) -> list[tuple[str, str]]:
-    """The variables that point kvs-peer, boto3 and the AWS CLI at the emulator ``kvs``."""
-    env = [
-        ("AWS_ACCESS_KEY_ID", kvs.credentials.access_key),
-        ("AWS_SECRET_ACCESS_KEY", kvs.credentials.secret_key),
-        ("AWS_REGION", kvs.region),
-        ("AWS_DEFAULT_REGION", kvs.region),  # the one boto3 reads; the AWS CLI reads both
-        ("KVS_PEER_ENDPOINT_URL", kvs.endpoint_url),
-        # boto3 (>= 1.28) and the AWS CLI read it for the kinesisvideo client alone.
-        ("AWS_ENDPOINT_URL_KINESIS_VIDEO", kvs.endpoint_url),
-    ]
-    if kvs.certificate is not None:
-        env.append(("AWS_CA_BUNDLE", str(kvs.ca_cert_path)))
-    return env
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -290,6 +290,27 @@ class LocalKvs(FaultHooks):
             kwargs["verify"] = str(self.ca_cert_path)
         return kwargs
 
+    def environment(self) -> dict[str, str]:
+        """The variables that point kvs-peer, boto3 and the AWS CLI at this emulator.
+
+        What ``kvs-peer local`` prints and writes to ``--env-file``; a child process given
+        them (on top of an environment without other ``AWS_`` settings) talks to the emulator.
+        """
+        self._require_started()
+        env = {
+            "AWS_ACCESS_KEY_ID": self.config.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.config.secret_access_key,
+            "AWS_REGION": self.config.region,
+            # The one boto3 reads; the AWS CLI reads both.
+            "AWS_DEFAULT_REGION": self.config.region,
+            "KVS_PEER_ENDPOINT_URL": self.endpoint_url,
+            # boto3 (>= 1.28) and the AWS CLI read it for the kinesisvideo client alone.
+            "AWS_ENDPOINT_URL_KINESIS_VIDEO": self.endpoint_url,
+        }
+        if self._tls:
+            env["AWS_CA_BUNDLE"] = str(self.ca_cert_path)
+        return env
+
     def resolver(self, **kwargs: Any) -> ChannelResolver:
         """A :class:`~kvs_peer.channel.ChannelResolver` for this emulator.
 
