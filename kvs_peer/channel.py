@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
@@ -632,25 +632,16 @@ class ChannelResolver:
         Raises:
             ChannelNotFound, AccessDenied, Throttled, ChannelError, InvalidArgument.
         """
-        role = Role.parse(role)
         if client_id is not None:
             validate_client_id(client_id)
-        endpoints = await self._endpoints(name, role, create)
+        location = await self.locate(name, role, create=create)
         turn, ice_expires_at = await self._ice(
-            endpoints["arn"], endpoints["https"], client_id or "kvs-peer"
+            location.arn, location.https_endpoint, client_id or "kvs-peer"
         )
         stun = (IceServer((self.stun_url,)),) if self.stun_url else ()
-        return ResolvedChannel(
-            name=name,
-            arn=endpoints["arn"],
-            region=self.region,
-            role=role,
-            wss_endpoint=endpoints["wss"],
-            https_endpoint=endpoints["https"],
-            ice_servers=stun + turn,
-            ice_expires_at=ice_expires_at,
-            message_ttl=endpoints["message_ttl"],
-        )
+        # A resolved channel is its location plus the ICE servers: every location field.
+        where = {f.name: getattr(location, f.name) for f in fields(ChannelLocation)}
+        return ResolvedChannel(**where, ice_servers=stun + turn, ice_expires_at=ice_expires_at)
 
     # -- WebRTC ingestion ----------------------------------------------------------------------
 

@@ -104,22 +104,14 @@ def endpoint_url(value: str) -> str:
     return value
 
 
-_BITRATE_SUFFIXES = {"": 1, "k": 1_000, "m": 1_000_000}
-
-
 def bitrate(value: str) -> int:
     """argparse type of bit rates: ``800000``, ``800k`` or ``1.5M`` (decimal, as in the help)."""
-    text = value.strip().lower().removesuffix("bit/s").removesuffix("bps")
-    number, suffix = (text[:-1], text[-1]) if text[-1:] in ("k", "m") else (text, "")
+    from .media.presets import parse_bitrate
+
     try:
-        rate = round(float(number) * _BITRATE_SUFFIXES[suffix])
-    except ValueError:
-        rate = 0
-    if rate <= 0:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not a bit rate: give bits per second, e.g. 800000, 800k or 1.5M"
-        )
-    return rate
+        return parse_bitrate(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def positive_seconds(value: str) -> float:

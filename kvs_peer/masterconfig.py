@@ -19,7 +19,7 @@ Pure: parses and validates, opens nothing. A file for two cameras::
 
     [defaults]                    # any camera option, for every camera
     preset = "ultrafast"
-    bitrate = 800000
+    bitrate = "800k"              # bit/s: 800000, "800k" or "1.5M"
 
     [[camera]]                    # one table per camera: channel, then its options
     channel = "front-door"
@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidArgument
-from .media.presets import X264_PRESETS
+from .media.presets import X264_PRESETS, parse_bitrate
 from .signing import validate_channel_name
 from .tomlconfig import check_keys, config_bool, config_error, config_url, load_toml_config
 
@@ -164,6 +164,15 @@ def _whole(low: int) -> Any:
     return check
 
 
+def _bitrate(where: str, value: Any) -> int:
+    if not isinstance(value, int | str):
+        raise config_error(where, f'must be bits per second (800000 or "800k"), got {value!r}')
+    try:
+        return parse_bitrate(value)
+    except ValueError as exc:
+        raise config_error(where, str(exc)) from None
+
+
 def _positive(where: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise config_error(where, f"must be a number, got {value!r}")
@@ -196,7 +205,7 @@ _CAMERA_KEYS: dict[str, Any] = {
     "fps": _positive,
     "loop": config_bool,
     "reopen": config_bool,
-    "bitrate": _whole(10_000),
+    "bitrate": _bitrate,
     "gop": _whole(1),
     "preset": _choice(X264_PRESETS),
     "max_viewers": _whole(1),

@@ -58,7 +58,7 @@ from ..aiortc_internals import on_keyframe_request
 from ..errors import InvalidArgument, MediaError
 from .broadcast import Broadcast, BroadcastTrack
 from .fanout import AudioFanout
-from .presets import X264_PRESETS
+from .presets import MAX_BITRATE, MIN_BITRATE, X264_PRESETS
 from .rtpsender import use_fast_send
 from .timing import VIDEO_TIME_BASE
 
@@ -344,8 +344,11 @@ class SharedVideoEncoder(Broadcast[PacketTrack]):
         check_h264_encoder(codec)
         if source.kind != "video":
             raise InvalidArgument(f"SharedVideoEncoder needs a video track, got {source.kind}")
-        if not 50_000 <= bitrate <= 50_000_000:
-            raise InvalidArgument(f"bitrate must be within 50 kbit/s..50 Mbit/s, got {bitrate}")
+        if not MIN_BITRATE <= bitrate <= MAX_BITRATE:
+            raise InvalidArgument(
+                f"bitrate must be within {MIN_BITRATE // 1000} kbit/s.."
+                f"{MAX_BITRATE // 1_000_000} Mbit/s, got {bitrate}"
+            )
         if gop is not None and gop < 1:
             raise InvalidArgument(f"gop must be at least 1 frame or None, got {gop}")
         if min_keyframe_gap < 0:
@@ -420,10 +423,11 @@ class SharedVideoEncoder(Broadcast[PacketTrack]):
                 self._keyframe_wanted = False
         return packets
 
-    def _open_codec(self, width: int, height: int) -> Any:
-        if self.codec != "libx264":
-            return self._open_other_codec(width, height)
-        codec = av.CodecContext.create("libx264", "w")
+    def _create_codec(self, name: str, width: int, height: int) -> av.VideoCodecContext:
+        """An unopened encoder context with what every H.264 encoder here shares."""
+        codec = av.CodecContext.create(name, "w")
+        if not isinstance(codec, av.VideoCodecContext):
+            raise MediaError(f"{name} is not a video encoder: name an H.264 encoder")
         codec.width = width
         codec.height = height
         codec.pix_fmt = "yuv420p"
@@ -432,6 +436,12 @@ class SharedVideoEncoder(Broadcast[PacketTrack]):
         codec.bit_rate = self.bitrate
         # x264 caps keyint; "no periodic keyframe" is a GOP far longer than any session.
         codec.gop_size = self.gop if self.gop is not None else 1 << 30
+        return codec
+
+    def _open_codec(self, width: int, height: int) -> Any:
+        if self.codec != "libx264":
+            return self._open_other_codec(width, height)
+        codec = self._create_codec("libx264", width, height)
         codec.profile = "Baseline"  # x264 emits Constrained Baseline (42c0xx)
         # Level 3.1 covers 1280x720@30 (3600 macroblocks); larger frames need 4.0.
         macroblocks = ((width + 15) // 16) * ((height + 15) // 16)
@@ -458,16 +468,7 @@ class SharedVideoEncoder(Broadcast[PacketTrack]):
         # Hardware encoders take none of x264's options; keyframes are still forced per
         # frame (pict_type), which h264_nvenc and h264_qsv honour (not tested here: no such
         # hardware on the test machine).
-        codec = av.CodecContext.create(self.codec, "w")
-        if not isinstance(codec, av.VideoCodecContext):
-            raise MediaError(f"{self.codec} is not a video encoder: name an H.264 encoder")
-        codec.width = width
-        codec.height = height
-        codec.pix_fmt = "yuv420p"
-        codec.time_base = VIDEO_TIME_BASE
-        codec.framerate = fractions.Fraction(self.fps).limit_denominator(1001)
-        codec.bit_rate = self.bitrate
-        codec.gop_size = self.gop if self.gop is not None else 1 << 30
+        codec = self._create_codec(self.codec, width, height)
         codec.max_b_frames = 0
         try:
             codec.open()
