@@ -341,12 +341,14 @@ def _add_peer_options(p: argparse.ArgumentParser) -> None:
 def _configure_master(p: argparse.ArgumentParser) -> None:
     from .masterconfig import (
         CAMERA_DEFAULTS,
+        CONFIG_EXAMPLE,
         CONNECTION_OPTIONS,
         METRICS_OPTIONS,
         SOURCE_FORMATS,
         VIDEO_MODES,
         GivenAction,
     )
+    from .tomlconfig import add_config_example_option
 
     # Not required: --config names the cameras' channels.
     add_connection_options(
@@ -362,9 +364,10 @@ def _configure_master(p: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="FILE",
         help="a TOML file with these options for one or several cameras ([[camera]] tables, "
-        "each with its channel; format in docs/deploy.md); flags override it: shared ones "
+        "each with its channel; --config-example prints one); flags override it: shared ones "
         "for every camera, camera ones only when it runs one camera",
     )
+    add_config_example_option(p, CONFIG_EXAMPLE)
     d = CAMERA_DEFAULTS
     # GivenAction notes which camera options the command line gave: only those override
     # the config file (a default cannot tell `--preset veryfast` from no --preset).

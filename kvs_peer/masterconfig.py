@@ -1,36 +1,7 @@
 """``kvs-peer master --config``: the master's options in a TOML file, for one or many cameras.
 
-Pure: parses and validates, opens nothing. A file for two cameras::
-
-    [connection]                  # shared by every camera (all keys optional)
-    region = "eu-west-1"          # else AWS_REGION / ~/.aws/config
-    endpoint_url = "http://127.0.0.1:4577"   # control-plane override (a local emulator)
-    create_channel = false
-    channel_cache = true
-    # signer = "https://signer.example.com"  # signed URLs from a signer instead of AWS keys
-    # token_file = "/etc/kvs-peer/token"     # its bearer token (or KVS_PEER_SIGNER_TOKEN)
-    loopback_candidates = false
-    relay_only = false
-
-    [metrics]                     # optional: as --metrics-port, --metrics-host, --stats-interval
-    port = 9101
-    host = "0.0.0.0"
-    stats_interval = 60
-
-    [defaults]                    # any camera option, for every camera
-    preset = "ultrafast"
-    bitrate = "800k"              # bit/s: 800000, "800k" or "1.5M"
-
-    [[camera]]                    # one table per camera: channel, then its options
-    channel = "front-door"
-    source = "rtsp://192.168.1.20/stream1"
-
-    [[camera]]
-    channel = "garage"
-    source = "/dev/video0"
-    width = 1280
-    height = 720
-    fps = 15
+Pure: parses and validates, opens nothing. :data:`CONFIG_EXAMPLE` is a file for two cameras
+(``kvs-peer master --config-example`` prints it).
 
 Camera options are named as the ``master`` flags (``--max-viewers`` is ``max_viewers``;
 ``--no-reopen`` is ``reopen = false``). Unknown keys are errors. A value comes from, last
@@ -54,6 +25,7 @@ from .tomlconfig import check_keys, config_bool, config_error, config_url, load_
 
 __all__ = [
     "CAMERA_DEFAULTS",
+    "CONFIG_EXAMPLE",
     "CameraConfig",
     "ConnectionConfig",
     "GivenAction",
@@ -66,6 +38,39 @@ __all__ = [
     "load_master_config",
     "parse_master_config",
 ]
+
+CONFIG_EXAMPLE = """\
+[connection]                  # shared by every camera (all keys optional)
+region = "eu-west-1"          # else AWS_REGION / ~/.aws/config
+# endpoint_url = "http://127.0.0.1:4577"   # control-plane override (a local emulator)
+create_channel = false
+channel_cache = true
+# signer = "https://signer.example.com"  # signed URLs from a signer instead of AWS keys
+# token_file = "/etc/kvs-peer/token"     # its bearer token (or KVS_PEER_SIGNER_TOKEN)
+loopback_candidates = false
+relay_only = false
+
+[metrics]                     # optional: as --metrics-port, --metrics-host, --stats-interval
+port = 9101
+host = "0.0.0.0"
+stats_interval = 60
+
+[defaults]                    # any camera option, for every camera
+preset = "ultrafast"
+bitrate = "800k"              # bit/s: 800000, "800k" or "1.5M"
+
+[[camera]]                    # one table per camera: channel, then its options
+channel = "front-door"
+source = "rtsp://192.168.1.20/stream1"
+
+[[camera]]
+channel = "garage"
+source = "/dev/video0"
+width = 1280
+height = 720
+fps = 15
+"""
+"""A commented example of the file: every key, with what it does."""
 
 VIDEO_MODES = ("auto", "passthrough", "transcode")
 SOURCE_FORMATS = ("h264",)
@@ -330,7 +335,7 @@ def load_master_config(path: str | Path) -> MasterConfig:
         InvalidArgument: the file is missing, not TOML, or wrong; the message names the
             file and the key.
     """
-    return load_toml_config(path, parse_master_config, what="master config", docs="docs/deploy.md")
+    return load_toml_config(path, parse_master_config, what="master config", command="master")
 
 
 # -- the command line --------------------------------------------------------------------------

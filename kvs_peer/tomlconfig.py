@@ -1,12 +1,15 @@
-"""Reading the TOML config files of kvs-peer's services (signer, recorder), with one error style.
+"""Reading the TOML config files of kvs-peer's services (master, signer, recorder), with one
+error style, and the ``--config-example`` option that prints a commented example of each.
 
 Every error names the file and the key, so a typo in a config is found from the message alone.
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -40,7 +43,7 @@ def load_toml_config(
     parse: Callable[..., T],
     *,
     what: str,
-    docs: str,
+    command: str,
 ) -> T:
     """Read the TOML file at ``path`` and hand it to ``parse(data, base_dir=...)``.
 
@@ -48,7 +51,8 @@ def load_toml_config(
         path: the file.
         parse: validates the decoded data; its errors get the file's name in front.
         what: the file's kind in messages, e.g. ``"signer config"``.
-        docs: where the format is documented, for the not-found hint.
+        command: the ``kvs-peer`` subcommand that reads the file, whose ``--config-example``
+            the not-found hint names.
 
     Raises:
         InvalidArgument: the file is missing, unreadable, not TOML, or refused by ``parse``.
@@ -60,7 +64,7 @@ def load_toml_config(
     except FileNotFoundError:
         raise InvalidArgument(
             f"{what} {str(path)!r} not found: pass --config with the path of a TOML file "
-            f"(its format: {docs} in the kvs-peer source repository)"
+            f"(`kvs-peer {command} --config-example` prints a commented example)"
         ) from None
     except OSError as exc:
         raise InvalidArgument(f"cannot read {what} {str(path)!r}: {exc.strerror}") from None
@@ -86,3 +90,26 @@ def config_url(where: str, value: Any) -> str:
         if parts.scheme in ("http", "https") and parts.hostname:
             return value
     raise config_error(where, f"must be an http:// or https:// URL with a host, got {value!r}")
+
+
+class _PrintExample(argparse.Action):
+    """``--config-example``: print the example and exit, as ``--version`` does (so it works
+    without the options a command otherwise requires)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, example: str, **kw: Any):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
+        self.example = example
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        sys.stdout.write(self.example)
+        parser.exit()
+
+
+def add_config_example_option(parser: argparse.ArgumentParser, example: str) -> None:
+    """Add ``--config-example`` to ``parser``: it prints ``example`` (a commented TOML file)."""
+    parser.add_argument(
+        "--config-example",
+        action=_PrintExample,
+        example=example,
+        help="print a commented example of the --config file and exit",
+    )

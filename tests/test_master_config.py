@@ -174,7 +174,7 @@ def test_missing_config_and_missing_channel_are_usage_errors(
 ) -> None:
     code = main(["master", "--config", str(tmp_path / "nope.toml"), "--json"])
     captured = capsys.readouterr()
-    assert_one_error(code, captured.err, EXIT_USAGE, "not found", "docs/deploy.md")
+    assert_one_error(code, captured.err, EXIT_USAGE, "not found", "kvs-peer master --config-example")
     assert json.loads(captured.out)["ok"] is False
     code = main(["master"])
     assert_one_error(code, capsys.readouterr().err, EXIT_USAGE, "--channel is required")

@@ -25,9 +25,16 @@ __all__ = ["configure", "run"]
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the recorder's options to ``parser``."""
+    from ..tomlconfig import add_config_example_option
+    from .config import CONFIG_EXAMPLE
+
     parser.add_argument(
-        "--config", type=Path, required=True, help="recorder TOML file (format: docs/deploy.md)"
+        "--config",
+        type=Path,
+        required=True,
+        help="recorder TOML file (--config-example prints a commented one)",
     )
+    add_config_example_option(parser, CONFIG_EXAMPLE)
     parser.add_argument(
         "--shard",
         default=os.environ.get("KVS_PEER_SHARD"),

@@ -1,31 +1,7 @@
 """``kvs-peer record`` settings: the TOML file format, parsed and validated. Pure.
 
-A complete file (``channels``, ``[output] dir`` and ``[s3] bucket`` are required)::
-
-    region = "eu-west-1"                 # else AWS_REGION / ~/.aws/config
-    endpoint_url = "http://127.0.0.1:4577"   # control-plane override (a local emulator)
-    profile = "recorder"                 # AWS profile (else the default credential chain)
-    # signer_url = "https://signer.example.com"  # signed URLs from a signer instead
-    # token_file = "/run/secrets/kvs-token"      # its bearer token (or KVS_PEER_SIGNER_TOKEN)
-    channels = ["garage", "cam-*"]       # exact names, or globs (ListSignalingChannels)
-    processes = 2                        # worker processes (default: one per core)
-    loopback_candidates = false          # also offer 127.0.0.1 (hosts with only lo)
-
-    [output]
-    dir = "/var/spool/kvs-peer"          # the spool (relative paths: to this file)
-    segment_seconds = 60                 # one file per this many seconds of video
-    max_bytes = "20GiB"                  # spool limit: oldest segments go first past it
-    max_age = 0                          # seconds an uploaded segment stays; 0: removed at once
-    audio = false                        # also record audio (Opus)
-
-    [s3]
-    bucket = "my-recordings"
-    prefix = "kvs"                       # keys: <prefix>/<channel>/<UTC start>.mkv
-    region = "eu-west-1"                 # default: the top-level region
-    # endpoint_url = "http://127.0.0.1:9000"   # S3-compatible storage, a test server
-    storage_class = "STANDARD_IA"        # default: the bucket's (STANDARD)
-    upload_threads = 4                   # parallel uploads
-    max_retry_interval = 30              # seconds between retries while S3 fails, at most
+:data:`CONFIG_EXAMPLE` is a complete file (``kvs-peer record --config-example`` prints it);
+``channels``, ``[output] dir`` and ``[s3] bucket`` are required.
 
 Unknown keys are errors, so a typo never silently changes where recordings go.
 """
@@ -44,6 +20,7 @@ from ..signing import validate_channel_name
 from ..tomlconfig import check_keys, config_bool, config_error, config_url, load_toml_config
 
 __all__ = [
+    "CONFIG_EXAMPLE",
     "STORAGE_CLASSES",
     "OutputConfig",
     "RecordConfig",
@@ -53,6 +30,34 @@ __all__ = [
     "parse_config",
     "parse_size",
 ]
+
+CONFIG_EXAMPLE = """\
+region = "eu-west-1"                 # else AWS_REGION / ~/.aws/config
+# endpoint_url = "http://127.0.0.1:4577"   # control-plane override (a local emulator)
+# profile = "recorder"                 # AWS profile (else the default credential chain)
+# signer_url = "https://signer.example.com"  # signed URLs from a signer instead
+# token_file = "/run/secrets/kvs-token"      # its bearer token (or KVS_PEER_SIGNER_TOKEN)
+channels = ["garage", "cam-*"]       # exact names, or globs (ListSignalingChannels)
+processes = 2                        # worker processes (default: one per core)
+loopback_candidates = false          # also offer 127.0.0.1 (hosts with only lo)
+
+[output]
+dir = "/var/spool/kvs-peer"          # the spool (relative paths: to this file)
+segment_seconds = 60                 # one file per this many seconds of video
+max_bytes = "20GiB"                  # spool limit: oldest segments go first past it
+max_age = 0                          # seconds an uploaded segment stays; 0: removed at once
+audio = false                        # also record audio (Opus)
+
+[s3]
+bucket = "my-recordings"
+prefix = "kvs"                       # keys: <prefix>/<channel>/<UTC start>.mkv
+region = "eu-west-1"                 # default: the top-level region
+# endpoint_url = "http://127.0.0.1:9000"   # S3-compatible storage, a test server
+storage_class = "STANDARD_IA"        # default: the bucket's (STANDARD)
+upload_threads = 4                   # parallel uploads
+max_retry_interval = 30              # seconds between retries while S3 fails, at most
+"""
+"""A commented example of the file: every key, with what it does."""
 
 STORAGE_CLASSES = frozenset(
     {
@@ -388,4 +393,4 @@ def load_config(path: str | Path) -> RecordConfig:
         InvalidArgument: the file is missing, not TOML, or has a wrong key (the message names
             the file and the key).
     """
-    return load_toml_config(path, parse_config, what="recorder config", docs="docs/deploy.md")
+    return load_toml_config(path, parse_config, what="recorder config", command="record")

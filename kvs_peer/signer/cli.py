@@ -38,7 +38,13 @@ MIN_TOKEN_LENGTH = 16
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the signer's options and its ``hash-token`` sub-action to ``parser``."""
-    parser.add_argument("--config", type=Path, help="signer TOML file (format: docs/signer.md)")
+    from ..tomlconfig import add_config_example_option
+    from .config import CONFIG_EXAMPLE
+
+    parser.add_argument(
+        "--config", type=Path, help="signer TOML file (--config-example prints a commented one)"
+    )
+    add_config_example_option(parser, CONFIG_EXAMPLE)
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
     )

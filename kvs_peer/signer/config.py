@@ -1,29 +1,7 @@
 """Signer service settings: the TOML file format, parsed and validated. Pure.
 
-A complete file (every key but ``[[tokens]]`` is optional)::
-
-    region = "eu-west-1"                 # else --region, AWS_REGION, ~/.aws/config
-    endpoint_url = "http://127.0.0.1:4577"   # control-plane override (a local emulator)
-    url_expires = 299                    # seconds a signed URL stays valid (10-3600)
-    request_timeout = 5                  # deadline of one request; past it: 503 + Retry-After
-    header_timeout = 10                  # seconds a connection has to send a request head
-    max_connections_per_address = 32     # open connections per client address (not proxies)
-    cors_origins = ["https://app.example.com"]   # exact browser origins allowed to call
-    trusted_proxies = ["127.0.0.1", "10.0.0.0/8"] # peers whose X-Forwarded-For is believed
-    static_dir = "../examples/browser"   # serve these files at / (relative to this file)
-
-    [[tokens]]
-    name = "garage-camera"               # shown in logs instead of the token
-    sha256 = "<64 hex digits>"           # kvs-peer signer hash-token
-    channels = ["garage", "cam-*"]       # fnmatch globs over exact channel names
-    roles = ["MASTER"]                   # MASTER and/or VIEWER
-    rate_per_minute = 20                 # optional request limit for this token
-    burst = 5                            # optional; defaults to rate_per_minute
-    create_channels = false              # true: may create unknown channels it covers
-
-    [[anonymous]]                        # viewer access without a token; off when absent
-    channels = ["lobby-*"]
-    rate_per_minute = 30                 # per client address; default 60
+:data:`CONFIG_EXAMPLE` is a complete file (``kvs-peer signer --config-example`` prints it);
+every key but ``[[tokens]]`` is optional.
 
 Unknown keys are errors, so a typo never silently disables a limit.
 """
@@ -46,6 +24,7 @@ from ..rules import PRESIGN_EXPIRES, validate_channel_name
 from ..tomlconfig import check_keys, config_error, load_toml_config
 
 __all__ = [
+    "CONFIG_EXAMPLE",
     "DEFAULT_ANONYMOUS_RATE",
     "AnonymousRule",
     "IpNetwork",
@@ -55,6 +34,32 @@ __all__ = [
     "load_config",
     "parse_config",
 ]
+
+CONFIG_EXAMPLE = """\
+region = "eu-west-1"                 # else --region, AWS_REGION, ~/.aws/config
+# endpoint_url = "http://127.0.0.1:4577"   # control-plane override (a local emulator)
+url_expires = 299                    # seconds a signed URL stays valid (10-3600)
+request_timeout = 5                  # deadline of one request; past it: 503 + Retry-After
+header_timeout = 10                  # seconds a connection has to send a request head
+max_connections_per_address = 32     # open connections per client address (not proxies)
+cors_origins = ["https://app.example.com"]   # exact browser origins allowed to call
+trusted_proxies = ["127.0.0.1", "10.0.0.0/8"] # peers whose X-Forwarded-For is believed
+# static_dir = "../examples/browser"   # serve these files at / (relative to this file)
+
+[[tokens]]
+name = "garage-camera"               # shown in logs instead of the token
+sha256 = "<64 hex digits>"           # kvs-peer signer hash-token
+channels = ["garage", "cam-*"]       # fnmatch globs over exact channel names
+roles = ["MASTER"]                   # MASTER and/or VIEWER
+rate_per_minute = 20                 # optional request limit for this token
+burst = 5                            # optional; defaults to rate_per_minute
+create_channels = false              # true: may create unknown channels it covers
+
+[[anonymous]]                        # viewer access without a token; off when absent
+channels = ["lobby-*"]
+rate_per_minute = 30                 # per client address; default 60
+"""
+"""A commented example of the file: every key, with what it does."""
 
 DEFAULT_ANONYMOUS_RATE = 60.0
 """Requests per minute per client address when an ``[[anonymous]]`` rule sets no limit."""
@@ -417,4 +422,4 @@ def load_config(path: str | Path) -> SignerConfig:
         InvalidArgument: the file is missing, not TOML, or has a wrong key (the message names
             the file and the key).
     """
-    return load_toml_config(path, parse_config, what="signer config", docs="docs/signer.md")
+    return load_toml_config(path, parse_config, what="signer config", command="signer")
