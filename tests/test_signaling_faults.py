@@ -213,7 +213,9 @@ async def test_emulator_restart_with_new_arn_and_late_boot_keep_streaming(
             emulator.proc.kill()
             await emulator.proc.wait()
             await wait_until(
-                lambda: meter.signaling.stats.failed_attempts - failed_before >= 4, 20, "failures"
+                lambda: meter.signaling.stats.failed_attempts - failed_before >= 4,
+                20_000 * MS,
+                "failures",
             )
             for p in (master, cli_viewer):
                 await p.wait_line(
@@ -226,7 +228,9 @@ async def test_emulator_restart_with_new_arn_and_late_boot_keep_streaming(
             assert await describe_arn(port) != first_arn
             reconnects = meter.signaling.stats.reconnects
             await wait_until(
-                lambda: meter.signaling.stats.reconnects > reconnects, 30, "meter reconnect"
+                lambda: meter.signaling.stats.reconnects > reconnects,
+                30_000 * MS,
+                "meter reconnect",
             )
             for p in (master, cli_viewer):
                 await p.wait_line(

@@ -177,7 +177,12 @@ async def test_a_vp8_stream_is_recorded_by_decoding_and_encoding(
     assert recorder.stats().video_passthrough is False
     counters, keyframes = decode_video(recorder.path)
     assert keyframes[0] and len(counters) >= 20
-    assert_in_order(counters)
+    # Two lossy encodes (aiortc's VP8 at 160x120, then the recorder's x264) can blur a
+    # frame's stamp past reading, as test_media_stamp allows at low bit rates: a rare
+    # unreadable frame is tolerated, any frame out of order is not.
+    readable = [c for c in counters if c is not None]
+    assert len(readable) >= 0.9 * len(counters), counters
+    assert_in_order(readable)
 
 
 async def test_a_killed_recording_viewer_loses_at_most_a_second(
