@@ -32,7 +32,6 @@ import contextlib
 import ctypes
 import gc
 import itertools
-import json
 import logging
 import os
 import platform
@@ -45,20 +44,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .measure import RESULTS_DIR, JsonLines, write_report
+from .measure import JsonLines, Worker, add_output_options, finish
 
 __all__ = ["main"]
 
-ROOT = Path(__file__).resolve().parent.parent
 RSS_TOLERANCE = 0.10
 """Master RSS after the churn may exceed its baseline by this share."""
 OBJECTS_PER_OFFER = 5.0
 """Live Python objects the master may keep per offer it handled (a leak keeps thousands)."""
 KINDS = ("watch", "abandon", "watch", "reoffer")
-
-
-class HarnessError(RuntimeError):
-    """The benchmark harness itself failed (the master worker died or stopped answering)."""
 
 
 # -- master worker -----------------------------------------------------------------------------
@@ -156,66 +150,8 @@ async def _master_worker(args: argparse.Namespace) -> None:
 # -- driver side ----------------------------------------------------------------------------------
 
 
-@dataclass
-class MasterProcess:
-    """The master worker and its JSON-lines control channel."""
-
-    proc: asyncio.subprocess.Process
-    log: Path
-
-    @classmethod
-    async def start(cls, args: list[str], log: Path) -> MasterProcess:
-        with log.open("wb") as stderr:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "benchmarks.churn",
-                "--master-worker",
-                *args,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=stderr,
-                cwd=ROOT,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-            )
-        worker = cls(proc, log)
-        reply = await worker.read(60)
-        if reply.get("event") != "ready":
-            await worker.stop()
-            raise HarnessError(f"the master did not start: {reply}; see {log}")
-        return worker
-
-    async def read(self, timeout: float) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        try:
-            line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
-        except TimeoutError:
-            raise HarnessError(
-                f"the master gave no answer in {timeout:g} s; see {self.log}"
-            ) from None
-        if not line:
-            await self.proc.wait()
-            raise HarnessError(f"the master exited ({self.proc.returncode}); see {self.log}")
-        return json.loads(line)
-
-    async def probe(self, *, trim: bool = False) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps({"cmd": "probe", "trim": trim}) + "\n").encode())
-        await self.proc.stdin.drain()
-        return await self.read(60)
-
-    async def stop(self) -> None:
-        if self.proc.returncode is not None:
-            return
-        with contextlib.suppress(Exception):
-            assert self.proc.stdin is not None
-            self.proc.stdin.write(b'{"cmd": "quit"}\n')
-            self.proc.stdin.close()
-        try:
-            await asyncio.wait_for(self.proc.wait(), 20)
-        except TimeoutError:
-            self.proc.kill()  # only our own worker
-            await self.proc.wait()
+async def _probe_master(master: Worker, *, trim: bool = False) -> dict[str, Any]:
+    return await master.call({"cmd": "probe", "trim": trim})
 
 
 @dataclass
@@ -373,10 +309,10 @@ def _verdicts(before: dict[str, Any], after: dict[str, Any], offers: int) -> dic
     }
 
 
-async def _drain(master: MasterProcess, timeout: float) -> tuple[dict[str, Any], float]:
+async def _drain(master: Worker, timeout: float) -> tuple[dict[str, Any], float]:
     started = time.monotonic()
     while True:
-        probe = await master.probe()
+        probe = await _probe_master(master)
         if probe["sessions"] == 0 or time.monotonic() - started > timeout:
             return probe, time.monotonic() - started
         await asyncio.sleep(0.5)
@@ -405,60 +341,59 @@ async def run(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
         ]
         if args.loopback_candidates:
             worker_args.append("--loopback-candidates")
-        master = await MasterProcess.start(worker_args, log_dir / "master.log")
+        master = await Worker.start(
+            "master", ["benchmarks.churn", "--master-worker", *worker_args], log_dir / "master.log"
+        )
         try:
             async with kvs.resolver() as resolver:
+
+                async def churn_for(
+                    seconds: float,
+                    *,
+                    clients: int = args.clients,
+                    rate: float = args.rate,
+                    rotate: int = args.rotate,
+                    on_tick: Any = None,
+                ) -> ChurnCounts:
+                    return await churn(
+                        resolver,
+                        channel,
+                        clients=clients,
+                        rate=rate,
+                        seconds=seconds,
+                        rotate=rotate,
+                        loopback=args.loopback_candidates,
+                        on_tick=on_tick,
+                    )
+
+                async def settle() -> None:
+                    await _drain(master, args.drain)
+                    await asyncio.sleep(args.settle)
+
                 # Warm-up: what a first viewer brings (imports, encoder, thread pools) is not
                 # churn. One round of each kind, then an idle master: the cold baseline.
-                await churn(
-                    resolver,
-                    channel,
-                    clients=1,
-                    rate=1.0,
-                    seconds=len(KINDS) + 1,
-                    rotate=0,
-                    loopback=args.loopback_candidates,
-                )
-                await _drain(master, args.drain)
-                await asyncio.sleep(args.settle)
-                cold = await master.probe(trim=True)
+                await churn_for(len(KINDS) + 1, clients=1, rate=1.0, rotate=0)
+                await settle()
+                cold = await _probe_master(master, trim=True)
                 # Then the same churn for --warmup seconds: the heap reaches the size that as
                 # many concurrent sessions need, which the C allocator keeps afterwards (freed,
                 # reused, but not given back: see rssTrimmedMiB). A leak grows past it.
                 if args.warmup > 0:
-                    await churn(
-                        resolver,
-                        channel,
-                        clients=args.clients,
-                        rate=args.rate,
-                        seconds=args.warmup,
-                        rotate=args.rotate,
-                        loopback=args.loopback_candidates,
-                    )
-                    await _drain(master, args.drain)
-                    await asyncio.sleep(args.settle)
-                before = await master.probe(trim=False)
+                    await churn_for(args.warmup)
+                    await settle()
+                before = await _probe_master(master, trim=False)
                 samples: list[dict[str, Any]] = []
 
                 async def sample(n: int) -> None:
                     if n % max(1, round(args.rate * 5)) == 0:
-                        probe = await master.probe()
+                        probe = await _probe_master(master)
                         samples.append({k: probe[k] for k in ("t", "rssMiB", "sessions")})
 
-                counts = await churn(
-                    resolver,
-                    channel,
-                    clients=args.clients,
-                    rate=args.rate,
-                    seconds=args.seconds,
-                    rotate=args.rotate,
-                    loopback=args.loopback_candidates,
-                    on_tick=sample,
-                )
+                counts = await churn_for(args.seconds, on_tick=sample)
                 ended = time.monotonic()
                 drained, drain_seconds = await _drain(master, args.drain)
                 await asyncio.sleep(args.settle)
-                after = await master.probe(trim=True)
+                after = await _probe_master(master, trim=True)
         finally:
             await master.stop()
     offers = sum(counts.offers.values())
@@ -588,13 +523,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--drain", type=float, default=60.0, help="longest wait for sessions to go (60)")
     p.add_argument("--settle", type=float, default=2.0, help="seconds before each probe (2)")
     p.add_argument("--loopback-candidates", action="store_true")
-    p.add_argument(
-        "--json",
-        type=Path,
-        default=RESULTS_DIR / "churn.json",
-        help="output file (default benchmarks/results/churn.json)",
-    )
-    p.add_argument("--log-dir", type=Path, help="master log (default: a new temp folder)")
+    add_output_options(p, "churn", "master log")
     # Worker mode (started by the driver; not for use by hand).
     p.add_argument("--master-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--endpoint", help=argparse.SUPPRESS)
@@ -616,15 +545,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("KVS allows 5 offers per second per connection: add --clients")
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="kvs-peer-churn-"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        report = asyncio.run(run(args, log_dir))
-    except HarnessError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    write_report(args.json, json.dumps(report, indent=2) + "\n")
-    print_report(report)
-    print(f"\nJSON: {args.json}   master log: {log_dir / 'master.log'}")
-    return 0
+    return finish(
+        run(args, log_dir), args.json, print_report, f"master log: {log_dir / 'master.log'}"
+    )
 
 
 if __name__ == "__main__":

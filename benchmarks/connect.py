@@ -50,7 +50,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.measure import RESULTS_DIR, summarize, write_report
+from benchmarks.measure import BenchmarkError, add_output_options, finish, pass_fail, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT
@@ -64,10 +64,6 @@ ACCESS_KEY = "AKIALOCALKVSPEER0000"
 SECRET_KEY = "kvs-peer-local-secret"
 REGION = "us-east-1"
 _LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")
-
-
-class BenchmarkError(RuntimeError):
-    """The harness itself broke (a child died, the page never loaded)."""
 
 
 def _env(cache_dir: Path | None, ca: Path) -> dict[str, str]:
@@ -427,7 +423,7 @@ def verdicts(report: dict[str, Any]) -> dict[str, Any]:
                 "chromiumMedianMs": chromium,
                 "ratio": ratio,
                 "target": target,
-                "verdict": "PASS" if ratio is not None and ratio <= target else "FAIL",
+                "verdict": pass_fail(ratio, target),
                 "processRatio": _ratio(
                     host[kind]["processMs"]["median"], host["chromium"]["processMs"]["median"]
                 ),
@@ -446,7 +442,7 @@ def verdicts(report: dict[str, Any]) -> dict[str, Any]:
                 "caseMedianMs": ours,
                 "addedMs": added,
                 "target": target,
-                "verdict": "PASS" if added is not None and added <= target else "FAIL",
+                "verdict": pass_fail(added, target),
                 "chromiumAddedMs": (
                     round(
                         summary["chromium"]["connectMs"]["median"]
@@ -499,7 +495,7 @@ def environment() -> dict[str, Any]:
 
 
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
-    log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="kvs-connect-logs-"))
+    log_dir: Path = args.log_dir
     await asyncio.to_thread(log_dir.mkdir, parents=True, exist_ok=True)
     browser = None
     if args.chromium:
@@ -540,13 +536,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=1.0, help="seconds each viewer runs")
     p.add_argument("--pause", type=float, default=0.5, help="seconds between runs")
     p.add_argument("--no-chromium", dest="chromium", action="store_false")
-    p.add_argument(
-        "--json",
-        type=Path,
-        default=RESULTS_DIR / "connect.json",
-        help="output file (default benchmarks/results/connect.json)",
-    )
-    p.add_argument("--log-dir", help="child logs (default: a new temp dir)")
+    add_output_options(p, "connect", "child logs")
     p.add_argument(
         "--source-tree",
         type=Path,
@@ -564,16 +554,9 @@ def main(argv: list[str] | None = None) -> int:
     bad = [c for c in args.cases if c not in CASES]
     if bad or args.rounds < 1:
         parser().error(f"unknown case {bad}" if bad else "--rounds must be at least 1")
-    try:
-        report = asyncio.run(amain(args))
-    except BenchmarkError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    print_report(report)
+    args.log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="kvs-connect-logs-"))
     # default=str: the report echoes paths (log folder, source tree).
-    write_report(args.json, json.dumps(report, indent=2, default=str) + "\n")
-    print(f"\nJSON: {args.json}; logs: {report['logDir']}")
-    return 0
+    return finish(amain(args), args.json, print_report, f"logs: {args.log_dir}", json_default=str)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import platform
 import random
@@ -44,7 +43,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .measure import RESULTS_DIR, summarize, write_report
+from .measure import BenchmarkError, Worker, add_output_options, finish, pass_fail, summarize
 
 __all__ = ["BenchmarkError", "main", "run"]
 
@@ -59,99 +58,20 @@ BUSY_WARNING = 0.25
 """Cores used by other processes above which the report warns that numbers are noisy."""
 
 
-class BenchmarkError(RuntimeError):
-    """The benchmark harness itself failed (a worker died or stopped answering)."""
-
-
 # -- worker processes -------------------------------------------------------------------------
 
 
-@dataclass
-class Worker:
-    """One worker process and its JSON-lines control channel."""
-
-    role: str
-    proc: asyncio.subprocess.Process
-    log: Path
-
-    @classmethod
-    async def start(
-        cls, role: str, args: list[str], log_dir: Path, *, ready_timeout: float = 60.0
-    ) -> Worker:
-        log = log_dir / f"{role}-{uuid.uuid4().hex[:6]}.log"
-        with log.open("wb") as stderr:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "benchmarks.worker",
-                role,
-                *args,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=stderr,
-                cwd=ROOT,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-            )
-        worker = cls(role, proc, log)
-        if role != "encode":
-            reply = await worker.read(ready_timeout)
-            if reply.get("event") != "ready":
-                await worker.kill()
-                raise BenchmarkError(f"{role} worker did not start: {reply}; see {log}")
-        return worker
-
-    async def read(self, timeout: float) -> dict[str, Any]:
-        """The worker's next JSON line.
-
-        Raises:
-            BenchmarkError: no line within ``timeout`` seconds, or the worker exited.
-        """
-        assert self.proc.stdout is not None
-        try:
-            line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
-        except TimeoutError:
-            raise BenchmarkError(
-                f"{self.role} worker gave no answer within {timeout:g} s; see {self.log}"
-            ) from None
-        if not line:
-            await self.proc.wait()
-            raise BenchmarkError(
-                f"{self.role} worker exited (code {self.proc.returncode}); see {self.log}"
-            )
-        return json.loads(line)
-
-    async def call(self, command: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
-        """Send one command and return the worker's answer.
-
-        Raises:
-            BenchmarkError: no answer, the worker exited, or it answered with an error.
-        """
-        assert self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps(command) + "\n").encode())
-        await self.proc.stdin.drain()
-        reply = await self.read(timeout)
-        if "error" in reply:
-            raise BenchmarkError(f"{self.role} worker: {reply['error']}")
-        return reply
-
-    async def stop(self) -> None:
-        """Ask the worker to quit; kill it if it does not."""
-        if self.proc.returncode is None:
-            with contextlib.suppress(Exception):
-                await self.call({"cmd": "quit"}, timeout=15)
-            with contextlib.suppress(Exception):
-                assert self.proc.stdin is not None
-                self.proc.stdin.close()
-            try:
-                await asyncio.wait_for(self.proc.wait(), 15)
-            except TimeoutError:
-                await self.kill()
-
-    async def kill(self) -> None:
-        """Kill the worker process (only this worker's own process)."""
-        if self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
+async def start_worker(
+    role: str, args: list[str], log_dir: Path, *, ready_timeout: float = 60.0
+) -> Worker:
+    """A ``benchmarks.worker`` process in ``role``, its log a new file in ``log_dir``."""
+    log = log_dir / f"{role}-{uuid.uuid4().hex[:6]}.log"
+    return await Worker.start(
+        role,
+        ["benchmarks.worker", role, *args],
+        log,
+        ready_timeout=None if role == "encode" else ready_timeout,
+    )
 
 
 # -- runs -------------------------------------------------------------------------------------
@@ -221,9 +141,9 @@ async def cpu_run(
     """
     channel = _channel(kvs, f"cpu-{impl}-{count}")
     endpoint = kvs.endpoint_url
-    master = await Worker.start("master", settings.master_args(endpoint, channel, impl), logs)
+    master = await start_worker("master", settings.master_args(endpoint, channel, impl), logs)
     try:
-        viewers = await Worker.start("viewers", settings.viewer_args(endpoint, channel), logs)
+        viewers = await start_worker("viewers", settings.viewer_args(endpoint, channel), logs)
         try:
             joined = await viewers.call({"cmd": "join", "count": count, "timeout": 60}, 90)
             if joined["failed"]:
@@ -308,10 +228,10 @@ async def ttff_runs(
     """Time to first frame of a first viewer and of a viewer joining a watched stream."""
     channel = _channel(kvs, f"ttff-{impl}")
     endpoint = kvs.endpoint_url
-    master = await Worker.start("master", settings.master_args(endpoint, channel, impl), logs)
+    master = await start_worker("master", settings.master_args(endpoint, channel, impl), logs)
     results: dict[str, Any] = {"first": [], "joining": [], "pausesS": []}
     try:
-        viewers = await Worker.start("viewers", settings.viewer_args(endpoint, channel), logs)
+        viewers = await start_worker("viewers", settings.viewer_args(endpoint, channel), logs)
         try:
 
             async def one(kind: str, others: int) -> None:
@@ -345,7 +265,7 @@ async def ttff_runs(
 async def encoder_cost(settings: Settings, logs: Path) -> dict[str, Any]:
     """CPU per encoded frame: kvs-peer's encoder settings against aiortc's defaults."""
     args = ["--width", str(settings.width), "--height", str(settings.height)]
-    worker = await Worker.start("encode", [*args, "--fps", str(settings.fps)], logs)
+    worker = await start_worker("encode", [*args, "--fps", str(settings.fps)], logs)
     try:
         return (await worker.read(180))["encoderCost"]
     finally:
@@ -454,7 +374,7 @@ def verdicts(report: dict[str, Any], settings: Settings) -> dict[str, Any]:
             out[key] = {
                 "target": f"median time to first frame ({kind} viewer) <= {target:g} ms",
                 "medianMs": median,
-                "verdict": "PASS" if median is not None and median <= target else "FAIL",
+                "verdict": pass_fail(median, target),
             }
         else:
             out[key] = {"verdict": "NOT MEASURED"}
@@ -755,13 +675,7 @@ def parser() -> argparse.ArgumentParser:
         help="both masters also send a tone (Opus) and every viewer receives it",
     )
     p.add_argument("--seed", type=int, default=1, help="seed of the pauses between TTFF runs")
-    p.add_argument(
-        "--json",
-        type=Path,
-        default=RESULTS_DIR / "master_cpu.json",
-        help="output file (default benchmarks/results/master_cpu.json)",
-    )
-    p.add_argument("--log-dir", type=Path, help="worker logs (default: a new temp folder)")
+    add_output_options(p, "master_cpu", "worker logs")
     p.add_argument(
         "--profile",
         type=Path,
@@ -799,15 +713,12 @@ def main(argv: list[str] | None = None) -> int:
         settings.profile.mkdir(parents=True, exist_ok=True)
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="kvs-peer-bench-"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        report = asyncio.run(run(settings, log_dir))
-    except BenchmarkError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    print_report(report, settings)
-    write_report(args.json, json.dumps(report, indent=2) + "\n")
-    print(f"\nJSON: {args.json}   worker logs: {log_dir}")
-    return 0
+    return finish(
+        run(settings, log_dir),
+        args.json,
+        lambda report: print_report(report, settings),
+        f"worker logs: {log_dir}",
+    )
 
 
 if __name__ == "__main__":

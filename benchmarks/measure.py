@@ -1,4 +1,4 @@
-"""Measuring tools shared by the benchmark processes: CPU windows, statistics, JSON lines.
+"""Tools shared by the benchmarks: CPU windows, statistics, worker processes, reports.
 
 CPU is read the way the aiortc prototype did (docs/protocol.md#aiortc-notes):
 ``getrusage(RUSAGE_SELF)`` for the whole process (every thread, including threads that exited
@@ -8,7 +8,9 @@ during the window, e.g. x264 workers of an encoder that aiortc re-created), plus
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -16,21 +18,31 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 __all__ = [
+    "BenchmarkError",
     "CpuSample",
     "JsonLines",
+    "Worker",
+    "add_output_options",
     "cpu_window",
+    "finish",
     "machine_busy",
+    "pass_fail",
     "percentile",
     "summarize",
 ]
 
 _TICK = os.sysconf("SC_CLK_TCK")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class BenchmarkError(RuntimeError):
+    """The benchmark harness itself failed (a child died or stopped answering)."""
 
 
 @dataclass(frozen=True)
@@ -72,21 +84,64 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 which is often the repository root)."""
 
 
+def add_output_options(parser: argparse.ArgumentParser, name: str, logs: str) -> None:
+    """``--json`` (default ``benchmarks/results/NAME.json``) and ``--log-dir`` (``logs``)."""
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=RESULTS_DIR / f"{name}.json",
+        help=f"output file (default benchmarks/results/{name}.json)",
+    )
+    parser.add_argument("--log-dir", type=Path, help=f"{logs} (default: a new temp folder)")
+
+
 def write_report(path: Path, text: str) -> None:
     """Write a benchmark's JSON report to ``path``, creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
 
 
-def emit_report(
-    report: dict[str, Any], json_path: str | None, render: Callable[[Any], str]
-) -> None:
-    """Print ``report`` as JSON and as its table, and write the JSON to ``json_path`` if set."""
-    text = json.dumps(report, indent=2)
-    if json_path:
+def finish(
+    run: Coroutine[Any, Any, dict[str, Any]],
+    json_path: Path | str | None,
+    show: Callable[[dict[str, Any]], None],
+    where: str = "",
+    *,
+    echo: bool = False,
+    json_default: Callable[[Any], Any] | None = None,
+) -> int:
+    """Run a benchmark to its report: print it with ``show``, write it as JSON to ``json_path``.
+
+    Args:
+        run: the benchmark's coroutine, returning the report.
+        json_path: where the JSON goes (None: nowhere).
+        show: prints the report's tables.
+        where: what follows the JSON path in the last line (e.g. where the logs are).
+        echo: also print the JSON itself, before the tables.
+        json_default: ``json.dumps``'s ``default``, for reports that carry paths.
+
+    Returns:
+        The exit code: 1 (with the reason on stderr) when the harness broke, else 0, whether
+        the targets passed or not.
+    """
+    try:
+        report = asyncio.run(run)
+    except BenchmarkError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    text = json.dumps(report, indent=2, default=json_default)
+    if echo:
+        print(text)
+    show(report)
+    if json_path is not None:
         write_report(Path(json_path), text + "\n")
-    print(text)
-    print(render(report))
+        print(f"\nJSON: {json_path}" + (f"; {where}" if where else ""))
+    return 0
+
+
+def pass_fail(value: float | None, limit: float) -> str:
+    """``PASS`` when ``value`` was measured and is at most ``limit``, else ``FAIL``."""
+    return "PASS" if value is not None and value <= limit else "FAIL"
 
 
 def _thread_times() -> dict[int, float]:
@@ -235,3 +290,98 @@ class JsonLines:
     def send(self, **message: Any) -> None:
         """Write one reply line."""
         self._out.write(json.dumps(message) + "\n")
+
+
+@dataclass
+class Worker:
+    """The driver's side of a worker process and its JSON-lines control channel."""
+
+    role: str
+    """Names the worker in errors (``"master"`` gives "master worker exited ...")."""
+    proc: asyncio.subprocess.Process
+    log: Path
+    """The worker's stderr."""
+
+    @classmethod
+    async def start(
+        cls, role: str, module: list[str], log: Path, *, ready_timeout: float | None = 60.0
+    ) -> Worker:
+        """Start ``python -m MODULE...`` from this checkout, stderr to ``log``.
+
+        With ``ready_timeout``, wait that long for its ``{"event": "ready"}`` line.
+
+        Raises:
+            BenchmarkError: the worker did not get ready.
+        """
+        with log.open("wb") as stderr:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                *module,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=stderr,
+                cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
+        worker = cls(role, proc, log)
+        if ready_timeout is not None:
+            reply = await worker.read(ready_timeout)
+            if reply.get("event") != "ready":
+                await worker.kill()
+                raise BenchmarkError(f"{role} worker did not start: {reply}; see {log}")
+        return worker
+
+    async def read(self, timeout: float) -> dict[str, Any]:
+        """The worker's next JSON line.
+
+        Raises:
+            BenchmarkError: no line within ``timeout`` seconds, or the worker exited.
+        """
+        assert self.proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+        except TimeoutError:
+            raise BenchmarkError(
+                f"{self.role} worker gave no answer within {timeout:g} s; see {self.log}"
+            ) from None
+        if not line:
+            await self.proc.wait()
+            raise BenchmarkError(
+                f"{self.role} worker exited (code {self.proc.returncode}); see {self.log}"
+            )
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    async def call(self, command: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
+        """Send one command and return the worker's answer.
+
+        Raises:
+            BenchmarkError: no answer, the worker exited, or it answered with an error.
+        """
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(command) + "\n").encode())
+        await self.proc.stdin.drain()
+        reply = await self.read(timeout)
+        if "error" in reply:
+            raise BenchmarkError(f"{self.role} worker: {reply['error']}")
+        return reply
+
+    async def stop(self, grace: float = 20.0) -> None:
+        """Ask the worker to quit; kill it if it has not exited after ``grace`` seconds."""
+        if self.proc.returncode is not None:
+            return
+        with contextlib.suppress(Exception):
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(b'{"cmd": "quit"}\n')
+            self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), grace)
+        except TimeoutError:
+            await self.kill()
+
+    async def kill(self) -> None:
+        """Kill the worker process (only this worker's own process)."""
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()

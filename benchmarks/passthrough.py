@@ -48,7 +48,11 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.measure import emit_report
+from benchmarks.measure import BenchmarkError, finish, pass_fail
+
+# The test suite's helpers (not a package); appended, so nothing in tests/ shadows a module.
+sys.path.append(str(Path(__file__).resolve().parent.parent / "tests"))
+from support import process_env
 
 ROOT = Path(__file__).resolve().parent.parent
 WRITER = ROOT / "tests" / "media" / "h264_writer.py"
@@ -81,10 +85,6 @@ except BrokenPipeError:
 """
 
 
-class BenchmarkError(Exception):
-    """A part of the benchmark could not run (the message says why)."""
-
-
 def make_clip(path: Path, size: str, fps: float, gop: int, seconds: float, bitrate: int) -> None:
     options = ["--size", size, "--fps", str(fps), "--gop", str(gop), "--fast"]
     options += ["--frames", str(int(seconds * fps)), "--bitrate", str(bitrate)]
@@ -110,22 +110,14 @@ def cpu_seconds(pid: int) -> float:
 
 
 def device_env(kvs: Any) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "KVS_PEER_"))}
-    env.update(
-        AWS_ACCESS_KEY_ID=kvs.credentials.access_key,
-        AWS_SECRET_ACCESS_KEY=kvs.credentials.secret_key,
-        AWS_REGION=kvs.region,
-        AWS_CONFIG_FILE="/nonexistent",
-        AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
-        KVS_PEER_ENDPOINT_URL=kvs.endpoint_url,
-        KVS_PEER_CACHE_DIR=tempfile.gettempdir() + "/kvs-peer-bench-cache-none",
-        PYTHONPATH=os.pathsep.join(sys.path),
-    )
+    """Environment of a kvs-peer process under test, pointed at the emulator ``kvs``."""
+    # A cache folder that stays empty: every run resolves its channel as a first start does.
+    extra = {"KVS_PEER_CACHE_DIR": tempfile.gettempdir() + "/kvs-peer-bench-cache-none"}
     if kvs.ssl_context() is not None:
-        # boto3 and the control-plane requests read AWS_CA_BUNDLE; the signaling WebSocket
-        # uses the default trust store, which OpenSSL lets SSL_CERT_FILE replace.
-        env["AWS_CA_BUNDLE"] = env["SSL_CERT_FILE"] = str(kvs.ca_cert_path)
-    return env
+        # environment() sets AWS_CA_BUNDLE for boto3; the signaling WebSocket uses the default
+        # trust store, which OpenSSL lets SSL_CERT_FILE replace.
+        extra["SSL_CERT_FILE"] = str(kvs.ca_cert_path)
+    return process_env(kvs, **extra)
 
 
 @contextlib.contextmanager
@@ -443,7 +435,7 @@ def _verdict(value: float | None, limit: float | None, text: str) -> dict[str, A
     if value is None or limit is None:
         return {"verdict": "NOT MEASURED", "target": text}
     return {
-        "verdict": "PASS" if value <= limit else "FAIL",
+        "verdict": pass_fail(value, limit),
         "target": text,
         "value": round(value, 4),
         "limit": round(limit, 4),
@@ -575,6 +567,19 @@ def _counts(text: str, option: str) -> list[int]:
     return values
 
 
+def add_clip_options(parser: argparse.ArgumentParser, *, bitrate: int) -> None:
+    """Options of the clip :func:`make_clip` writes and of each measurement's window.
+
+    ``--fps``, ``--gop`` and ``--bitrate`` (default ``bitrate``); ``--seconds`` measured after
+    ``--settle``.
+    """
+    parser.add_argument("--fps", type=float, default=30)
+    parser.add_argument("--gop", type=int, default=60)
+    parser.add_argument("--bitrate", type=int, default=bitrate)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--settle", type=float, default=2)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--parts", default="cpu,join,floor", help="cpu,join,floor")
@@ -585,11 +590,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--small-size", default="640x480")
     parser.add_argument("--small-viewers", default="", help="viewer counts at --small-size")
     parser.add_argument("--floor-viewers", default="1,4", help="viewer counts for the C SDK part")
-    parser.add_argument("--fps", type=float, default=30)
-    parser.add_argument("--gop", type=int, default=60)
-    parser.add_argument("--bitrate", type=int, default=3_000_000)
-    parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--settle", type=float, default=2)
+    add_clip_options(parser, bitrate=3_000_000)
     parser.add_argument("--joins", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", help="write the report here")
@@ -615,8 +616,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    emit_report(asyncio.run(run(args)), args.json, render)
-    return 0
+    return finish(run(args), args.json, lambda report: print(render(report)), echo=True)
 
 
 if __name__ == "__main__":

@@ -40,8 +40,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.measure import emit_report
-from benchmarks.passthrough import cpu_seconds, device_env, kvs_peer_master, make_clip
+from benchmarks.measure import finish
+from benchmarks.passthrough import (
+    add_clip_options,
+    cpu_seconds,
+    device_env,
+    kvs_peer_master,
+    make_clip,
+)
 
 MODES = ("passthrough", "transcode", "receive")
 RECORD_MODES = {"passthrough": "auto", "transcode": "transcode"}
@@ -204,11 +210,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--modes", default="passthrough,transcode", help="of " + ",".join(MODES))
     parser.add_argument("--size", default="1920x1080")
-    parser.add_argument("--fps", type=float, default=30)
-    parser.add_argument("--gop", type=int, default=60)
-    parser.add_argument("--bitrate", type=int, default=4_000_000)
-    parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--settle", type=float, default=2)
+    add_clip_options(parser, bitrate=4_000_000)
     parser.add_argument("--json", help="write the report here")
     args = parser.parse_args(argv)
     args.modes = [m for m in args.modes.split(",") if m]
@@ -221,8 +223,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    emit_report(asyncio.run(run(args)), args.json, render)
-    return 0
+    return finish(run(args), args.json, lambda report: print(render(report)), echo=True)
 
 
 if __name__ == "__main__":

@@ -17,22 +17,18 @@ import argparse
 import asyncio
 import contextlib
 import fractions
-import random
-import struct
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import av
-from aiortc.codecs.h264 import H264Encoder
 
 from kvs_peer.media.h264 import AccessUnitAssembler, split_annexb
-from kvs_peer.media.rtpsender import rtp_datagrams
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "media"))
 from rtsp_server import RtspServer  # a test helper, not in a package
 
-_PAYLOAD_TYPE = 96
 _TIME_BASE = fractions.Fraction(1, 90_000)
 
 
@@ -52,37 +48,18 @@ class ClipRtspServer(RtspServer):
         self.units = units
         self.rate = fps
 
-    async def _stream(self, writer: asyncio.StreamWriter) -> None:
-        packetizer = H264Encoder()
-        ssrc, sequence_number = random.getrandbits(32), random.getrandbits(16)
+    async def packets(self) -> AsyncIterator[av.Packet]:
         start = time.monotonic()
         index = 0
-        try:
-            while True:
-                delay = start + index / self.rate - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                packet = av.Packet(self.units[index % len(self.units)])
-                packet.pts = round(index * 90_000 / self.rate)
-                packet.time_base = _TIME_BASE
-                payloads, timestamp = packetizer.pack(packet)
-                for datagram in rtp_datagrams(
-                    payloads,
-                    payload_type=_PAYLOAD_TYPE,
-                    ssrc=ssrc,
-                    sequence_number=sequence_number,
-                    timestamp=timestamp,
-                ):
-                    writer.write(b"$\x00" + struct.pack("!H", len(datagram)) + datagram)
-                sequence_number = (sequence_number + len(payloads)) & 0xFFFF
-                self.frames_sent += 1
-                index += 1
-                await writer.drain()
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            with contextlib.suppress(Exception):
-                writer.close()
+        while True:
+            delay = start + index / self.rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            packet = av.Packet(self.units[index % len(self.units)])
+            packet.pts = round(index * 90_000 / self.rate)
+            packet.time_base = _TIME_BASE
+            yield packet
+            index += 1
 
 
 async def serve(units: list[bytes], fps: float) -> None:

@@ -17,9 +17,9 @@ import pytest
 from benchmarks.master_cpu import (
     BenchmarkError,
     Settings,
-    Worker,
     main,
     per_viewer_fit,
+    start_worker,
     verdicts,
 )
 from benchmarks.measure import CpuSample, cpu_window, percentile, summarize
@@ -144,7 +144,7 @@ def test_a_worker_that_cannot_start_is_reported_with_its_log(tmp_path: Path) -> 
     # A channel name KVS refuses: the master fails at once (network errors would be retried).
     argv = ["--endpoint", "http://127.0.0.1:9", "--channel", "no spaces allowed"]
     with pytest.raises(BenchmarkError, match=r"master worker exited .*see .*\.log"):
-        asyncio.run(Worker.start("master", argv, tmp_path))
+        asyncio.run(start_worker("master", argv, tmp_path))
     logs = list(tmp_path.glob("master-*.log"))
     assert len(logs) == 1 and logs[0].read_text().strip()
 

@@ -15,6 +15,7 @@ import contextlib
 import fractions
 import random
 import struct
+from collections.abc import AsyncIterator
 from typing import Self
 
 import av
@@ -125,7 +126,11 @@ class RtspServer:
             self._writers.discard(writer)
             writer.close()
 
-    async def _stream(self, writer: asyncio.StreamWriter) -> None:
+    async def packets(self) -> AsyncIterator[av.Packet]:
+        """The H.264 packets to send, paced in real time; a subclass may serve other ones.
+
+        Each packet carries ``pts`` and ``time_base``. This one encodes the stamped test pattern.
+        """
         pattern = TestPatternTrack(self.width, self.height, self.fps)
         codec = av.CodecContext.create("libx264", "w")
         codec.width, codec.height, codec.pix_fmt = self.width, self.height, "yuv420p"
@@ -134,13 +139,21 @@ class RtspServer:
         codec.bit_rate = 3_000_000  # generous: the stamp must survive a second encode
         codec.gop_size = self.fps
         codec.options = {"preset": "ultrafast", "tune": "zerolatency", "forced-idr": "1"}
-        packetizer = H264Encoder()
-        ssrc, sequence_number = random.getrandbits(32), random.getrandbits(16)
         try:
             while True:
                 frame = await pattern.recv()
                 for packet in codec.encode(frame):
                     packet.time_base = codec.time_base
+                    yield packet
+        finally:
+            pattern.stop()
+
+    async def _stream(self, writer: asyncio.StreamWriter) -> None:
+        packetizer = H264Encoder()
+        ssrc, sequence_number = random.getrandbits(32), random.getrandbits(16)
+        try:
+            async with contextlib.aclosing(self.packets()) as packets:
+                async for packet in packets:
                     payloads, timestamp = packetizer.pack(packet)
                     for datagram in rtp_datagrams(
                         payloads,
@@ -152,10 +165,9 @@ class RtspServer:
                         writer.write(b"$\x00" + struct.pack("!H", len(datagram)) + datagram)
                     sequence_number = (sequence_number + len(payloads)) & 0xFFFF
                     self.frames_sent += 1
-                await writer.drain()
+                    await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
-            pattern.stop()
             with contextlib.suppress(Exception):
                 writer.close()
