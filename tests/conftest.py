@@ -7,11 +7,11 @@ Fixtures and hooks only; plain helpers such as the scaled time unit ``MS`` live 
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+from support import process_env
 
 from kvs_peer.channel import ChannelResolver
 from kvs_peer.emulator import EmulatorConfig, LocalKvs
@@ -57,17 +57,7 @@ async def resolver(kvs: LocalKvs) -> AsyncIterator[ChannelResolver]:
 @pytest.fixture
 def device_env(kvs: LocalKvs) -> dict[str, str]:
     """Environment of a device process pointed at ``kvs`` (no other AWS settings leak in)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(
-        AWS_ACCESS_KEY_ID=kvs.credentials.access_key,
-        AWS_SECRET_ACCESS_KEY=kvs.credentials.secret_key,
-        AWS_REGION=kvs.region,
-        AWS_CONFIG_FILE="/nonexistent",
-        AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
-        KVS_PEER_ENDPOINT_URL=kvs.endpoint_url,
-        PYTHONPATH=os.pathsep.join(sys.path),
-    )
-    return env
+    return process_env(kvs)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -5,28 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 
 import av
 import pytest
-from support import MS
+from support import KVS_PEER, MS, interrupt, read_until, run_kvs_peer, spawn
 
 from kvs_peer.cli import build_parser, main
 from kvs_peer.emulator import LocalKvs
 from kvs_peer.signing import verify_presigned_url
-
-KVS_PEER = [sys.executable, "-m", "kvs_peer"]
-
-
-async def run(*args: str, env: dict[str, str], timeout: float = 60) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *KVS_PEER, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -60,7 +48,7 @@ async def test_url_prints_a_verifiable_signed_url(
     kvs: LocalKvs, device_env: dict[str, str]
 ) -> None:
     kvs.create_channel("cli")
-    code, out, err = await run(
+    code, out, err = await run_kvs_peer(
         "url",
         "--channel",
         "cli",
@@ -86,12 +74,12 @@ async def test_url_prints_a_verifiable_signed_url(
 
 async def test_url_errors_are_clear(kvs: LocalKvs, device_env: dict[str, str]) -> None:
     env = device_env
-    code, _, err = await run("url", "--channel", "missing", "--client-id", "x", env=env)
+    code, _, err = await run_kvs_peer("url", "--channel", "missing", "--client-id", "x", env=env)
     assert code == 1
     assert "not found" in err and "--create-channel" in err
-    code, _, err = await run("url", "--channel", "c", "--role", "VIEWER", env=env)
+    code, _, err = await run_kvs_peer("url", "--channel", "c", "--role", "VIEWER", env=env)
     assert code == 1 and "--client-id is required" in err
-    code, _, err = await run("url", "--channel", "bad name", "--client-id", "x", env=env)
+    code, _, err = await run_kvs_peer("url", "--channel", "bad name", "--client-id", "x", env=env)
     assert code == 1 and "invalid channel name" in err
 
 
@@ -100,28 +88,18 @@ async def test_master_and_viewer_commands_stream_and_record(
 ) -> None:
     kvs.create_channel("cam")
     env = device_env
-    master = await asyncio.create_subprocess_exec(
+    master = await spawn(
         *KVS_PEER,
-        "master",
-        "--channel",
-        "cam",
-        "--source",
-        "testsrc",
-        "--width",
-        "320",
-        "--height",
-        "240",
+        *("master", "--channel", "cam", "--source", "testsrc", "--width", "320", "--height", "240"),
         "--json",
         env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
     )
     try:
         async with asyncio.timeout(30_000 * MS):
             await kvs.wait_connected("cam", master=True)
         record = tmp_path / "out.mkv"
         snapshot = tmp_path / "last.png"
-        code, out, err = await run(
+        code, out, err = await run_kvs_peer(
             "viewer",
             "--channel",
             "cam",
@@ -143,10 +121,9 @@ async def test_master_and_viewer_commands_stream_and_record(
         with av.open(str(record)) as container:
             assert sum(1 for _ in container.decode(video=0)) >= 0.9 * report["framesReceived"]
     finally:
-        master.send_signal(signal.SIGINT)  # clean shutdown, exit code 0
-        out, err = await asyncio.wait_for(master.communicate(), 20_000 * MS)
-    assert master.returncode == 0, err.decode()
-    summary = json.loads(out.decode())
+        code, out, err = await interrupt(master)  # clean shutdown, exit code 0
+    assert code == 0, err
+    summary = json.loads(out)
     assert summary["sessionsConnected"] == 1
 
 
@@ -154,7 +131,7 @@ async def test_master_with_a_missing_file_fails_clearly(
     kvs: LocalKvs, device_env: dict[str, str]
 ) -> None:
     kvs.create_channel("cam")
-    code, _, err = await run(
+    code, _, err = await run_kvs_peer(
         "master",
         "--channel",
         "cam",
@@ -167,7 +144,7 @@ async def test_master_with_a_missing_file_fails_clearly(
 
 
 async def test_demo_json(tmp_path: Path) -> None:
-    code, out, err = await run(
+    code, out, err = await run_kvs_peer(
         "demo",
         "--duration",
         "2",
@@ -186,21 +163,8 @@ async def test_demo_json(tmp_path: Path) -> None:
 
 
 async def test_local_prints_what_to_export_and_stops_cleanly() -> None:
-    proc = await asyncio.create_subprocess_exec(
-        *KVS_PEER,
-        "local",
-        "--port",
-        "0",
-        "--channel",
-        "demo",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    lines: list[str] = []
-    async with asyncio.timeout(30_000 * MS):
-        while not lines or "Ctrl+C" not in lines[-1]:
-            lines.append((await proc.stdout.readline()).decode())
-    text = "".join(lines)
+    proc = await spawn(*KVS_PEER, "local", "--port", "0", "--channel", "demo")
+    text = await read_until(proc, "Ctrl+C", 30_000 * MS)
     endpoint = text.split("KVS_PEER_ENDPOINT_URL=")[1].split()[0]
     assert "AWS_ACCESS_KEY_ID=AKIALOCALKVSPEER0000" in text
     # the printed endpoint really is a KVS control plane with the channel created
@@ -215,9 +179,8 @@ async def test_local_prints_what_to_export_and_stops_cleanly() -> None:
     )
     info = await asyncio.to_thread(kv.describe_signaling_channel, ChannelName="demo")
     assert info["ChannelInfo"]["ChannelName"] == "demo"
-    proc.send_signal(signal.SIGINT)
-    await asyncio.wait_for(proc.wait(), 20_000 * MS)
-    assert proc.returncode == 0
+    code, _, err = await interrupt(proc)
+    assert code == 0, err
 
 
 def test_package_root_exports_load_lazily() -> None:
@@ -246,7 +209,7 @@ async def test_viewer_ctrl_c_still_reports_and_snapshots(
         kvs.resolver() as resolver,
         Master(AwsAccess(resolver, "sig", Role.MASTER), video=TestPatternTrack(320, 240)),
     ):
-        viewer = await asyncio.create_subprocess_exec(
+        viewer = await spawn(
             *KVS_PEER,
             "viewer",
             "--channel",
@@ -255,16 +218,13 @@ async def test_viewer_ctrl_c_still_reports_and_snapshots(
             "--snapshot",
             str(snapshot),
             env=device_env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
         )
         async with asyncio.timeout(30_000 * MS):
             while not kvs.connected("sig").viewers:
                 await asyncio.sleep(0.1)
         await asyncio.sleep(2.0)  # some frames
-        viewer.send_signal(signal.SIGINT)
-        out, err = await asyncio.wait_for(viewer.communicate(), 20_000 * MS)
-    assert viewer.returncode == 0, err.decode()
+        code, out, err = await interrupt(viewer)
+    assert code == 0, err
     report = json.loads(out)
     assert report["framesReceived"] > 10
     assert snapshot.read_bytes().startswith(b"\x89PNG")
@@ -275,6 +235,8 @@ async def test_viewer_exits_when_the_channel_refuses_it(
 ) -> None:
     kvs.create_channel("closed")
     kvs.fail_next_connects("closed", 403, count=5)
-    code, _, err = await run("viewer", "--channel", "closed", env=device_env, timeout=30_000 * MS)
+    code, _, err = await run_kvs_peer(
+        "viewer", "--channel", "closed", env=device_env, timeout=30_000 * MS
+    )
     assert code == 1
     assert "HTTP 403" in err and "clock" in err

@@ -11,7 +11,6 @@ import asyncio
 import json
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -20,8 +19,18 @@ from pathlib import Path
 
 import av
 import pytest
-from support import MS
-from test_cli import KVS_PEER, run
+from support import (
+    EXIT_ERROR,
+    EXIT_NO_VIDEO,
+    EXIT_USAGE,
+    KVS_PEER,
+    MS,
+    assert_one_error,
+    finish,
+    interrupt,
+    run_kvs_peer,
+    spawn,
+)
 
 from kvs_peer.access import AwsAccess
 from kvs_peer.emulator import LocalKvs
@@ -30,20 +39,7 @@ from kvs_peer.media import TestPatternTrack
 from kvs_peer.protocol import Role
 from kvs_peer.viewer import Viewer, new_client_id
 
-EXIT_ERROR, EXIT_USAGE, EXIT_NO_VIDEO = 1, 2, 3
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def assert_one_error(code: int, err: str, expected_code: int, *phrases: str) -> str:
-    """The exit code, no traceback, exactly one ``error:`` line holding every phrase."""
-    assert "Traceback" not in err, err
-    assert "never retrieved" not in err, err
-    lines = [line for line in err.splitlines() if "error:" in line]
-    assert len(lines) == 1, err
-    for phrase in phrases:
-        assert phrase in lines[0], (phrase, lines[0])
-    assert code == expected_code, err
-    return lines[0]
 
 
 @pytest.fixture
@@ -87,7 +83,7 @@ async def test_outputs_are_checked_before_connecting(
     kvs: LocalKvs, device_env: dict[str, str], args: list[str], phrases: list[str]
 ) -> None:
     # The channel does not exist: had the viewer connected first, it would say "not found".
-    code, out, err = await run(
+    code, out, err = await run_kvs_peer(
         *args, "--duration", "2", "--json", env=device_env, timeout=60_000 * MS
     )
     assert_one_error(code, err, EXIT_ERROR, *phrases)
@@ -140,26 +136,14 @@ async def test_a_full_disk_ends_the_viewer_with_an_error(
         reason = "File too large"
     record = folder / "cam.mkv"
     started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
+    proc = await spawn(
         *command,
-        "viewer",
-        "--channel",
-        "cam",
-        "--record",
-        str(record),
-        "--duration",
-        "30",
-        "--json",
+        *("viewer", "--channel", "cam", "--record", str(record), "--duration", "30", "--json"),
         env=device_env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 60_000 * MS)
+    code, out, err = await finish(proc)
     elapsed = time.monotonic() - started
-    assert proc.returncode is not None
-    line = assert_one_error(
-        proc.returncode, err.decode(), EXIT_ERROR, f"recording to {record} failed", reason
-    )
+    line = assert_one_error(code, err, EXIT_ERROR, f"recording to {record} failed", reason)
     assert "check the free space" in line
     assert elapsed < 20_000 * MS, "the viewer ran on without recording"
     assert json.loads(out)["ok"] is False
@@ -180,7 +164,7 @@ async def test_aws_setup_errors_are_one_line(
     viewer = ["viewer", "--channel", "cam", "--duration", "2"]
 
     env = dict(device_env, AWS_PROFILE="nosuch")
-    code, _, err = await run(*viewer, env=env)
+    code, _, err = await run_kvs_peer(*viewer, env=env)
     assert_one_error(code, err, EXIT_ERROR, "AWS profile 'nosuch' not found", "unset AWS_PROFILE")
 
     credentials = tmp_path / "credentials"
@@ -188,7 +172,7 @@ async def test_aws_setup_errors_are_one_line(
     env = {k: v for k, v in device_env.items() if not k.startswith("AWS_ACCESS_KEY_ID")}
     env.pop("AWS_SECRET_ACCESS_KEY")
     env["AWS_SHARED_CREDENTIALS_FILE"] = str(credentials)
-    code, _, err = await run(*viewer, env=env, timeout=30_000 * MS)
+    code, _, err = await run_kvs_peer(*viewer, env=env, timeout=30_000 * MS)
     assert_one_error(
         code,
         err,
@@ -198,10 +182,10 @@ async def test_aws_setup_errors_are_one_line(
     )
 
     bare = kvs.endpoint_url.removeprefix("http://")
-    code, _, err = await run(*viewer, "--endpoint-url", bare, env=device_env)
+    code, _, err = await run_kvs_peer(*viewer, "--endpoint-url", bare, env=device_env)
     assert_one_error(code, err, EXIT_USAGE, f"{bare!r} is not an http://", "http://127.0.0.1")
     env = dict(device_env, KVS_PEER_ENDPOINT_URL=bare)
-    code, _, err = await run(*viewer, env=env)
+    code, _, err = await run_kvs_peer(*viewer, env=env)
     assert_one_error(code, err, EXIT_USAGE, "KVS_PEER_ENDPOINT_URL")
 
 
@@ -210,7 +194,7 @@ async def test_an_untrusted_certificate_is_one_line(device_env: dict[str, str]) 
         kvs.create_channel("cam")
         env = dict(device_env, KVS_PEER_ENDPOINT_URL=kvs.endpoint_url)
         args = ["url", "--channel", "cam", "--client-id", "c1"]
-        code, _, err = await run(*args, env=env, timeout=30_000 * MS)
+        code, _, err = await run_kvs_peer(*args, env=env, timeout=30_000 * MS)
         assert_one_error(
             code,
             err,
@@ -220,28 +204,19 @@ async def test_an_untrusted_certificate_is_one_line(device_env: dict[str, str]) 
         )
         # The hint works: the same command with the emulator's CA trusted.
         env["AWS_CA_BUNDLE"] = str(kvs.ca_cert_path)
-        code, out, err = await run(*args, env=env, timeout=30_000 * MS)
+        code, out, err = await run_kvs_peer(*args, env=env, timeout=30_000 * MS)
         assert code == 0, err
         assert out.startswith("wss://")
 
 
 async def test_camera_example_without_a_camera_is_one_line(device_env: dict[str, str]) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(EXAMPLES / "camera_master.py"),
-        "--channel",
-        "cam",
-        "--source",
-        "/dev/video97",
+    proc = await spawn(
+        *(sys.executable, str(EXAMPLES / "camera_master.py")),
+        *("--channel", "cam", "--source", "/dev/video97"),
         env=device_env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
     )
-    _, err = await asyncio.wait_for(proc.communicate(), 30_000 * MS)
-    assert proc.returncode is not None
-    assert_one_error(
-        proc.returncode, err.decode(), EXIT_ERROR, "camera device /dev/video97 not found", "ls"
-    )
+    code, _, err = await finish(proc, 30_000 * MS)
+    assert_one_error(code, err, EXIT_ERROR, "camera device /dev/video97 not found", "ls")
 
 
 # -- item 13: a viewer without video ----------------------------------------------------------
@@ -250,7 +225,7 @@ async def test_camera_example_without_a_camera_is_one_line(device_env: dict[str,
 async def test_viewer_without_a_master_says_why(kvs: LocalKvs, device_env: dict[str, str]) -> None:
     kvs.create_channel("empty")
     args = ["viewer", "--channel", "empty", "--duration", "2", "--json"]
-    code, out, err = await run(*args, env=device_env)
+    code, out, err = await run_kvs_peer(*args, env=device_env)
     assert_one_error(
         code, err, EXIT_NO_VIDEO, "no answer from a master within 2 s", "no master is connected"
     )
@@ -277,7 +252,9 @@ async def test_viewer_refused_by_a_full_master_says_why(
         ) as first,
     ):
         await first.wait_first_frame(timeout=30_000 * MS)
-        code, _, err = await run("viewer", "--channel", "full", "--duration", "3", env=device_env)
+        code, _, err = await run_kvs_peer(
+            "viewer", "--channel", "full", "--duration", "3", env=device_env
+        )
         assert master.stats.refused_over_limit >= 1
         assert first.stats.frames_received > 30
     assert_one_error(code, err, EXIT_NO_VIDEO, "no answer from a master", "viewer limit")
@@ -291,20 +268,17 @@ async def test_viewer_json_when_the_master_leaves_midway(
     async with kvs.resolver() as resolver:
         master = Master(AwsAccess(resolver, "leave", Role.MASTER), video=TestPatternTrack(320, 240))
         async with master:
-            proc = await asyncio.create_subprocess_exec(
+            proc = await spawn(
                 *KVS_PEER,
                 *("viewer", "--channel", "leave", "--duration", str(duration), "--json"),
                 env=device_env,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
             )
             async with asyncio.timeout(30_000 * MS):
                 while master.stats.sessions_connected == 0:
                     await asyncio.sleep(0.05)
             await asyncio.sleep(1.5)  # video flows, then the master leaves
-    out, err = await asyncio.wait_for(proc.communicate(), 30_000 * MS)
-    assert proc.returncode is not None
-    line = assert_one_error(proc.returncode, err.decode(), EXIT_NO_VIDEO, "video stopped")
+    code, out, err = await finish(proc, 30_000 * MS)
+    line = assert_one_error(code, err, EXIT_NO_VIDEO, "video stopped")
     report = json.loads(out)
     assert report["ok"] is False and report["problem"] in line
     stopped, first = report["videoStoppedAt"], report["timeToFirstFrame"]
@@ -328,18 +302,10 @@ async def test_a_signal_stops_a_viewer_still_connecting(device_env: dict[str, st
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # closed again before the viewer starts
     env = dict(device_env, KVS_PEER_ENDPOINT_URL=f"http://127.0.0.1:{port}")
-    proc = await asyncio.create_subprocess_exec(
-        *KVS_PEER,
-        *("viewer", "--channel", "cam", "--duration", "60"),
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    reader = asyncio.ensure_future(proc.communicate())
+    proc = await spawn(*KVS_PEER, "viewer", "--channel", "cam", "--duration", "60", env=env)
     await asyncio.sleep(3)  # the CLI is up and retrying
     assert proc.returncode is None
-    proc.send_signal(signal.SIGINT)
-    _, err = await asyncio.wait_for(reader, 10_000 * MS)
-    assert proc.returncode == 0, err.decode()
-    assert "Traceback" not in err.decode()
-    assert "could not reach" in err.decode()  # it was connecting when stopped
+    code, _, err = await interrupt(proc, 10_000 * MS)
+    assert code == 0, err
+    assert "Traceback" not in err
+    assert "could not reach" in err  # it was connecting when stopped

@@ -8,9 +8,10 @@ its relay candidate is trickled to the other side and added to our ICE connectio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from aiortc import RTCPeerConnection
@@ -48,23 +49,33 @@ def _dead_turn(port: int) -> dict[str, object]:
     }
 
 
-async def _watch(resolver: ChannelResolver, client_id: str) -> tuple[float, Viewer, Master]:
-    master = Master(
-        AwsAccess(resolver, CHANNEL, Role.MASTER),
-        video=TestPatternTrack(160, 120, 30),
-        connect_timeout=10,
-        takeover_check=None,
-    )
-    viewer = Viewer(AwsAccess(resolver, CHANNEL, Role.VIEWER, client_id=client_id), reconnect=False)
-    await master.start()
-    try:
-        await viewer.start()
-        ttff = await viewer.wait_first_frame(timeout=20_000 * MS)
-    except BaseException:
-        await viewer.close()
-        await master.close()
-        raise
-    return ttff, viewer, master
+@pytest.fixture
+async def turn_resolver() -> AsyncIterator[ChannelResolver]:
+    """A resolver for CHANNEL on an emulator whose coturn answers."""
+    require_turnserver()
+    async with LocalKvs(EmulatorConfig(turn=True, turn_port=free_port())) as kvs:
+        kvs.create_channel(CHANNEL)
+        async with kvs.resolver() as resolver:
+            yield resolver
+
+
+@contextlib.asynccontextmanager
+async def _watch(
+    resolver: ChannelResolver, client_id: str
+) -> AsyncIterator[tuple[float, Viewer, Master]]:
+    """A master and a viewer on CHANNEL; yields the viewer's time to first frame and both."""
+    async with (
+        Master(
+            AwsAccess(resolver, CHANNEL, Role.MASTER),
+            video=TestPatternTrack(160, 120, 30),
+            connect_timeout=10,
+            takeover_check=None,
+        ) as master,
+        Viewer(
+            AwsAccess(resolver, CHANNEL, Role.VIEWER, client_id=client_id), reconnect=False
+        ) as viewer,
+    ):
+        yield await viewer.wait_first_frame(timeout=20_000 * MS), viewer, master
 
 
 @pytest.mark.parametrize("dead", ["silent", "closed"])
@@ -79,8 +90,7 @@ async def test_an_unresponsive_turn_server_holds_up_neither_offer_nor_answer(
             resolved = await resolver.resolve(CHANNEL, Role.VIEWER, client_id="probe")
             assert any("turn:" in u for s in resolved.ice_servers for u in s.urls)
             started = time.monotonic()
-            ttff, viewer, master = await _watch(resolver, f"viewer-{dead}")
-            try:
+            async with _watch(resolver, f"viewer-{dead}") as (ttff, viewer, master):
                 assert viewer.stats.first_offer_at is not None
                 offer_after = viewer.stats.first_offer_at - viewer.stats.started_at
                 assert offer_after < 1000 * MS, f"offer sent after {offer_after:.2f} s"
@@ -90,67 +100,54 @@ async def test_an_unresponsive_turn_server_holds_up_neither_offer_nor_answer(
                 assert time.monotonic() - started < 3000 * MS
                 # The dead server gave no relay candidate; nothing was trickled for it.
                 assert viewer._gathering is not None and viewer._gathering.trickled == []
-            finally:
-                await viewer.close()
-                await master.close()
 
 
-async def test_a_turn_server_that_answers_is_trickled_and_used_by_both_sides() -> None:
-    require_turnserver()
-    config = EmulatorConfig(turn=True, turn_port=free_port())
-    async with LocalKvs(config) as kvs:
-        kvs.create_channel(CHANNEL)
-        async with kvs.resolver() as resolver:
-            ttff, viewer, master = await _watch(resolver, "viewer-turn")
-            try:
-                (session,) = master.viewers.values()
-                # Host pairs connect first; a relay allocation that completes after ICE is
-                # released rather than trickled, so wait for the ICE-state-independent part:
-                # the viewer's gathering finished (relay trickled or dropped) without error.
-                gathering = viewer._gathering
-                assert gathering is not None and gathering.error is None
-                assert ttff < 5000 * MS
-                assert session.gathering is not None and session.gathering.error is None
-            finally:
-                await viewer.close()
-                await master.close()
+async def test_a_turn_server_that_answers_is_trickled_and_used_by_both_sides(
+    turn_resolver: ChannelResolver,
+) -> None:
+    async with _watch(turn_resolver, "viewer-turn") as (ttff, viewer, master):
+        (session,) = master.viewers.values()
+        # Host pairs connect first; a relay allocation that completes after ICE is
+        # released rather than trickled, so wait for the ICE-state-independent part:
+        # the viewer's gathering finished (relay trickled or dropped) without error.
+        gathering = viewer._gathering
+        assert gathering is not None and gathering.error is None
+        assert ttff < 5000 * MS
+        assert session.gathering is not None and session.gathering.error is None
 
 
-async def test_a_late_relay_candidate_is_added_and_trickled_before_ice_completes() -> None:
-    require_turnserver()
-    config = EmulatorConfig(turn=True, turn_port=free_port())
-    async with LocalKvs(config) as kvs:
-        kvs.create_channel(CHANNEL)
-        async with kvs.resolver() as resolver:
-            ice = await AwsAccess(resolver, CHANNEL, Role.VIEWER, client_id="v").ice_config()
-            sent: list[tuple[str, str | None, int | None]] = []
+async def test_a_late_relay_candidate_is_added_and_trickled_before_ice_completes(
+    turn_resolver: ChannelResolver,
+) -> None:
+    ice = await AwsAccess(turn_resolver, CHANNEL, Role.VIEWER, client_id="v").ice_config()
+    sent: list[tuple[str, str | None, int | None]] = []
 
-            async def send(line: str, mid: str | None, index: int | None) -> None:
-                sent.append((line, mid, index))
+    async def send(line: str, mid: str | None, index: int | None) -> None:
+        sent.append((line, mid, index))
 
-            pc = RTCPeerConnection(rtc_configuration(()))
-            gathering = BackgroundGathering(pc, ice, send, label="test")
-            try:
-                pc.addTransceiver("video", direction="recvonly")
-                gathering.prepare()
-                started = time.monotonic()
-                await pc.setLocalDescription(await pc.createOffer())
-                gathered_in = time.monotonic() - started
-                sdp = without_end_of_candidates(pc.localDescription.sdp)
-                assert "typ relay" not in sdp and "end-of-candidates" not in sdp
-                assert local_candidate_types(pc) <= {"host"}
-                gathering.described(sdp)
-                async with asyncio.timeout(5000 * MS):
-                    while not any("typ relay" in line for line, _, _ in sent):
-                        await asyncio.sleep(0.01)
-                (line, mid, index) = next(s for s in sent if "typ relay" in s[0])
-                assert line.startswith("candidate:") and (mid, index) == ("0", 0)
-                # No remote side: ICE never completes, so the relay went into the connection.
-                assert "relay" in local_candidate_types(pc)
-                assert gathered_in < 500 * MS
-            finally:
-                await gathering.close()
-                await pc.close()
+    pc = RTCPeerConnection(rtc_configuration(()))
+    gathering = BackgroundGathering(pc, ice, send, label="test")
+    try:
+        pc.addTransceiver("video", direction="recvonly")
+        gathering.prepare()
+        started = time.monotonic()
+        await pc.setLocalDescription(await pc.createOffer())
+        gathered_in = time.monotonic() - started
+        sdp = without_end_of_candidates(pc.localDescription.sdp)
+        assert "typ relay" not in sdp and "end-of-candidates" not in sdp
+        assert local_candidate_types(pc) <= {"host"}
+        gathering.described(sdp)
+        async with asyncio.timeout(5000 * MS):
+            while not any("typ relay" in line for line, _, _ in sent):
+                await asyncio.sleep(0.01)
+        (line, mid, index) = next(s for s in sent if "typ relay" in s[0])
+        assert line.startswith("candidate:") and (mid, index) == ("0", 0)
+        # No remote side: ICE never completes, so the relay went into the connection.
+        assert "relay" in local_candidate_types(pc)
+        assert gathered_in < 500 * MS
+    finally:
+        await gathering.close()
+        await pc.close()
 
 
 async def test_ice_servers_that_cannot_be_had_leave_host_candidates_only() -> None:

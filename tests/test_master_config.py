@@ -8,14 +8,14 @@ import contextlib
 import json
 import re
 import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import MS
-from test_cli import KVS_PEER
-from test_cli_errors import EXIT_ERROR, EXIT_USAGE, assert_one_error
+from support import EXIT_ERROR, EXIT_USAGE, KVS_PEER, MS, assert_one_error, finish, spawn
 
 from kvs_peer.access import AwsAccess
 from kvs_peer.cli import build_parser, main
@@ -174,7 +174,9 @@ def test_missing_config_and_missing_channel_are_usage_errors(
 ) -> None:
     code = main(["master", "--config", str(tmp_path / "nope.toml"), "--json"])
     captured = capsys.readouterr()
-    assert_one_error(code, captured.err, EXIT_USAGE, "not found", "kvs-peer master --config-example")
+    assert_one_error(
+        code, captured.err, EXIT_USAGE, "not found", "kvs-peer master --config-example"
+    )
     assert json.loads(captured.out)["ok"] is False
     code = main(["master"])
     assert_one_error(code, capsys.readouterr().err, EXIT_USAGE, "--channel is required")
@@ -227,39 +229,69 @@ async def read_until(stream: asyncio.StreamReader, pattern: str, seen: list[str]
             return match
 
 
+async def spawn_cameras(
+    config: Path, env: dict[str, str], *args: str
+) -> asyncio.subprocess.Process:
+    """``kvs-peer master --config CONFIG ARGS``: every camera the file lists, in one process."""
+    return await spawn(*KVS_PEER, "master", "--config", str(config), *args, env=env)
+
+
+@dataclass
+class Cameras:
+    """A ``kvs-peer master --config`` process with metrics; how it ended, after its block."""
+
+    process: asyncio.subprocess.Process
+    url: str = ""
+    err: list[str] = field(default_factory=list)
+    code: int | None = None
+    out: str = ""
+    log: str = ""
+
+    async def read_until(self, pattern: str) -> re.Match[str]:
+        assert self.process.stderr is not None
+        return await read_until(self.process.stderr, pattern, self.err)
+
+
+@contextlib.asynccontextmanager
+async def cameras(
+    config: Path, kvs: LocalKvs, env: dict[str, str], stop: signal.Signals
+) -> AsyncIterator[Cameras]:
+    """The cameras of ``config`` with their metrics URL read; stopped with ``stop`` at exit."""
+    process = await spawn_cameras(
+        config, env, "--region", kvs.region, "--metrics-port", "0", "--json"
+    )
+    run = Cameras(process)
+    try:
+        async with asyncio.timeout(30_000 * MS):
+            run.url = (await run.read_until(r"metrics on (\S+)/metrics"))[1]
+        yield run
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(stop)
+        run.code, run.out, rest = await finish(process, 20_000 * MS)
+        run.log = "".join(run.err) + rest
+
+
 async def test_two_cameras_stream_to_two_channels_from_one_process(
     kvs: LocalKvs, device_env: dict[str, str], tmp_path: Path
 ) -> None:
     for name in ("cam-a", "cam-b"):
         kvs.create_channel(name)
-    path = write(tmp_path, TWO_CAMERAS)
-    master = await asyncio.create_subprocess_exec(
-        *KVS_PEER, "master", "--config", str(path), "--region", kvs.region,
-        "--metrics-port", "0", "--json",
-        env=device_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert master.stderr is not None
-    err: list[str] = []
-    try:
+    # SIGTERM stops every camera cleanly.
+    async with cameras(write(tmp_path, TWO_CAMERAS), kvs, device_env, signal.SIGTERM) as run:
         async with asyncio.timeout(30_000 * MS):
-            url = (await read_until(master.stderr, r"metrics on (\S+)/metrics", err))[1]
             for name in ("cam-a", "cam-b"):
                 await kvs.wait_connected(name, master=True)
         got = await asyncio.gather(watch(kvs, "cam-a", 20), watch(kvs, "cam-b", 20))
         assert min(got) >= 20
-        samples = await scrape(url)
+        samples = await scrape(run.url)
         for name in ("cam-a", "cam-b"):
             assert samples[("kvs_peer_signaling_connected", name)] == 1
             assert samples[("kvs_peer_sessions_started_total", name)] == 1
             assert samples[("kvs_peer_frames_encoded_total", name)] > 0
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            master.send_signal(signal.SIGTERM)  # stops every camera cleanly
-        out, rest = await asyncio.wait_for(master.communicate(), 20_000 * MS)
-    log = "".join(err) + rest.decode()
-    assert master.returncode == 0, log
-    assert "Traceback" not in log
-    reports = [json.loads(line) for line in out.decode().splitlines()]
+    assert run.code == 0, run.log
+    assert "Traceback" not in run.log
+    reports = [json.loads(line) for line in run.out.splitlines()]
     assert [r["channel"] for r in reports] == ["cam-a", "cam-b"]
     assert all(r["ok"] and r["sessionsStarted"] == 1 for r in reports), reports
 
@@ -275,30 +307,17 @@ async def test_one_failing_camera_leaves_the_others_running(
             'channel = "cam-b"\nsource = "testsrc"', f'channel = "cam-b"\nsource = "{bad}"'
         ),
     )
-    master = await asyncio.create_subprocess_exec(
-        *KVS_PEER, "master", "--config", str(path), "--region", kvs.region,
-        "--metrics-port", "0", "--json",
-        env=device_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert master.stderr is not None
-    err: list[str] = []
-    try:
+    async with cameras(path, kvs, device_env, signal.SIGINT) as run:
         async with asyncio.timeout(30_000 * MS):
-            url = (await read_until(master.stderr, r"metrics on (\S+)/metrics", err))[1]
-            await read_until(master.stderr, r"camera 'cam-b' stopped: .*missing\.mp4", err)
+            await run.read_until(r"camera 'cam-b' stopped: .*missing\.mp4")
             await kvs.wait_connected("cam-a", master=True)
         assert await watch(kvs, "cam-a", 10) >= 10
-        async with aiohttp.ClientSession() as http, http.get(f"{url}/healthz") as response:
+        async with aiohttp.ClientSession() as http, http.get(f"{run.url}/healthz") as response:
             assert response.status == 503
             assert "camera 'cam-b' stopped" in await response.text()
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            master.send_signal(signal.SIGINT)
-        out, rest = await asyncio.wait_for(master.communicate(), 20_000 * MS)
-    log = "".join(err) + rest.decode()
-    assert master.returncode == 0, log
-    assert not [line for line in log.splitlines() if "error:" in line], log
-    a, b = (json.loads(line) for line in out.decode().splitlines())
+    assert run.code == 0, run.log
+    assert not [line for line in run.log.splitlines() if "error:" in line], run.log
+    a, b = (json.loads(line) for line in run.out.splitlines())
     assert a["ok"] and a["sessionsStarted"] == 1
     assert not b["ok"] and b["channel"] == "cam-b" and "missing.mp4" in b["message"]
 
@@ -309,12 +328,6 @@ async def test_every_camera_failing_is_one_error(
     text = "".join(
         f'[[camera]]\nchannel = "{name}"\nsource = "{tmp_path / name}.mp4"\n' for name in "ab"
     )
-    master = await asyncio.create_subprocess_exec(
-        *KVS_PEER, "master", "--config", str(write(tmp_path, text)),
-        env=device_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    _, err = await asyncio.wait_for(master.communicate(), 30_000 * MS)
-    assert master.returncode is not None
-    assert_one_error(
-        master.returncode, err.decode(), EXIT_ERROR, "every camera failed", "a: ", "b: "
-    )
+    master = await spawn_cameras(write(tmp_path, text), device_env)
+    code, _, err = await finish(master, 30_000 * MS)
+    assert_one_error(code, err, EXIT_ERROR, "every camera failed", "a: ", "b: ")

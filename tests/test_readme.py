@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import MS
+from support import MS, finish, spawn
 
 from kvs_peer.emulator import LocalKvs
 
@@ -142,22 +142,10 @@ async def test_python_api_snippet_against_the_emulator(
 ) -> None:
     kvs.create_channel("my-camera")
     (tmp_path / "app.py").write_text(recipe("python"))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "app.py",
-        cwd=tmp_path,
-        env=device_env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 60_000 * MS)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode == 0, err.decode()
-    assert out.decode().splitlines() == ["received 640x480 video"], (out, err)
+    proc = await spawn(sys.executable, "app.py", cwd=tmp_path, env=device_env)
+    code, out, err = await finish(proc, 60_000 * MS)
+    assert code == 0, err
+    assert out.splitlines() == ["received 640x480 video"], (out, err)
 
 
 @pytest.mark.parametrize("name", ["shell", "pytest", "python"])

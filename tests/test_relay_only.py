@@ -12,14 +12,13 @@ import asyncio
 import json
 import os
 import re
-import signal
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
 import boto3
 import pytest
-from support import MS
+from support import KVS_PEER, MS, finish, interrupt, read_until, spawn
 from turn_support import free_port, local_candidate_types, require_turnserver, selected_pair
 
 from kvs_peer.access import AwsAccess
@@ -38,7 +37,6 @@ from kvs_peer.protocol import Role
 from kvs_peer.testing.video import VideoCheck
 from kvs_peer.viewer import Viewer
 
-KVS_PEER = [sys.executable, "-m", "kvs_peer"]
 CHANNEL = "relay"
 
 
@@ -119,51 +117,23 @@ async def test_relay_only_master_to_viewer(
 # -- the commands ----------------------------------------------------------------------------
 
 
-async def _wait_banner(process: asyncio.subprocess.Process) -> str:
-    assert process.stdout is not None
-    text = ""
-    async with asyncio.timeout(20_000 * MS):
-        while "Press Ctrl+C" not in text:
-            line = await process.stdout.readline()
-            if not line:
-                raise AssertionError(f"kvs-peer local ended early: {text}")
-            text += line.decode()
-    return text
-
-
-async def _stop(process: asyncio.subprocess.Process) -> tuple[bytes, bytes]:
-    if process.returncode is None:
-        process.send_signal(signal.SIGINT)
-    async with asyncio.timeout(20_000 * MS):
-        return await process.communicate()
-
-
 @pytest.fixture
 async def local_turn() -> AsyncIterator[str]:
     """``kvs-peer local --turn`` as a process; yields its endpoint URL."""
     require_turnserver()
-    process = await asyncio.create_subprocess_exec(
+    process = await spawn(
         *KVS_PEER,
-        "local",
-        "--port",
-        "0",
-        "--turn",
-        "--turn-port",
-        str(free_port()),
-        "--channel",
-        CHANNEL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        *("local", "--port", "0", "--turn", "--turn-port", str(free_port()), "--channel", CHANNEL),
         env=_env(),
     )
     try:
-        banner = await _wait_banner(process)
+        banner = await read_until(process, "Press Ctrl+C")
         assert "TURN server (coturn" in banner, banner
         match = re.search(r"listening on (\S+)", banner)
         assert match, banner
         yield match[1]
     finally:
-        await _stop(process)
+        await interrupt(process)
 
 
 def _env(endpoint_url: str | None = None) -> dict[str, str]:
@@ -182,19 +152,10 @@ def _env(endpoint_url: str | None = None) -> dict[str, str]:
 
 
 async def test_cli_master_relay_only_through_cli_local_turn(local_turn: str) -> None:
-    master = await asyncio.create_subprocess_exec(
+    master = await spawn(
         *KVS_PEER,
-        "master",
-        "--channel",
-        CHANNEL,
-        "--width",
-        "320",
-        "--height",
-        "240",
-        "--relay-only",
+        *("master", "--channel", CHANNEL, "--width", "320", "--height", "240", "--relay-only"),
         "--json",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
         env=_env(local_turn),
     )
     session = boto3.Session(
@@ -219,8 +180,8 @@ async def test_cli_master_relay_only_through_cli_local_turn(local_turn: str) -> 
             remote = {c.type for c in _ice(viewer.pc).getRemoteCandidates()}
             assert remote == {"relay"}, f"the --relay-only master offered {remote}"
     finally:
-        out, err = await _stop(master)
-    assert master.returncode == 0, err.decode()
+        code, out, err = await interrupt(master)
+    assert code == 0, err
     summary = json.loads(out)
     assert (summary["sessionsStarted"], summary["sessionsFailed"]) == (1, 0), summary
     check.assert_ok(min_frames=30, size=(320, 240))
@@ -237,26 +198,17 @@ async def test_cli_viewer_relay_only(
     async with Master(
         AwsAccess(resolver, CHANNEL, Role.MASTER), video=TestPatternTrack(320, 240, 30)
     ) as master:
-        viewer = await asyncio.create_subprocess_exec(
+        viewer = await spawn(
             *KVS_PEER,
-            "viewer",
-            "--channel",
-            CHANNEL,
-            "--relay-only",
-            "--duration",
-            "3",
-            "--json",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+            *("viewer", "--channel", CHANNEL, "--relay-only", "--duration", "3", "--json"),
             env=device_env,
         )
         await master.wait_for_viewers(1, timeout=20_000 * MS)
         (session,) = master.viewers.values()
         pair = selected_pair(session.pc)
         remote = {c.type for c in _ice(session.pc).getRemoteCandidates()}
-        async with asyncio.timeout(30_000 * MS):
-            out, err = await viewer.communicate()
-    assert viewer.returncode == 0, err.decode()
+        code, out, err = await finish(viewer, 30_000 * MS)
+    assert code == 0, err
     report = json.loads(out)
     assert report["ok"] and report["framesReceived"] >= 30, report
     assert pair[1] == "relay", f"the master reached the --relay-only viewer over {pair}"

@@ -1,7 +1,7 @@
 """Python side of the browser test page: finding Chromium, serving the page, driving it.
 
-Plain helpers imported by name (like ``from support import MS``); the fixtures live in the
-test module.
+Plain helpers imported by name (like ``from support import MS``); the fixtures live in
+``conftest.py`` next to it.
 
 Locally the browser tests skip when Chromium, Playwright or the SDK is missing; with
 ``KVS_PEER_REQUIRE_BROWSER=1`` (set by ``.ci/run``) they fail instead.
@@ -19,6 +19,7 @@ import base64
 import json
 import os
 import shutil
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -34,6 +35,8 @@ from kvs_peer.protocol import Role
 
 HERE = Path(__file__).resolve().parent
 PAGE_PATH = "/kvs_page.html"
+CHANNEL = "browser-interop"
+BROWSER_VIEWER = "browser-viewer"
 REQUIRE_BROWSER = os.environ.get("KVS_PEER_REQUIRE_BROWSER") == "1"
 
 FAKE_MEDIA_PERMISSION = "--use-fake-ui-for-media-stream"
@@ -201,3 +204,19 @@ class BrowserPeer:
 
     async def close(self) -> None:
         await self.page.evaluate("() => kvsTest.close()")
+
+
+OpenPage = Callable[..., Awaitable[BrowserPeer]]
+
+
+def assert_stamped_frames(
+    grabs: list[tuple[Any, object, tuple[int, ...]]], state: dict[str, Any], shape: tuple[int, ...]
+) -> None:
+    """Frames the page grabbed (``(read_stamp(image), counts, image.shape)``, in order) carry
+    readable stamps with advancing counters, all of ``shape``; the page saw no error."""
+    stamps = [g[0] for g in grabs]
+    assert all(s is not None for s in stamps), f"unreadable stamp in a browser frame: {stamps}"
+    counters = [s.counter for s in stamps]
+    assert counters == sorted(counters) and counters[0] < counters[-1], counters
+    assert all(g[2] == shape for g in grabs)
+    assert not state["errors"], state["errors"]

@@ -10,28 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import av
 import pytest
-from browser_page import (
-    PAGE_PATH,
-    BrowserPeer,
-    add_page_routes,
-    chromium_args,
-    find_chromium,
-    page_options,
-    require_network_interface,
-    unavailable,
-)
-from js_sdk import SdkUnavailable, ensure_sdk
+from browser_page import BROWSER_VIEWER, CHANNEL, BrowserPeer, assert_stamped_frames, page_options
 from support import MS, wait_until
 
 from kvs_peer.access import AwsAccess
 from kvs_peer.channel import ChannelResolver
-from kvs_peer.emulator import CertificateBundle, EmulatorConfig, LocalKvs, generate_certificate
+from kvs_peer.emulator import LocalKvs
 from kvs_peer.master import Master
 from kvs_peer.media import Recorder, TestPatternTrack, ToneTrack
 from kvs_peer.media.stamp import read_stamp
@@ -40,89 +29,10 @@ from kvs_peer.viewer import Viewer, new_client_id
 
 try:
     from playwright.async_api import Error as PlaywrightError
-    from playwright.async_api import async_playwright
 except ImportError:  # the open_page fixture skips (or fails, in CI) with the reason
-    async_playwright = None
     PlaywrightError = Exception
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-CHANNEL = "browser-interop"
-BROWSER_VIEWER = "browser-viewer"
-
-OpenPage = Callable[..., Awaitable[BrowserPeer]]
-
-
-@pytest.fixture(scope="module")
-def sdk_bundle() -> Path:
-    """The verified ``kvs-webrtc.min.js`` from tests/browser/vendor/ (never fetched here)."""
-    try:
-        return ensure_sdk(fetch=None)
-    except SdkUnavailable as exc:
-        unavailable(str(exc))
-
-
-@pytest.fixture(scope="module")
-def chromium_executable() -> str:
-    require_network_interface()
-    return find_chromium()
-
-
-@pytest.fixture(scope="module")
-def certificate() -> CertificateBundle:
-    """One certificate per module, so every emulator matches Chromium's SPKI allowance."""
-    return generate_certificate()
-
-
-@pytest.fixture
-async def kvs(
-    emulator_config: EmulatorConfig, certificate: CertificateBundle, sdk_bundle: Path
-) -> AsyncIterator[LocalKvs]:
-    """The emulator over TLS, also serving the test page (overrides tests/conftest.py)."""
-    emulator = LocalKvs(emulator_config, tls=certificate)
-    add_page_routes(emulator.app, sdk_bundle)
-    async with emulator:
-        emulator.create_channel(CHANNEL)
-        yield emulator
-
-
-@pytest.fixture
-async def open_page(
-    chromium_executable: str, certificate: CertificateBundle, kvs: LocalKvs
-) -> AsyncIterator[OpenPage]:
-    """``await open_page(hide_host_ips=False)`` -> the loaded test page in a fresh Chromium.
-
-    A browser per page keeps per-test launch flags (mDNS on/off) simple; a launch costs about
-    0.3 s. Everything is closed at teardown.
-    """
-    if async_playwright is None:
-        unavailable("Playwright for Python is not installed (pip install -e '.[test]')")
-
-    async with async_playwright() as playwright:
-        browsers = []
-
-        async def open_page(*, hide_host_ips: bool = False) -> BrowserPeer:
-            browser = await playwright.chromium.launch(
-                executable_path=chromium_executable,
-                headless=True,
-                args=chromium_args(certificate.spki_sha256, hide_host_ips=hide_host_ips),
-            )
-            browsers.append(browser)
-            page = await (await browser.new_context()).new_page()
-            peer = BrowserPeer(page)
-            page.on("console", lambda m: peer.console.append(f"{m.type}: {m.text}"))
-            page.on("pageerror", lambda e: peer.console.append(f"pageerror: {e}"))
-            await page.goto(kvs.endpoint_url + PAGE_PATH)
-            await page.wait_for_function(
-                "() => window.kvsTest !== undefined", timeout=5000 * MS * 1000
-            )
-            return peer
-
-        try:
-            yield open_page
-        finally:
-            for browser in browsers:
-                await browser.close()
 
 
 def _is_mdns(candidate: str) -> bool:
@@ -218,12 +128,7 @@ async def test_full_hd_plays_in_the_browser(kvs, resolver, open_page, record_pro
     state, grabs = await _stream_to_browser(
         kvs, resolver, peer, size=(1920, 1080), fps=10, grab_every_ms=600
     )
-    stamps = [g[0] for g in grabs]
-    assert all(s is not None for s in stamps), f"unreadable stamp in a browser frame: {stamps}"
-    counters = [s.counter for s in stamps]
-    assert counters == sorted(counters) and counters[0] < counters[-1], counters
-    assert all(g[2] == (1080, 1920, 3) for g in grabs)
-    assert not state["errors"], state["errors"]
+    assert_stamped_frames(grabs, state, (1080, 1920, 3))
     levels = [detail for _, name, detail in state["events"] if name == "sdp-answer"]
     assert levels and levels[0].lower().endswith("1f"), levels  # the answer says level 3.1
     _print(

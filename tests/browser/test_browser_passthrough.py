@@ -1,8 +1,6 @@
 """A Chromium viewer (KVS JS SDK) plays a 1080p High-profile stream that the master passes
 through from a camera-like H.264 pipe, with the stream's profile-level-id in the answer."""
 
-# ruff: noqa: F811 -- the fixtures imported from test_browser_interop are parameters here
-
 from __future__ import annotations
 
 import asyncio
@@ -12,16 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from browser_page import page_options
+from browser_page import CHANNEL, assert_stamped_frames, page_options
 from support import MS
-from test_browser_interop import (  # noqa: F401 -- fixtures used as parameters
-    CHANNEL,
-    certificate,
-    chromium_executable,
-    kvs,
-    open_page,
-    sdk_bundle,
-)
 
 from kvs_peer.access import AwsAccess
 from kvs_peer.master import Master
@@ -76,12 +66,7 @@ async def test_browser_plays_a_1080p_high_profile_passthrough_stream(
         writer.kill()
         writer.wait()
     assert sps is not None and sps.profile_level_id == "640028"
-    stamps = [g[0] for g in grabs]
-    assert all(s is not None for s in stamps), f"unreadable stamp in a browser frame: {stamps}"
-    counters = [s.counter for s in stamps]
-    assert counters == sorted(counters) and counters[0] < counters[-1], counters
-    assert all(g[2] == (1080, 1920, 3) for g in grabs)
-    assert not state["errors"], state["errors"]
+    assert_stamped_frames(grabs, state, (1080, 1920, 3))
     answered = [detail for _, name, detail in state["events"] if name == "sdp-answer"]
     assert answered == ["640028"], answered  # the stream's own profile and level
     record_property(

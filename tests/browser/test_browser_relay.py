@@ -10,20 +10,8 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
-from browser_page import page_options
+from browser_page import BROWSER_VIEWER, CHANNEL, OpenPage, page_options
 from support import MS
-
-# The emulator, page and browser fixtures of the interop tests, reused with a TURN emulator.
-from test_browser_interop import (  # noqa: F401
-    BROWSER_VIEWER,
-    CHANNEL,
-    OpenPage,
-    certificate,
-    chromium_executable,
-    kvs,
-    open_page,
-    sdk_bundle,
-)
 from turn_support import free_port, require_turnserver, selected_pair
 
 from kvs_peer.access import AwsAccess
@@ -45,9 +33,9 @@ def emulator_config() -> EmulatorConfig:
 
 
 async def test_kvs_master_to_browser_viewer_relay_only(
-    kvs: LocalKvs,  # noqa: F811 - the imported fixture
+    kvs: LocalKvs,
     resolver: ChannelResolver,
-    open_page: OpenPage,  # noqa: F811
+    open_page: OpenPage,
     record_property: Callable[[str, object], None],
 ) -> None:
     peer = await open_page()

@@ -40,6 +40,20 @@ def test_certificate_names_loopback_and_localhost() -> None:
     assert len(bundle.spki_sha256) == 44  # base64 of 32 bytes
 
 
+def signaling_endpoints(client: Any, arn: str) -> dict[str, dict[str, str]]:
+    """``{role: {protocol: endpoint}}`` of channel ``arn`` from a kinesisvideo client (blocks)."""
+    endpoints = {}
+    for role in ("MASTER", "VIEWER"):
+        answer = client.get_signaling_channel_endpoint(
+            ChannelARN=arn,
+            SingleMasterChannelEndpointConfiguration={"Protocols": ["WSS", "HTTPS"], "Role": role},
+        )
+        endpoints[role] = {
+            e["Protocol"]: e["ResourceEndpoint"] for e in answer["ResourceEndpointList"]
+        }
+    return endpoints
+
+
 async def test_boto3_and_wss_over_tls() -> None:
     async with LocalKvs(tls=True) as kvs:
         assert kvs.endpoint_url.startswith("https://127.0.0.1:")
@@ -49,18 +63,7 @@ async def test_boto3_and_wss_over_tls() -> None:
         def control_plane() -> tuple[str, dict[str, dict[str, str]], list[Any]]:
             kv = boto3.client("kinesisvideo", **kvs.boto3_kwargs())
             arn = kv.create_signaling_channel(ChannelName="secure")["ChannelARN"]
-            endpoints = {}
-            for role in ("MASTER", "VIEWER"):
-                answer = kv.get_signaling_channel_endpoint(
-                    ChannelARN=arn,
-                    SingleMasterChannelEndpointConfiguration={
-                        "Protocols": ["WSS", "HTTPS"],
-                        "Role": role,
-                    },
-                )
-                endpoints[role] = {
-                    e["Protocol"]: e["ResourceEndpoint"] for e in answer["ResourceEndpointList"]
-                }
+            endpoints = signaling_endpoints(kv, arn)
             signaling = boto3.client(
                 "kinesis-video-signaling",
                 **{**kvs.boto3_kwargs(), "endpoint_url": endpoints["VIEWER"]["HTTPS"]},
@@ -156,23 +159,8 @@ async def kvs_emulator() -> AsyncIterator[LocalKvs]:
 
 
 async def get_endpoints(kvs: LocalKvs, arn: str) -> dict[str, dict[str, str]]:
-    def fetch() -> dict[str, dict[str, str]]:
-        client = boto3.client("kinesisvideo", **kvs.boto3_kwargs())
-        endpoints = {}
-        for role in ("MASTER", "VIEWER"):
-            answer = client.get_signaling_channel_endpoint(
-                ChannelARN=arn,
-                SingleMasterChannelEndpointConfiguration={
-                    "Protocols": ["WSS", "HTTPS"],
-                    "Role": role,
-                },
-            )
-            endpoints[role] = {
-                e["Protocol"]: e["ResourceEndpoint"] for e in answer["ResourceEndpointList"]
-            }
-        return endpoints
-
-    return await asyncio.to_thread(fetch)
+    client = boto3.client("kinesisvideo", **kvs.boto3_kwargs())
+    return await asyncio.to_thread(signaling_endpoints, client, arn)
 
 
 async def test_port_443_is_left_out_and_either_spelling_connects(kvs_emulator: LocalKvs) -> None:

@@ -27,7 +27,7 @@ import boto3
 import pytest
 from aioice.stun import TransactionFailed
 from aioice.turn import create_turn_endpoint
-from support import MS
+from support import KVS_PEER, MS, finish, interrupt, kill, read_until, spawn
 from turn_support import free_port, process_alive, require_turnserver
 
 from kvs_peer.emulator import EmulatorConfig, LocalKvs, TurnServer, ice_servers_from_uris
@@ -234,30 +234,7 @@ def _cli_env(**extra: str) -> dict[str, str]:
 
 
 async def _start_local(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "kvs_peer",
-        "local",
-        "--port",
-        "0",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env or _cli_env(),
-    )
-
-
-async def _read_until_ready(process: asyncio.subprocess.Process) -> str:
-    assert process.stdout is not None
-    text = ""
-    async with asyncio.timeout(20_000 * MS):
-        while "Press Ctrl+C" not in text:
-            line = await process.stdout.readline()
-            if not line:
-                raise AssertionError(f"kvs-peer local ended early: {text}")
-            text += line.decode()
-    return text
+    return await spawn(*KVS_PEER, "local", "--port", "0", *args, env=env or _cli_env())
 
 
 def _turn_pid(banner: str, port: int) -> int:
@@ -275,15 +252,13 @@ async def test_cli_local_turn_starts_and_stops_coturn() -> None:
     port = free_port()
     process = await _start_local("--turn", "--turn-port", str(port))
     try:
-        pid = _turn_pid(await _read_until_ready(process), port)
+        pid = _turn_pid(await read_until(process, "Press Ctrl+C"), port)
         assert process_alive(pid)
         process.send_signal(signal.SIGINT)  # Ctrl+C
         async with asyncio.timeout(10_000 * MS):
             assert await process.wait() == 0
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await kill(process)
     assert not process_alive(pid), "coturn outlived kvs-peer local"
 
 
@@ -292,7 +267,7 @@ async def test_cli_local_killed_takes_coturn_with_it() -> None:
     port = free_port()
     process = await _start_local("--turn", "--turn-port", str(port))
     try:
-        pid = _turn_pid(await _read_until_ready(process), port)
+        pid = _turn_pid(await read_until(process, "Press Ctrl+C"), port)
         args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         folder = Path(args[args.index(b"--pidfile") + 1].decode()).parent
         assert not (folder / "turnserver.conf").exists(), "the TURN secret stayed on disk"
@@ -304,30 +279,25 @@ async def test_cli_local_killed_takes_coturn_with_it() -> None:
         assert not process_alive(pid), "coturn was orphaned by a killed kvs-peer local"
         shutil.rmtree(folder)  # what a killed process leaves behind
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await kill(process)
 
 
 async def test_cli_local_turn_without_coturn_fails_clearly(tmp_path: Path) -> None:
     process = await _start_local("--turn", env=_cli_env(PATH=str(tmp_path)))
-    async with asyncio.timeout(20_000 * MS):
-        out, err = await process.communicate()
-    assert process.returncode == 1
-    assert "apt-get install coturn" in err.decode(), err.decode()
-    assert b"listening on" not in out
+    code, out, err = await finish(process, 20_000 * MS)
+    assert code == 1
+    assert "apt-get install coturn" in err, err
+    assert "listening on" not in out
 
 
 async def test_cli_local_ice_server_is_listed_and_bad_one_refused() -> None:
     process = await _start_local("--ice-server", "turn:turn.example.com:3478?transport=udp")
     try:
-        banner = await _read_until_ready(process)
+        banner = await read_until(process, "Press Ctrl+C")
         assert "ICE server: turn:turn.example.com:3478?transport=udp" in banner
     finally:
-        process.send_signal(signal.SIGINT)
-        async with asyncio.timeout(10_000 * MS):
-            await process.wait()
-    bad = await _start_local("--ice-server", "stun:stun.example.com:3478")
-    async with asyncio.timeout(20_000 * MS):
-        _, err = await bad.communicate()
-    assert bad.returncode == 1 and "is not a TURN URI" in err.decode(), err.decode()
+        await interrupt(process, 10_000 * MS)
+    code, _, err = await finish(
+        await _start_local("--ice-server", "stun:stun.example.com:3478"), 20_000 * MS
+    )
+    assert code == 1 and "is not a TURN URI" in err, err

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from storage_support import link_stream, read_recording
-from support import MS
+from support import MS, run_kvs_peer
 
 from kvs_peer.access import AwsAccess
 from kvs_peer.channel import ChannelResolver
@@ -182,31 +181,13 @@ async def test_channel_without_storage_is_a_clear_error(
 
 async def test_cli_master_storage(kvs: LocalKvs, device_env: dict[str, str]) -> None:
     await link_stream(kvs, "cam", "cam-stream")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "kvs_peer",
-        "master",
-        "--channel",
-        "cam",
-        "--storage",
-        "--source",
-        "testsrc",
-        "--width",
-        "320",
-        "--height",
-        "240",
-        "--duration",
-        "4",
-        "--json",
+    code, out, err = await run_kvs_peer(
+        *("master", "--channel", "cam", "--storage", "--source", "testsrc"),
+        *("--width", "320", "--height", "240", "--duration", "4", "--json"),
         env=device_env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
     )
-    async with asyncio.timeout(60_000 * MS):
-        out, err = await process.communicate()
-    assert process.returncode == 0, err.decode()[-2000:]
-    report = json.loads(out.decode().strip().splitlines()[-1])
+    assert code == 0, err[-2000:]
+    report = json.loads(out.strip().splitlines()[-1])
     storage = report["storage"]
     assert storage["joins"] == 1 and storage["sessionsConnected"] == 1
     assert storage["bytesSent"] > 10_000

@@ -142,6 +142,17 @@ def _decode(path: Path) -> tuple[list[np.ndarray], int, dict[str, str]]:
     return lumas, audio_frames, codecs
 
 
+def _assert_sample_media(path: Path) -> None:
+    """``path`` holds the C SDK sample's media: 720p H.264 with a picture, and Opus."""
+    lumas, audio_frames, codecs = _decode(path)
+    assert codecs == {"video": "h264", "audio": "opus"}
+    assert len(lumas) >= 40, f"only {len(lumas)} video frames decode from {path}"
+    assert all(luma.shape == (720, 1280) for luma in lumas)
+    # The sample is a real video: a recording of gray or green error frames would be flat.
+    assert float(np.median([luma.std() for luma in lumas])) > 10
+    assert audio_frames >= 80, f"only {audio_frames} Opus frames decode from {path}"
+
+
 async def test_csdk_master_to_kvs_peer_viewer(
     samples: Path,
     local: LocalCli,
@@ -195,13 +206,7 @@ async def test_csdk_master_to_kvs_peer_viewer(
     assert ttff <= 1000 * MS, f"first frame after {ttff * 1000:.0f} ms (want <= 1000 ms)"
     assert (stats.width, stats.height) == (1280, 720)
 
-    lumas, audio_frames, codecs = _decode(recording)
-    assert codecs == {"video": "h264", "audio": "opus"}
-    assert len(lumas) >= 40, f"only {len(lumas)} video frames decode from the recording"
-    assert all(luma.shape == (720, 1280) for luma in lumas)
-    # The sample is a real video: a recording of gray or green error frames would be flat.
-    assert float(np.median([luma.std() for luma in lumas])) > 10
-    assert audio_frames >= 80, f"only {audio_frames} Opus frames decode from the recording"
+    _assert_sample_media(recording)
     _assert_quiet(local, mark)
 
 
@@ -345,10 +350,5 @@ async def test_csdk_master_joins_storage_session(
     assert master.find(r"(?i)allocateSrtp\(\): operation returned") is None, master.tail()
     recordings = sorted((storage_dir / stream).glob("*.mkv"))
     assert len(recordings) == 1, recordings
-    lumas, audio_frames, codecs = _decode(recordings[0])
-    assert codecs == {"video": "h264", "audio": "opus"}
-    assert len(lumas) >= 40, f"only {len(lumas)} video frames decode from {recordings[0]}"
-    assert all(luma.shape == (720, 1280) for luma in lumas)
-    assert float(np.median([luma.std() for luma in lumas])) > 10
-    assert audio_frames >= 80, f"only {audio_frames} Opus frames decode from {recordings[0]}"
+    _assert_sample_media(recordings[0])
     _assert_quiet(local, mark)

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, clock
+from aiortc import (
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+    clock,
+)
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import HeaderExtensions, HeaderExtensionsMap, RtpPacket
-from media_peers import connect, watch
+from media_peers import Link, connect, watch
 from support import MS
 
 from kvs_peer.media import SharedVideoEncoder, TestPatternTrack, add_shared_video
@@ -159,19 +167,28 @@ def test_ntp_now_is_aiortcs_clock() -> None:
     assert before - (1 << 22) <= ours <= after + (1 << 22)  # within a millisecond
 
 
-async def test_fast_loop_is_in_use_with_this_aiortc() -> None:
-    # If an aiortc upgrade renames what the loop relies on, or stops starting its loop through
-    # self._run_rtp, the master silently falls back to aiortc's slower loop; this notices.
-    async with SharedVideoEncoder(TestPatternTrack(320, 240, 30)) as encoder:
+@contextlib.asynccontextmanager
+async def _sending(
+    track: TestPatternTrack, **encoder_options: Any
+) -> AsyncIterator[tuple[SharedVideoEncoder, Link, RTCRtpSender]]:
+    """A shared encoder of ``track`` sending to one connected viewer; yields the encoder, the
+    link and the master's video sender."""
+    async with SharedVideoEncoder(track, **encoder_options) as encoder:
         link = await connect(encoder)
         try:
             assert link.video_transceiver is not None
-            sender = link.video_transceiver.sender
-            assert "_run_rtp" in vars(sender)
-            result = await watch(link, 1.0)
-            history = sender._RTCRtpSender__rtp_history
+            yield encoder, link, link.video_transceiver.sender
         finally:
             await link.close()
+
+
+async def test_fast_loop_is_in_use_with_this_aiortc() -> None:
+    # If an aiortc upgrade renames what the loop relies on, or stops starting its loop through
+    # self._run_rtp, the master silently falls back to aiortc's slower loop; this notices.
+    async with _sending(TestPatternTrack(320, 240, 30)) as (_encoder, link, sender):
+        assert "_run_rtp" in vars(sender)
+        result = await watch(link, 1.0)
+        history = sender._RTCRtpSender__rtp_history
     assert result.frames >= 20 and result.increasing and not result.unreadable
     # Only the fast loop fills an RtpHistory: the packets really went through it.
     assert isinstance(history, RtpHistory) and len(history) > 20
@@ -191,38 +208,32 @@ async def test_a_changed_aiortc_falls_back_to_its_own_loop(caplog: Any) -> None:
 
 
 async def test_lost_packets_are_resent_from_the_history() -> None:
-    async with SharedVideoEncoder(TestPatternTrack(640, 480, 30), gop=None) as encoder:
-        link = await connect(encoder)
-        try:
-            assert link.video_transceiver is not None
-            sender = link.video_transceiver.sender
-            receiver_dtls = link.viewer.getTransceivers()[0].receiver.transport
-            original = receiver_dtls._handle_rtp_data
-            dropped: set[int] = set()
-            seen = 0
-            resent = 0
+    async with _sending(TestPatternTrack(640, 480, 30), gop=None) as (encoder, link, sender):
+        receiver_dtls = link.viewer.getTransceivers()[0].receiver.transport
+        original = receiver_dtls._handle_rtp_data
+        dropped: set[int] = set()
+        seen = 0
+        resent = 0
 
-            async def lossy(data: bytes, arrival_time_ms: int) -> None:
-                nonlocal resent, seen
-                packet = RtpPacket.parse(data)
-                if packet.ssrc == sender._ssrc:
-                    seen += 1
-                    # Drop about one media packet in eight, the first time only. Not among the
-                    # first packets: a receiver cannot NACK a loss before the first packet it
-                    # sees (it then asks for a keyframe instead, which is not what is tested).
-                    number = packet.sequence_number
-                    if seen > 20 and number % 8 == 3 and number not in dropped:
-                        dropped.add(number)
-                        return
-                elif packet.ssrc == sender._rtx_ssrc:
-                    resent += 1
-                await original(data, arrival_time_ms)
+        async def lossy(data: bytes, arrival_time_ms: int) -> None:
+            nonlocal resent, seen
+            packet = RtpPacket.parse(data)
+            if packet.ssrc == sender._ssrc:
+                seen += 1
+                # Drop about one media packet in eight, the first time only. Not among the
+                # first packets: a receiver cannot NACK a loss before the first packet it
+                # sees (it then asks for a keyframe instead, which is not what is tested).
+                number = packet.sequence_number
+                if seen > 20 and number % 8 == 3 and number not in dropped:
+                    dropped.add(number)
+                    return
+            elif packet.ssrc == sender._rtx_ssrc:
+                resent += 1
+            await original(data, arrival_time_ms)
 
-            receiver_dtls._handle_rtp_data = lossy
-            result = await watch(link, 2.0)
-            encoded = encoder.frames_encoded
-        finally:
-            await link.close()
+        receiver_dtls._handle_rtp_data = lossy
+        result = await watch(link, 2.0)
+        encoded = encoder.frames_encoded
     print(f"dropped {len(dropped)}, resent {resent}, frames {result.frames} of {encoded}")
     assert len(dropped) >= 20
     assert resent >= len(dropped) - 3  # the last few may still be in flight at the end
@@ -234,18 +245,12 @@ async def test_lost_packets_are_resent_from_the_history() -> None:
 
 
 async def test_sender_reports_and_stats_count_what_was_sent() -> None:
-    async with SharedVideoEncoder(TestPatternTrack(320, 240, 30)) as encoder:
-        link = await connect(encoder)
-        try:
-            assert link.video_transceiver is not None
-            sender = link.video_transceiver.sender
-            await watch(link, 2.5)  # sender reports go out every 0.5-1.5 s
-            sender.replaceTrack(None)  # no more packets: compare counts with nothing in flight
-            await asyncio.sleep(0.5)
-            sent = await sender.getStats()
-            received = await link.viewer.getTransceivers()[0].receiver.getStats()
-        finally:
-            await link.close()
+    async with _sending(TestPatternTrack(320, 240, 30)) as (_encoder, link, sender):
+        await watch(link, 2.5)  # sender reports go out every 0.5-1.5 s
+        sender.replaceTrack(None)  # no more packets: compare counts with nothing in flight
+        await asyncio.sleep(0.5)
+        sent = await sender.getStats()
+        received = await link.viewer.getTransceivers()[0].receiver.getStats()
     outbound = next(s for s in sent.values() if s.type == "outbound-rtp")
     transport = next(s for s in sent.values() if s.type == "transport")
     inbound = next(s for s in received.values() if s.type == "inbound-rtp")
@@ -259,17 +264,12 @@ async def test_sender_reports_and_stats_count_what_was_sent() -> None:
 
 
 async def test_a_replaced_frame_track_is_encoded_by_aiortc() -> None:
-    async with SharedVideoEncoder(TestPatternTrack(320, 240, 30)) as encoder:
-        link = await connect(encoder)
-        try:
-            assert link.video_transceiver is not None
-            first = await watch(link, 0.5)
-            # Frames instead of packets: the fast loop hands them to aiortc's own encoder.
-            link.video_transceiver.sender.replaceTrack(TestPatternTrack(320, 240, 30))
-            await asyncio.sleep(0.3)
-            second = await watch(link, 1.0)
-        finally:
-            await link.close()
+    async with _sending(TestPatternTrack(320, 240, 30)) as (_encoder, link, sender):
+        first = await watch(link, 0.5)
+        # Frames instead of packets: the fast loop hands them to aiortc's own encoder.
+        sender.replaceTrack(TestPatternTrack(320, 240, 30))
+        await asyncio.sleep(0.3)
+        second = await watch(link, 1.0)
     assert first.frames >= 10
     assert second.frames >= 15 and not second.unreadable
 

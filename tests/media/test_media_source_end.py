@@ -6,12 +6,11 @@ import asyncio
 import json
 import socket
 import struct
-import sys
 from pathlib import Path
 
 import pytest
 from media_files import mpegts_bytes
-from support import MS
+from support import KVS_PEER, MS, finish, kill, spawn
 
 from kvs_peer.access import AwsAccess
 from kvs_peer.channel import ChannelResolver
@@ -52,24 +51,19 @@ async def test_master_command_exits_when_its_file_ends(
     kvs: LocalKvs, resolver: ChannelResolver, device_env: dict[str, str], tmp_path: Path
 ) -> None:
     kvs.create_channel("clip")
-    process = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "kvs_peer", "master", "--channel", "clip"),
-        *("--source", str(clip(tmp_path)), "--json"),
+    process = await spawn(
+        *(*KVS_PEER, "master", "--channel", "clip", "--source", str(clip(tmp_path)), "--json"),
         env=device_env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
     )
     try:
         await asyncio.wait_for(kvs.wait_connected("clip", master=True), 30_000 * MS)
         async with Viewer(AwsAccess(resolver, "clip", Role.VIEWER, client_id="c1")) as viewer:
             await viewer.wait_first_frame(timeout=15_000 * MS)
-            out, err = await asyncio.wait_for(process.communicate(), 20_000 * MS)
+            code, out, err = await finish(process, 20_000 * MS)
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode == 0, err.decode()
-    assert "the video source ended; stopping (--loop repeats a file)" in err.decode()
+        await kill(process)
+    assert code == 0, err
+    assert "the video source ended; stopping (--loop repeats a file)" in err
     assert json.loads(out)["endReason"] == "the video source ended"
 
 

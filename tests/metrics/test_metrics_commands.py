@@ -15,12 +15,11 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.rtp import RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket, RtcpRtpfbPacket
 from prometheus_client.parser import text_string_to_metric_families
-from support import MS
+from support import MS, credentials_in_environment, write_signer_config
 
 from kvs_peer.cli import build_parser, main
 from kvs_peer.emulator import EmulatorConfig, LocalKvs
 from kvs_peer.metrics.rtcp import count_rtcp, rtcp_counts
-from kvs_peer.signer import hash_token
 
 TOKEN = "vwr-5e1d7c3b9a0f42e8b6d1"
 
@@ -89,15 +88,8 @@ async def test_signer_counts_requests_by_status_with_latencies(
 ) -> None:
     async with LocalKvs(EmulatorConfig()) as kvs:
         kvs.create_channel("cam-1")
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", kvs.credentials.access_key)
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", kvs.credentials.secret_key)
-        monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-        monkeypatch.delenv("AWS_PROFILE", raising=False)
-        config = tmp_path / "signer.toml"
-        config.write_text(
-            f'[[tokens]]\nname = "v"\nsha256 = "{hash_token(TOKEN)}"\n'
-            'channels = ["cam-*"]\nroles = ["VIEWER"]\n'
-        )
+        credentials_in_environment(monkeypatch, kvs)
+        config = write_signer_config(tmp_path, TOKEN)
         args = parse(
             "signer", "--config", str(config), "--port", "0", "--metrics-port", "0",
             "--region", kvs.region, "--endpoint-url", kvs.endpoint_url,

@@ -122,17 +122,18 @@ class TcpProxy:
 
 
 def write_config(
-    path: Path,
+    folder: Path,
+    kvs: Any,
     *,
     channels: list[str],
-    spool: Path,
     s3_url: str,
-    endpoint_url: str,
     segment_seconds: float,
     processes: int = 1,
-    extra_s3: str = "",
-    extra_output: str = "",
 ) -> Path:
+    """``folder/recorder.toml`` for channels of ``kvs``; the spool is ``folder/spool``."""
+    path = folder / "recorder.toml"
+    spool = folder / "spool"
+    endpoint_url = kvs.endpoint_url
     listed = ", ".join(f'"{c}"' for c in channels)
     path.write_text(
         f"""
@@ -144,32 +145,24 @@ loopback_candidates = true
 [output]
 dir = "{spool}"
 segment_seconds = {segment_seconds}
-{extra_output}
 
 [s3]
 bucket = "{BUCKET}"
 prefix = "{PREFIX}"
 endpoint_url = "{s3_url}"
 max_retry_interval = 2
-{extra_s3}
 """
     )
     return path
 
 
-def recorder_env(kvs: Any) -> dict[str, str]:
-    """Environment of a recorder process: the emulator's credentials (moto takes any)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(
-        AWS_ACCESS_KEY_ID=kvs.credentials.access_key,
-        AWS_SECRET_ACCESS_KEY=kvs.credentials.secret_key,
-        AWS_REGION=kvs.region,
-        AWS_CONFIG_FILE="/nonexistent",
-        AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
-        AWS_EC2_METADATA_DISABLED="true",
-        PYTHONPATH=os.pathsep.join(sys.path),
-    )
-    return env
+async def mastered_channels(kvs: Any, kvs_master: Any, prefix: str, count: int) -> list[str]:
+    """``count`` new channels of ``kvs``, each with a 320x240 15 fps master on it."""
+    names = [f"{prefix}-{i}-{os.getpid()}-{time.monotonic_ns() % 100000}" for i in range(count)]
+    for name in names:
+        kvs.create_channel(name)
+        await kvs_master(name, width=320, height=240, fps=15)
+    return names
 
 
 class RecorderProcess:

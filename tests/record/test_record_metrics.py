@@ -4,15 +4,13 @@ from the worker recording it, through the supervisor, and move while it records.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import time
 from pathlib import Path
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
-from record_support import RecorderProcess, free_port, recorder_env, write_config
-from support import MS
+from record_support import RecorderProcess, free_port, mastered_channels, write_config
+from support import MS, process_env
 
 from kvs_peer.metrics.figures import SERIES, Figure
 from kvs_peer.metrics.relay import dump_figures, load_figures
@@ -54,21 +52,17 @@ async def channel_samples(url: str) -> dict[tuple[str, str], float]:
 async def test_worker_processes_channel_series_reach_the_supervisor(
     tmp_path: Path, kvs_emulator, kvs_master
 ) -> None:
-    names = [f"met-{i}-{os.getpid()}-{time.monotonic_ns() % 100000}" for i in range(2)]
-    for name in names:
-        kvs_emulator.create_channel(name)
-        await kvs_master(name, width=320, height=240, fps=15)
+    names = await mastered_channels(kvs_emulator, kvs_master, "met", 2)
     config = write_config(
-        tmp_path / "recorder.toml",
+        tmp_path,
+        kvs_emulator,
         channels=names,
-        spool=tmp_path / "spool",
         s3_url=f"http://127.0.0.1:{free_port()}",  # S3 down: uploads wait, metrics do not
-        endpoint_url=kvs_emulator.endpoint_url,
         segment_seconds=5,
         processes=2,
     )
     recorder = RecorderProcess(
-        config, recorder_env(kvs_emulator), "--metrics-port", "0", "--drain-timeout", "1"
+        config, process_env(kvs_emulator), "--metrics-port", "0", "--drain-timeout", "1"
     )
     await recorder.start()
     frames = ("kvs_peer_frames_received_total",)

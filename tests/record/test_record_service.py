@@ -27,10 +27,10 @@ from record_support import (
     MotoS3,
     RecorderProcess,
     TcpProxy,
-    recorder_env,
+    mastered_channels,
     write_config,
 )
-from support import MS, wait_until
+from support import MS, process_env, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -89,29 +89,23 @@ def uploaded(moto: MotoS3) -> dict[str, int]:
     return found
 
 
-async def _channels(kvs_emulator, kvs_master, count: int) -> list[str]:  # type: ignore[no-untyped-def]
-    names = [f"rec-{i}-{os.getpid()}-{time.monotonic_ns() % 100000}" for i in range(count)]
-    for name in names:
-        kvs_emulator.create_channel(name)
-        await kvs_master(name, width=320, height=240, fps=15)
-    return names
+async def _recorder_setup(  # type: ignore[no-untyped-def]
+    tmp_path: Path, kvs_emulator, kvs_master, s3_proxy: TcpProxy, **config: int
+) -> tuple[list[str], Path, Path]:
+    """Two channels with masters, and a recorder config for them uploading through the proxy;
+    returns the channels, the spool folder and the config file."""
+    channels = await mastered_channels(kvs_emulator, kvs_master, "rec", 2)
+    path = write_config(tmp_path, kvs_emulator, channels=channels, s3_url=s3_proxy.url, **config)
+    return channels, tmp_path / "spool", path
 
 
 async def test_two_channels_five_second_segments_reach_s3_and_decode(
     tmp_path: Path, kvs_emulator, kvs_master, moto_s3: MotoS3, s3_proxy: TcpProxy
 ) -> None:
-    channels = await _channels(kvs_emulator, kvs_master, 2)
-    spool = tmp_path / "spool"
-    config = write_config(
-        tmp_path / "recorder.toml",
-        channels=channels,
-        spool=spool,
-        s3_url=s3_proxy.url,
-        endpoint_url=kvs_emulator.endpoint_url,
-        segment_seconds=5,
-        processes=2,
+    channels, spool, config = await _recorder_setup(
+        tmp_path, kvs_emulator, kvs_master, s3_proxy, segment_seconds=5, processes=2
     )
-    recorder = RecorderProcess(config, recorder_env(kvs_emulator), "--metrics-port", "0")
+    recorder = RecorderProcess(config, process_env(kvs_emulator), "--metrics-port", "0")
     await recorder.start()
     try:
         await wait_until(
@@ -174,18 +168,10 @@ async def test_two_channels_five_second_segments_reach_s3_and_decode(
 async def test_s3_outage_then_sigkill_nothing_is_lost(
     tmp_path: Path, kvs_emulator, kvs_master, moto_s3: MotoS3, s3_proxy: TcpProxy
 ) -> None:
-    channels = await _channels(kvs_emulator, kvs_master, 2)
-    spool = tmp_path / "spool"
-    config = write_config(
-        tmp_path / "recorder.toml",
-        channels=channels,
-        spool=spool,
-        s3_url=s3_proxy.url,
-        endpoint_url=kvs_emulator.endpoint_url,
-        segment_seconds=2,
-        processes=1,
+    channels, spool, config = await _recorder_setup(
+        tmp_path, kvs_emulator, kvs_master, s3_proxy, segment_seconds=2, processes=1
     )
-    env = recorder_env(kvs_emulator)
+    env = process_env(kvs_emulator)
     seen: set[str] = set()
 
     async def watch() -> None:
@@ -275,15 +261,14 @@ async def test_three_replicas_split_the_channels(tmp_path: Path, kvs_emulator) -
     for name in names:
         kvs_emulator.create_channel(name)
     config = write_config(
-        tmp_path / "recorder.toml",
+        tmp_path,
+        kvs_emulator,
         channels=["shard-cam-*", "shard-other", "shard-cam-1"],
-        spool=tmp_path / "spool",
         s3_url="http://127.0.0.1:9",
-        endpoint_url=kvs_emulator.endpoint_url,
         segment_seconds=5,
         processes=2,
     )
-    env = recorder_env(kvs_emulator)
+    env = process_env(kvs_emulator)
     plans = []
     for index in range(3):
         result = await asyncio.to_thread(

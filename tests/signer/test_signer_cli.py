@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from signer_helpers import VIEWER_TOKEN
-from support import MS
+from support import MS, credentials_in_environment, write_signer_config
 
 from kvs_peer.emulator import EmulatorConfig, LocalKvs
 from kvs_peer.errors import InvalidArgument
@@ -70,16 +70,8 @@ async def test_serves_until_cancelled(
 ) -> None:
     async with LocalKvs(EmulatorConfig()) as kvs:
         kvs.create_channel("cam-1")
-        # The CLI takes AWS credentials from the default chain, as on a server.
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", kvs.credentials.access_key)
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", kvs.credentials.secret_key)
-        monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-        monkeypatch.delenv("AWS_PROFILE", raising=False)
-        config = tmp_path / "signer.toml"
-        config.write_text(
-            f'[[tokens]]\nname = "v"\nsha256 = "{hash_token(VIEWER_TOKEN)}"\n'
-            'channels = ["cam-*"]\nroles = ["VIEWER"]\n'
-        )
+        credentials_in_environment(monkeypatch, kvs)
+        config = write_signer_config(tmp_path, VIEWER_TOKEN)
         args = parse(
             "--config",
             str(config),

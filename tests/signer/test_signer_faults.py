@@ -13,7 +13,6 @@ import re
 import resource
 import signal
 import statistics
-import sys
 import time
 from collections.abc import AsyncIterator, Mapping
 from email.utils import formatdate
@@ -24,15 +23,14 @@ import boto3
 import botocore.exceptions
 import pytest
 from signer_helpers import MASTER_TOKEN, VIEWER_TOKEN, signer_stack, standard_tokens
-from support import MS
+from support import KVS_PEER, MS, read_until, write_signer_config
 
 from kvs_peer.channel import ChannelResolver
 from kvs_peer.emulator import DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY, LocalKvs
 from kvs_peer.errors import AccessDenied, ChannelError
-from kvs_peer.signer import create_app, hash_token, parse_config, serve
+from kvs_peer.signer import create_app, parse_config, serve
 from kvs_peer.signer.clock import clock_skew
 
-KVS_PEER = [sys.executable, "-m", "kvs_peer"]
 CACHED_BUDGET = 50 * MS  # issue 10: a cached channel is signed in under 50 ms while AWS hangs
 HALF_SENT = (
     b"GET /kinesis-video-url?channel=cam-1&role=VIEWER HTTP/1.1\r\n"
@@ -40,15 +38,17 @@ HALF_SENT = (
 )
 
 
-async def _read_line(stream: asyncio.StreamReader, marker: str) -> str:
-    seen = ""
-    async with asyncio.timeout(30_000 * MS):
-        while marker not in seen:
-            line = await stream.readline()
-            if not line:
-                raise AssertionError(f"process exited before printing {marker!r}: {seen}")
-            seen += line.decode()
-    return seen
+async def _shut_down(proc: asyncio.subprocess.Process) -> None:
+    """Ctrl+C ``proc`` (resumed first, had a test stopped it); killed if it hangs."""
+    if proc.returncode is not None:
+        return
+    proc.send_signal(signal.SIGCONT)
+    proc.send_signal(signal.SIGINT)
+    try:
+        await asyncio.wait_for(proc.wait(), 20_000 * MS)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
 
 
 @contextlib.asynccontextmanager
@@ -65,18 +65,10 @@ async def local_emulator(*channels: str) -> AsyncIterator[tuple[asyncio.subproce
         stderr=asyncio.subprocess.DEVNULL,
     )
     try:
-        assert proc.stdout is not None
-        text = await _read_line(proc.stdout, "Ctrl+C")
+        text = await read_until(proc, "Ctrl+C", 30_000 * MS)
         yield proc, text.split("KVS_PEER_ENDPOINT_URL=")[1].split()[0]
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGCONT)
-            proc.send_signal(signal.SIGINT)
-            try:
-                await asyncio.wait_for(proc.wait(), 20_000 * MS)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await _shut_down(proc)
 
 
 async def _get(
@@ -285,11 +277,7 @@ async def test_connection_flood_from_one_address_does_not_lock_the_signer(
 ) -> None:
     # The issue: ~1,100 half-sent requests locked a signer with the usual 1,024-descriptor
     # limit. The signer runs as its own process with that limit here.
-    config = tmp_path / "signer.toml"
-    config.write_text(
-        f'[[tokens]]\nname = "v"\nsha256 = "{hash_token(VIEWER_TOKEN)}"\n'
-        'channels = ["cam-*"]\nroles = ["VIEWER"]\n'
-    )
+    config = write_signer_config(tmp_path, VIEWER_TOKEN)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
 
     def limit_descriptors() -> None:
@@ -313,8 +301,9 @@ async def test_connection_flood_from_one_address_does_not_lock_the_signer(
     )
     conns: list = []
     try:
-        assert proc.stdout is not None
-        url = re.search(r"listening on (\S+)", await _read_line(proc.stdout, "listening on"))[1]
+        url = re.search(r"listening on (\S+)", await read_until(proc, "listening on", 30_000 * MS))[
+            1
+        ]
         port = int(url.rsplit(":", 1)[1])
         conns = await _open_half_sent(port, 1100)
         connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
@@ -327,12 +316,7 @@ async def test_connection_flood_from_one_address_does_not_lock_the_signer(
         assert elapsed < 1000 * MS
     finally:
         _close_all(conns)
-        proc.send_signal(signal.SIGINT)
-        try:
-            await asyncio.wait_for(proc.wait(), 20_000 * MS)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await _shut_down(proc)
 
 
 async def test_oversized_authorization_header_never_reaches_the_logs(
