@@ -5,6 +5,7 @@
     KvsPeerError
     ├── InvalidArgument(ValueError)     bad endpoint, client id, channel name, payload > 10K
     ├── InvalidState(RuntimeError)      send before connect, use after close
+    ├── WaitTimeout(TimeoutError)       a wait (first frame, connection, viewers) ran out of time
     ├── SignatureError                  presigned URL refused (expired, skew, mismatch, scope, ...)
     ├── ChannelError                    control plane; botocore errors are translated once
     │   ├── ChannelNotFound
@@ -37,6 +38,11 @@ class InvalidArgument(KvsPeerError, ValueError):
 
 class InvalidState(KvsPeerError, RuntimeError):
     """An operation was called at the wrong point of an object's lifecycle."""
+
+
+class WaitTimeout(KvsPeerError, TimeoutError):
+    """A wait for something the remote side must do (send video, connect, join) ran out of
+    time. A :class:`TimeoutError` too, so ``except TimeoutError`` still catches it."""
 
 
 class SignatureError(KvsPeerError):
@@ -99,19 +105,21 @@ class HandshakeRejected(SignalingError):
         super().__init__(self._explain())
 
     def _explain(self) -> str:
+        from .rules import CLOCK_SKEW, CONNECT_RATE  # rules.py imports this module
+
         detail = f": {self.body.strip()[:300]}" if self.body.strip() else ""
         if self.status == 403:
             hint = (
                 "the signed URL was refused (bad or expired signature, clock skew of more than "
-                "5 minutes, or missing IAM permission kinesisvideo:ConnectAs*); check the "
-                "machine clock and the credentials"
+                f"{CLOCK_SKEW / 60:g} minutes, or missing IAM permission kinesisvideo:ConnectAs*); "
+                "check the machine clock and the credentials"
             )
         elif self.status == 404:
             hint = "the channel does not exist any more; re-create it or check its name"
         elif self.status == 400:
             hint = (
                 "the service refused the connection (too many viewers on the channel, "
-                "more than 3 connects per second, or malformed parameters)"
+                f"more than {CONNECT_RATE} connects per second, or malformed parameters)"
             )
         else:
             hint = "unexpected HTTP status from the signaling endpoint"

@@ -27,7 +27,7 @@ from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection
 from ._memory import release_free_memory
 from ._tasks import invoke
 from .access import ChannelAccess
-from .errors import InvalidArgument, SessionError
+from .errors import InvalidArgument, SessionError, WaitTimeout
 from .gathering import BackgroundGathering
 from .ingestion import StorageLink, StorageOptions
 from .media.encoder import (
@@ -377,7 +377,12 @@ class Master(SignalingPeer):
     async def wait_for_viewers(
         self, count: int, *, connected: bool = True, timeout: float = 30.0
     ) -> None:
-        """Wait until ``count`` sessions exist (and are connected, by default)."""
+        """Wait until ``count`` sessions exist (and are connected, by default), or the
+        master closed.
+
+        Raises:
+            WaitTimeout: fewer viewers within ``timeout`` seconds.
+        """
 
         def ready() -> bool:
             sessions = self._sessions.values()
@@ -389,7 +394,14 @@ class Master(SignalingPeer):
             return n >= count or self._closed
 
         async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(ready), timeout)
+            try:
+                await asyncio.wait_for(self._changed.wait_for(ready), timeout)
+            except TimeoutError:
+                have = sum(1 for s in self._sessions.values() if s.connected_at is not None)
+                raise WaitTimeout(
+                    f"{have} of {count} viewers connected within {timeout:g} s "
+                    f"({len(self._sessions)} sessions in all)"
+                ) from None
 
     async def send(self, message: str | bytes, client_id: str | None = None) -> int:
         """Send on the data channel of one viewer, or of all; returns how many got it."""

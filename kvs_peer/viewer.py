@@ -30,7 +30,14 @@ from aiortc.mediastreams import MediaStreamError
 from ._tasks import invoke
 from .access import ChannelAccess
 from .aiortc_internals import open_data_channel, use_jitter_buffer
-from .errors import InvalidArgument, InvalidState, KvsPeerError, MediaError, SessionError
+from .errors import (
+    InvalidArgument,
+    InvalidState,
+    KvsPeerError,
+    MediaError,
+    SessionError,
+    WaitTimeout,
+)
 from .gathering import BackgroundGathering
 from .media.encoded import EncodedFrame, ReceiverTap, sps_size
 from .media.jitter import MarkerJitterBuffer
@@ -293,10 +300,36 @@ class Viewer(SignalingPeer):
             queue.put_nowait(None)
 
     async def wait_first_frame(self, timeout: float = 30.0) -> float:
-        """Wait for the first video frame; returns the time to first frame in seconds."""
-        await asyncio.wait_for(self._first_frame.wait(), timeout)
+        """Wait for the first video frame; returns the time to first frame in seconds.
+
+        Raises:
+            WaitTimeout: no frame within ``timeout`` seconds; the message says how far the
+                connection got, which names the likely cause.
+        """
+        try:
+            await asyncio.wait_for(self._first_frame.wait(), timeout)
+        except TimeoutError:
+            raise WaitTimeout(f"no video frame within {timeout:g} s: {self._how_far()}") from None
         assert self.stats.time_to_first_frame is not None
         return self.stats.time_to_first_frame
+
+    def _how_far(self) -> str:
+        """Where the connection to the master stands, as the likely cause of a stall."""
+        channel = self.access.channel
+        if self.stats.signaling_connected_at is None:
+            return f"signaling to channel {channel!r} is not connected yet"
+        state = self.connection_state
+        if state == "connected":
+            return "the peer connection is up but the master sends no video"
+        if state in ("connecting", "failed"):
+            return (
+                f"the peer connection is {state}: ICE or DTLS did not complete (a firewall "
+                "between the peers? use TURN, e.g. --relay-only to check)"
+            )
+        return (
+            f"no master answered on channel {channel!r}: is one streaming there, with a "
+            "free viewer seat?"
+        )
 
     @property
     def pc(self) -> RTCPeerConnection | None:
@@ -314,8 +347,15 @@ class Viewer(SignalingPeer):
         return self._link.dtls.state if self._link is not None else "new"
 
     async def wait_connected(self, timeout: float = 30.0) -> None:
-        """Wait until the peer connection is connected."""
-        await asyncio.wait_for(self._connected_event.wait(), timeout)
+        """Wait until the peer connection is connected.
+
+        Raises:
+            WaitTimeout: not connected within ``timeout`` seconds (the message says why).
+        """
+        try:
+            await asyncio.wait_for(self._connected_event.wait(), timeout)
+        except TimeoutError:
+            raise WaitTimeout(f"not connected within {timeout:g} s: {self._how_far()}") from None
 
     async def frames(self) -> AsyncIterator[av.VideoFrame]:
         """Iterate over received video frames (the newest ones, if the consumer is slow)."""
