@@ -1,18 +1,23 @@
-"""Stream a Raspberry Pi / USB camera (or any source) to a KVS signaling channel as master.
+"""Stream a camera, a media file or a test pattern to a KVS signaling channel as master.
 
-Usage (real AWS, credentials from the default chain)::
+Usage (AWS credentials and region from the default chain, or the variables that
+``kvs-peer local`` prints for the local emulator)::
 
-    python examples/camera_master.py --channel my-camera --source /dev/video0
+    python examples/camera_master.py --channel my-camera --source testsrc
 
-or without AWS credentials on the device, through a signer service::
+``--source`` takes ``testsrc`` (a moving test pattern), a V4L2 device (``/dev/video0``, a USB
+camera), an OpenCV camera index (``0``), a media file (``--loop`` plays it over and over) or
+an ``rtsp://`` URL. A camera that drops is opened again while viewers stay connected.
+
+Without AWS credentials on the device, through a signer service::
 
     KVS_PEER_SIGNER_TOKEN=... python examples/camera_master.py --channel my-camera \\
         --signer https://signer.example.com --source /dev/video0
 
-``--source`` accepts a V4L2 device (``/dev/video0``: USB webcams, and the Pi camera through
-``libcamerify`` or the bcm2835 V4L2 driver), an OpenCV camera index (``0``), a file, an
-``rtsp://`` URL, or ``testsrc``. On a Pi, 640x480 at 15-30 fps keeps one core comfortable:
-the picture is encoded once with libx264 however many viewers join.
+This example decodes every source and encodes the picture once with libx264, however many
+viewers join (``--preset ultrafast`` takes the least CPU). On a Raspberry Pi that encoding is
+the cost to avoid: ``kvs-peer master`` sends a camera's own H.264 (``rpicam-vid`` on stdin, a
+UVC camera's H.264) to viewers without encoding it again; see docs/raspberry-pi.md.
 """
 
 from __future__ import annotations
@@ -57,7 +62,12 @@ async def main() -> None:
     parser.add_argument("--signer", help="signer service URL (no AWS credentials needed)")
     parser.add_argument("--duration", type=float, help="stop after S seconds")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    # Libraries' INFO lines (aioice logs every ICE check) would bury kvs-peer's own.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("kvs_peer").setLevel(logging.INFO)
+    # OpenCV prints "[ WARN ]" lines of its own (camera probes) past logging; it reads this
+    # when cv2 loads, which opening a camera does. A value the user set wins.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
     # Opening can block for seconds (an RTSP camera): keep it off the event loop.
     video = await asyncio.to_thread(

@@ -2,7 +2,11 @@
 
 Usage::
 
-    python examples/motion_viewer.py --channel my-camera [--snapshots motion/]
+    python examples/motion_viewer.py --channel my-camera --snapshots motion/
+
+One line is printed per motion event, not per frame: motion after ``--cooldown`` seconds
+(default 5) without a reported event starts a new one, and with ``--snapshots`` its first
+frame is saved as a PNG.
 
 Frames are pulled from ``viewer.frames()``, which keeps only the newest few: if the analysis
 is slower than the stream, old frames are skipped instead of piling up. OpenCV runs in a
@@ -58,36 +62,43 @@ async def main() -> None:
         "--cooldown",
         type=float,
         default=5.0,
-        help="seconds after a saved PNG before the next one (default 5): motion lasts many "
-        "frames, and one picture of it is enough",
+        help="seconds after a motion event before motion counts as a new one (default 5): "
+        "motion lasts many frames, and one line and one picture of it are enough",
     )
     parser.add_argument("--region")
     parser.add_argument("--endpoint-url", default=os.environ.get("KVS_PEER_ENDPOINT_URL"))
     parser.add_argument("--duration", type=float, help="stop after S seconds")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    # Libraries' INFO lines (aioice logs every ICE check) would bury kvs-peer's own.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("kvs_peer").setLevel(logging.INFO)
     detector = MotionDetector(args.threshold)
     events = 0
-    last_saved = -math.inf
+    motion_frames = 0
+    last_event = -math.inf
 
     def analyse_frame(frame: object) -> tuple[np.ndarray, float]:
         bgr = frame_to_ndarray(frame)
         return bgr, detector(bgr)
 
     async def analyse(viewer: Viewer) -> None:
-        nonlocal events, last_saved
+        nonlocal events, motion_frames, last_event
         async for frame in viewer.frames():
             # Conversion and analysis both run in a worker thread (frame_to_ndarray is
             # thread-safe), so the event loop only hands frames over.
             bgr, changed = await asyncio.to_thread(analyse_frame, frame)
-            if changed >= args.threshold:
-                events += 1
-                print(f"motion: {changed:.1%} of the picture changed", flush=True)
-                now = time.monotonic()
-                if args.snapshots and now - last_saved >= args.cooldown:
-                    last_saved = now
-                    path = Path(args.snapshots) / f"motion-{events:05d}.png"
-                    await asyncio.to_thread(save_frame, bgr, path)
+            if changed < args.threshold:
+                continue
+            motion_frames += 1
+            now = time.monotonic()
+            if now - last_event < args.cooldown:
+                continue
+            last_event = now
+            events += 1
+            print(f"motion: {changed:.1%} of the picture changed", flush=True)
+            if args.snapshots:
+                path = Path(args.snapshots) / f"motion-{events:05d}.png"
+                await asyncio.to_thread(save_frame, bgr, path)
 
     async with ChannelResolver(region=args.region, endpoint_url=args.endpoint_url) as resolver:
         access = AwsAccess(resolver, args.channel, Role.VIEWER, client_id=new_client_id("motion"))
@@ -96,7 +107,7 @@ async def main() -> None:
                 await asyncio.wait_for(analyse(viewer), args.duration)
             except TimeoutError:
                 pass
-    print(f"{events} frames with motion")
+    print(f"{events} motion events ({motion_frames} frames with motion)")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ Usage::
     python examples/recording_viewer.py --channel my-camera --out recordings/cam.mkv \\
         --segment 600
 
-A new file starts every ``--segment`` seconds (``cam-0000.mkv``, ``cam-0001.mkv``, ...).
+A new file starts every ``--segment`` seconds (``recordings/cam-0000.mkv``,
+``recordings/cam-0001.mkv``, ...); the folder is created if it does not exist.
 Matroska is written with packet flushing, so a power cut loses at most the last second or
 two; the viewer keeps one client id and reconnects (new offer) when the connection drops.
 """
@@ -17,6 +18,7 @@ import asyncio
 import logging
 import os
 import sys
+from pathlib import Path
 
 from kvs_peer.access import AwsAccess
 from kvs_peer.channel import ChannelResolver
@@ -35,7 +37,10 @@ async def main() -> None:
     parser.add_argument("--endpoint-url", default=os.environ.get("KVS_PEER_ENDPOINT_URL"))
     parser.add_argument("--duration", type=float, help="stop after S seconds")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    # Libraries' INFO lines (aioice logs every ICE check) would bury kvs-peer's own.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("kvs_peer").setLevel(logging.INFO)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
 
     async with ChannelResolver(region=args.region, endpoint_url=args.endpoint_url) as resolver:
         access = AwsAccess(resolver, args.channel, Role.VIEWER, client_id=new_client_id("rec"))

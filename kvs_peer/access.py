@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from .channel import ChannelResolver, IceServer, ResolvedChannel
+from .channel import ChannelResolver, IceServer, ResolvedChannel, connect_failure
 from .errors import InvalidArgument, SignerError
 from .protocol import Role
 from .reconnect import Refresh
@@ -153,8 +153,12 @@ class SignerAccess:
         ssl: ssl_module.SSLContext | None = None,
     ) -> None:
         if not signer_url.startswith(("http://", "https://")):
-            raise InvalidArgument(f"signer URL {signer_url!r} must start with http:// or https://")
+            raise InvalidArgument(
+                f"signer URL {redact_url(signer_url)!r} must start with http:// or https://"
+            )
         self.signer_url = signer_url.rstrip("/")
+        # For messages and logs: a URL given as https://user:password@host keeps its password.
+        self._shown_url = redact_url(self.signer_url)
         self.channel = validate_channel_name(channel)
         self.role = Role.parse(role)
         self.client_id = validate_client_id(client_id) if client_id is not None else None
@@ -193,14 +197,23 @@ class SignerAccess:
                     )
                 return body
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise SignerError(0, f"could not reach the signer at {self.signer_url}: {exc}") from exc
+            reason = connect_failure(exc).replace(self.signer_url, self._shown_url)
+            raise SignerError(
+                0,
+                f"could not reach the signer at {self._shown_url}: {reason}; check the URL "
+                "and that the signer runs",
+            ) from exc
 
     async def __call__(self) -> str:
         async with self._lock:
             body = await self._fetch()
         url = body.get("url")
         if not isinstance(url, str):
-            raise SignerError(200, "signer response has no 'url'")
+            raise SignerError(
+                200,
+                f"the signer at {self._shown_url} answered without a signed 'url': check that "
+                "the URL points at a kvs-peer signer (`kvs-peer signer`), not another service",
+            )
         configuration = body.get("configuration") or {}
         parsed = (IceServer.from_json(e) for e in configuration.get("iceServers", []))
         servers = [server for server in parsed if server is not None]

@@ -1,16 +1,21 @@
 """Every use of aiortc's and aioice's private names, in one place.
 
-kvs-peer needs a few things neither library offers publicly: trickling its own server
-candidates, a data channel open without the remote's ACK, proof that the remote accepted our
-DTLS certificate, counts of RTCP feedback, keyframes on PLI for packets it encodes itself, and
-a cheaper RTP send loop. Each function here is one such need, and its docstring names the
-private fields or methods it relies on. Hooks are per instance (an attribute that shadows a
-method on one object); no aiortc or aioice class or module is ever changed.
+kvs-peer needs a few things neither library offers publicly: gathering and trickling its own
+server candidates, reading and writing candidate lines, a data channel open without the
+remote's ACK, proof that the remote accepted our DTLS certificate, counts of RTCP feedback,
+keyframes on PLI for packets it encodes itself, and a cheaper RTP send loop. Each function here
+is one such need, and its docstring names the private modules, fields or methods it relies on
+("private": not exported by the ``aiortc`` or ``aioice`` package itself). Hooks are per
+instance (an attribute that shadows a method on one object); no aiortc or aioice class or module
+is ever changed.
 
-The rest of kvs-peer uses only the names below. ``pyproject.toml`` pins aiortc and aioice to
-the minor versions named in :data:`AIORTC_VERSION` and :data:`AIOICE_VERSION`, and
-``tests/test_aiortc_internals.py`` drives every function here against real aiortc objects and
-fails on another version, so an upgrade that renames a field fails there, not deep in a stream.
+The rest of kvs-peer imports from ``aiortc`` and ``aioice`` only what those packages export,
+and everything else from here: the functions below, and aiortc's unexported building blocks
+(RTP and RTCP packets, the H.264 packetizer, the Opus encoder, ...), re-exported as they are.
+``pyproject.toml`` pins aiortc and aioice to the minor versions named in
+:data:`AIORTC_VERSION` and :data:`AIOICE_VERSION`, and ``tests/test_aiortc_internals.py``
+drives every function here against real aiortc objects and fails on another version, so an
+upgrade that renames a field fails there, not deep in a stream.
 """
 
 from __future__ import annotations
@@ -23,17 +28,36 @@ from typing import Any
 
 import aiortc.rtcrtpsender
 from aioice import Candidate, Connection
+from aioice.ice import relayed_candidate, server_reflexive_candidate
 from aiortc import (
     RTCDataChannel,
     RTCDtlsTransport,
+    RTCIceCandidate,
+    RTCIceServer,
     RTCIceTransport,
     RTCPeerConnection,
+    RTCRtpCodecParameters,
     RTCRtpReceiver,
     RTCRtpSender,
     RTCRtpTransceiver,
 )
-from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtp import AnyRtcpPacket, HeaderExtensionsMap
+from aiortc.codecs.h264 import H264Encoder
+from aiortc.codecs.opus import OpusEncoder
+from aiortc.jitterbuffer import JitterFrame
+from aiortc.rtcicetransport import candidate_from_aioice, connection_kwargs
+from aiortc.rtp import (
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    AnyRtcpPacket,
+    HeaderExtensions,
+    HeaderExtensionsMap,
+    RtcpPsfbPacket,
+    RtcpRtpfbPacket,
+    RtpPacket,
+)
+from aiortc.sdp import candidate_from_sdp, candidate_to_sdp
+from aiortc.utils import random16, random32, uint32_add
 
 try:
     from aioice.ice import StunProtocol
@@ -43,15 +67,31 @@ except ImportError:  # an aioice without it: every packet takes aiortc's layers
 __all__ = [
     "AIOICE_VERSION",
     "AIORTC_VERSION",
+    "RTCP_PSFB_FIR",
+    "RTCP_PSFB_PLI",
+    "RTCP_RTPFB_NACK",
     "RTP_HISTORY_SIZE",
+    "H264Encoder",
+    "HeaderExtensions",
+    "HeaderExtensionsMap",
     "Hook",
+    "JitterFrame",
+    "OpusEncoder",
+    "RtcpPsfbPacket",
+    "RtcpRtpfbPacket",
+    "RtpPacket",
     "SenderFields",
     "add_local_candidate",
     "add_relay_candidate",
+    "allocate_relay",
+    "candidate_from_line",
+    "candidate_line",
     "depayloaded",
     "gather_loopback",
     "hook_incoming_packets",
+    "host_protocols",
     "ice_connection",
+    "ice_server_kwargs",
     "local_candidates",
     "local_protocols",
     "missing_send_loop_fields",
@@ -60,12 +100,17 @@ __all__ = [
     "on_keyframe_request",
     "on_rtcp_received",
     "open_data_channel",
+    "query_reflexive",
+    "random16",
+    "random32",
     "remove_hooks",
     "replace_decoder_queue",
     "replace_send_loop",
     "send_pli",
     "send_rtp",
     "takes_late_candidates",
+    "to_rtc_candidate",
+    "uint32_add",
     "use_jitter_buffer",
 ]
 
@@ -73,6 +118,16 @@ AIORTC_VERSION = "1.16"
 """The aiortc minor version these internals were checked against (``pyproject.toml`` pins it)."""
 AIOICE_VERSION = "0.13"
 """The aioice minor version these internals were checked against (``pyproject.toml`` pins it)."""
+
+# aiortc's building blocks that its package does not export (from aiortc.rtp, aiortc.codecs,
+# aiortc.jitterbuffer and aiortc.utils) are imported above and re-exported as they are, so that
+# every name kvs-peer takes from outside aiortc's exports comes through this module:
+#   RtpPacket, HeaderExtensions, HeaderExtensionsMap: the RTP packets of media/rtpsender.py.
+#   RtcpPsfbPacket, RtcpRtpfbPacket and the RTCP_* formats: the feedback counted by metrics.
+#   H264Encoder: only its pack(), which packetizes an encoded av.Packet and keeps no state.
+#   OpusEncoder: encodes one audio frame for every subscriber of media/fanout.py.
+#   JitterFrame: what aiortc's receiver takes from a jitter buffer (media/jitter.py).
+#   random16, random32, uint32_add: RTP sequence and timestamp arithmetic, as aiortc's sender.
 
 Hook = tuple[object, str]
 """``(object, name)``: an instance attribute that shadows a method (see :func:`remove_hooks`)."""
@@ -185,6 +240,86 @@ def local_candidates(connection: Connection) -> list[Candidate]:
 def local_protocols(connection: Connection) -> list[Any]:
     """``connection``'s sockets, one ``StunProtocol`` per local candidate (``_protocols``)."""
     return list(getattr(connection, "_protocols", []))
+
+
+def ice_server_kwargs(servers: list[RTCIceServer]) -> dict[str, Any]:
+    """The STUN and TURN server aiortc would use from ``servers``, as aioice keyword arguments.
+
+    ``aiortc.rtcicetransport.connection_kwargs``: the first STUN URL (``stun_server``) and the
+    first usable TURN URL (``turn_server``, ``turn_username``, ``turn_password``, ``turn_ssl``,
+    ``turn_transport``); keys are absent when there is no such server.
+    """
+    return connection_kwargs(servers)
+
+
+async def allocate_relay(connection: Connection, turn: dict[str, Any]) -> tuple[Candidate, Any]:
+    """Allocate a relay candidate for ``connection`` on the TURN server in ``turn``.
+
+    ``turn`` is :func:`ice_server_kwargs`'s answer (with a ``turn_server``). Calls
+    ``aioice.ice.relayed_candidate`` with a ``StunProtocol`` of ``connection``, as aioice's own
+    gathering does; hand both to :func:`add_relay_candidate`, or ``await protocol.close()``.
+
+    Returns:
+        The relay candidate (component 1) and its protocol (the TURN allocation).
+
+    Raises:
+        Exception: whatever aioice raises when the server is unreachable or refuses.
+    """
+    if StunProtocol is None:
+        raise RuntimeError("this aioice has no StunProtocol: no relay candidate")
+    return await relayed_candidate(
+        component=1,
+        hide_related_address=False,
+        protocol_factory=lambda: StunProtocol(connection),
+        turn_server=turn["turn_server"],
+        turn_username=turn.get("turn_username"),
+        turn_password=turn.get("turn_password"),
+        turn_ssl=turn.get("turn_ssl", False),
+        turn_transport=turn.get("turn_transport", "udp"),
+    )
+
+
+async def query_reflexive(protocol: Any, stun_server: tuple[str, int]) -> Candidate:
+    """Ask ``stun_server`` for the server-reflexive candidate of one host socket.
+
+    ``protocol`` is one of :func:`local_protocols`; calls
+    ``aioice.ice.server_reflexive_candidate``. Add the answer with :func:`add_local_candidate`.
+
+    Raises:
+        Exception: whatever aioice raises when the server does not answer.
+    """
+    candidate, _ = await server_reflexive_candidate(protocol, stun_server)
+    return candidate
+
+
+def host_protocols(connection: Connection) -> list[tuple[Any, Candidate]]:
+    """``connection``'s host sockets and their candidates (``StunProtocol.local_candidate``)."""
+    found = []
+    for protocol in local_protocols(connection):
+        candidate = getattr(protocol, "local_candidate", None)
+        if candidate is not None and candidate.type == "host":
+            found.append((protocol, candidate))
+    return found
+
+
+def to_rtc_candidate(candidate: Candidate) -> RTCIceCandidate:
+    """aioice's candidate as aiortc's (``aiortc.rtcicetransport.candidate_from_aioice``)."""
+    return candidate_from_aioice(candidate)
+
+
+def candidate_from_line(line: str) -> RTCIceCandidate:
+    """Parse a candidate line without ``a=`` and ``candidate:`` (``aiortc.sdp``).
+
+    Raises:
+        AssertionError, ValueError, IndexError: the line is not a candidate aiortc can read
+            (aiortc's parser raises any of them).
+    """
+    return candidate_from_sdp(line)
+
+
+def candidate_line(candidate: RTCIceCandidate) -> str:
+    """The SDP form of ``candidate``, without ``a=`` and ``candidate:`` (``aiortc.sdp``)."""
+    return candidate_to_sdp(candidate)
 
 
 # -- DTLS and SCTP -----------------------------------------------------------------------------

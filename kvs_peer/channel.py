@@ -34,7 +34,7 @@ from .endpoints import EndpointMode, control_plane_url
 from .endpoints import stun_url as partition_stun_url
 from .errors import AccessDenied, ChannelError, ChannelNotFound, InvalidArgument, Throttled
 from .protocol import IceServer, Role
-from .rules import ICE_SERVER_TTL, ICE_TTL_MARGIN
+from .rules import ICE_SERVER_TTL, ICE_TTL_MARGIN, MESSAGE_TTL, MESSAGE_TTL_RANGE
 from .signing import (
     DEFAULT_EXPIRES,
     master_url,
@@ -56,6 +56,7 @@ __all__ = [
     "ChannelResolver",
     "IceServer",
     "ResolvedChannel",
+    "connect_failure",
     "ice_servers_from_boto",
     "regional_stun_url",
 ]
@@ -94,6 +95,26 @@ def regional_stun_url(region: str, mode: EndpointMode | None = None) -> str:
     See :func:`kvs_peer.endpoints.stun_url`.
     """
     return partition_stun_url(region, mode or EndpointMode())
+
+
+def connect_failure(exc: BaseException) -> str:
+    """Why an HTTP request failed, in words a person can act on.
+
+    aiohttp's connect errors read ``Cannot connect to host H:P ssl:<ssl.SSLContext object at
+    0x...> [Connect call failed ('H', P)]``: the repr of their ``ssl`` argument and asyncio's
+    wording. Their ``host``, ``port`` and ``os_error`` say the same plainly.
+    """
+    host, port = getattr(exc, "host", None), getattr(exc, "port", None)
+    os_error = getattr(exc, "os_error", None)
+    if host is not None and isinstance(os_error, OSError):
+        where = f"{host}:{port}"
+        if isinstance(os_error, ConnectionRefusedError) or "Connect call failed" in str(os_error):
+            return f"connection to {where} refused (nothing listens there)"
+        reason = os_error.strerror or str(os_error) or type(os_error).__name__
+        return f"cannot connect to {where} ({reason})"
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    return str(exc) or type(exc).__name__
 
 
 def ice_servers_from_boto(ice_server_list: Sequence[Mapping[str, Any]]) -> tuple[IceServer, ...]:
@@ -360,9 +381,25 @@ class ChannelResolver:
             raise ChannelNotFound(name, f"signaling channel {name!r} is being deleted")
         return info
 
-    async def create_channel(self, name: str, *, message_ttl: int = 60) -> str:
-        """CreateSignalingChannel (SINGLE_MASTER); returns the ARN. Existing channel -> its ARN."""
+    async def create_channel(self, name: str, *, message_ttl: int = MESSAGE_TTL) -> str:
+        """CreateSignalingChannel (SINGLE_MASTER); returns the ARN. Existing channel -> its ARN.
+
+        Args:
+            name: the channel name.
+            message_ttl: seconds an undelivered message waits for its recipient (KVS allows
+                :data:`~kvs_peer.rules.MESSAGE_TTL_RANGE`).
+
+        Raises:
+            InvalidArgument: a bad name or ``message_ttl``, before any call.
+        """
         validate_channel_name(name)
+        low, high = MESSAGE_TTL_RANGE
+        if isinstance(message_ttl, bool) or not isinstance(message_ttl, int):
+            raise InvalidArgument(f"message_ttl {message_ttl!r} must be whole seconds")
+        if not low <= message_ttl <= high:
+            raise InvalidArgument(
+                f"message_ttl {message_ttl} is out of range: KVS allows {low} to {high} seconds"
+            )
 
         def call() -> str:
             kv = self._kinesisvideo()
@@ -428,8 +465,10 @@ class ChannelResolver:
             missing = {"WSS", "HTTPS"} - endpoints.keys()
             if missing:
                 raise ChannelError(
-                    f"GetSignalingChannelEndpoint for {name!r} returned no {', '.join(missing)} "
-                    "endpoint"
+                    f"GetSignalingChannelEndpoint for {name!r} returned no "
+                    f"{' or '.join(sorted(missing))} endpoint: check that the endpoint URL is "
+                    "Kinesis Video Streams' control plane (or `kvs-peer local`) and that the "
+                    "channel is a SINGLE_MASTER signaling channel"
                 )
             ttl_seconds = info.get("SingleMasterConfiguration", {}).get("MessageTtlSeconds")
             value = {
@@ -572,8 +611,8 @@ class ChannelResolver:
         except (aiohttp.ClientError, TimeoutError) as exc:
             where = url.split("/", 3)[2] if "//" in url else url
             raise ChannelError(
-                f"could not reach {where} for {operation}: {exc}; check the network, the "
-                "region and --endpoint-url"
+                f"could not reach {where} for {operation}: {connect_failure(exc)}; check the "
+                "network, the region and --endpoint-url"
             ) from exc
 
     def _ssl_for_http(self) -> Any:
@@ -683,7 +722,12 @@ class ChannelResolver:
         for entry in await self._run(call):
             if entry.get("Protocol", "").upper() == "WEBRTC":
                 return entry["ResourceEndpoint"]
-        raise ChannelError("GetSignalingChannelEndpoint returned no WEBRTC endpoint")
+        raise ChannelError(
+            "GetSignalingChannelEndpoint returned no WEBRTC endpoint: the channel stores no "
+            "media; link it to a video stream with data retention first "
+            "(`aws kinesisvideo update-media-storage-configuration --channel-arn ARN "
+            "--media-storage-configuration StreamARN=STREAM_ARN,Status=ENABLED`)"
+        )
 
     async def join_storage_session(
         self, endpoint: str, arn: str, *, client_id: str | None = None, timeout: float = 6.0

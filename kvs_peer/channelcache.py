@@ -10,7 +10,9 @@ replaces the entry atomically (``os.replace``), and a reader ignores a file it c
 or whose fields do not match what it asked for. Files are created with mode 0600 in a 0700
 directory and hold no credentials (the endpoint URL is stored without any user info; TURN
 credentials are never cached). Entries expire after the resolver's endpoint TTL, and the
-reconnect policy's 403/404 refreshes drop them (:meth:`ChannelCache.drop`).
+reconnect policy's 403/404 refreshes drop them (:meth:`ChannelCache.drop`). A service that
+starts afresh at an address drops every entry of that address
+(:meth:`ChannelCache.forget_endpoint`): the emulator does, as its channels get new ARNs.
 """
 
 from __future__ import annotations
@@ -61,6 +63,12 @@ def _public_url(url: str | None) -> str | None:
         host = f"[{host}]"
     netloc = f"{host}:{parts.port}" if parts.port is not None else host
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _endpoint_key(url: object) -> str | None:
+    """What tells two spellings of one endpoint apart: not a trailing slash."""
+    public = _public_url(url) if isinstance(url, str) else None
+    return public.rstrip("/") if public else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,29 +207,59 @@ class ChannelCache:
             with contextlib.suppress(OSError):
                 self.path(region, endpoint_url, channel, each).unlink()
 
+    def forget_endpoint(self, endpoint_url: str) -> int:
+        """Delete every entry of one control-plane endpoint (any region, channel, role).
+
+        For a service that starts afresh at ``endpoint_url``, such as ``kvs-peer local``: its
+        channels have new ARNs, so an entry left by its previous run would only earn the next
+        client a 404. Real AWS channels outlive restarts; nothing calls this for them.
+        Spellings are compared without user info and trailing slash only: an entry stored
+        for ``localhost`` stays when ``127.0.0.1`` is forgotten (its client then recovers
+        through the 404 refresh).
+
+        Returns:
+            How many entries went.
+        """
+        wanted = _endpoint_key(endpoint_url)
+        removed = 0
+        for path, data in self._entries():
+            if isinstance(data, dict) and _endpoint_key(data.get("endpointUrl")) == wanted:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    removed += 1
+        return removed
+
+    def _entries(self) -> list[tuple[Path, Any]]:
+        """Every ``*.json`` file with its parsed content (None when unreadable)."""
+        try:
+            paths = [p for p in self.directory.iterdir() if p.name.endswith(".json")]
+        except OSError:
+            return []
+        entries: list[tuple[Path, Any]] = []
+        for path in paths:
+            try:
+                entries.append((path, json.loads(path.read_text(encoding="utf-8"))))
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError):
+                entries.append((path, None))
+        return entries
+
     def prune(self) -> int:
         """Delete expired entries and stale temporary files; returns how many went."""
         now = self._clock()
         removed = 0
-        try:
-            names = list(self.directory.iterdir())
-        except OSError:
-            return 0
-        for path in names:
-            try:
-                if path.name.startswith(".tmp-"):
-                    # A writer killed between mkstemp and replace; live writers take ms.
+        with contextlib.suppress(OSError):
+            for path in self.directory.glob(".tmp-*"):
+                # A writer killed between mkstemp and replace; live writers take ms.
+                with contextlib.suppress(OSError):
                     if path.stat().st_mtime < now - 60:
                         path.unlink()
                         removed += 1
-                    continue
-                if not path.name.endswith(".json"):
-                    continue
-                data = json.loads(path.read_text(encoding="utf-8"))
+        for path, data in self._entries():
+            try:
                 expired = not isinstance(data, dict) or float(data.get("expiresAt", 0)) <= now
-            except FileNotFoundError:
-                continue
-            except (OSError, ValueError, TypeError):
+            except (TypeError, ValueError):
                 expired = True
             if expired:
                 with contextlib.suppress(OSError):

@@ -18,9 +18,18 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from . import __version__
-from .errors import KvsPeerError
+from .errors import KvsPeerError, SignerError
 
-__all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_NO_VIDEO", "EXIT_OK", "EXIT_USAGE", "main"]
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
+    "EXIT_NO_VIDEO",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "explain",
+    "main",
+    "usage_error",
+]
 
 logger = logging.getLogger("kvs_peer.cli")
 
@@ -41,7 +50,12 @@ Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 def _add_logging(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more logs (-v info, -vv debug)"
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more logs: -v info, -vv debug, -vvv also the AWS SDK's and websockets' debug "
+        "logs, which may show signed requests (default: warnings and errors only)",
     )
 
 
@@ -78,28 +92,51 @@ def add_connection_options(
     if signer:
         group.add_argument(
             "--signer",
+            type=signer_url,
             default=os.environ.get("KVS_PEER_SIGNER_URL"),
-            help="signer service base URL: get signed URLs from it instead of using AWS "
-            "credentials (env KVS_PEER_SIGNER_URL)",
+            help="signer service base URL, e.g. http://127.0.0.1:8080: get signed URLs from "
+            "it instead of using AWS credentials (env KVS_PEER_SIGNER_URL; default: none, "
+            "use AWS credentials)",
         )
         group.add_argument(
             "--token",
             default=None,
-            help="bearer token for the signer (prefer env KVS_PEER_SIGNER_TOKEN: command "
-            "lines are visible to other users)",
+            help="bearer token for the signer (default: env KVS_PEER_SIGNER_TOKEN, which is "
+            "better: command lines are visible to other users)",
         )
+
+
+def usage_error(args: argparse.Namespace, exc: Exception) -> int:
+    """A usage error found past argparse (a bad ``--config``, options that contradict each
+    other), said as argparse's own: one ``error:`` line and :data:`EXIT_USAGE`."""
+    if getattr(args, "json", False):
+        print(json.dumps({"ok": False, "error": type(exc).__name__, "message": str(exc)}))
+    print(f"kvs-peer {args.command}: error: {exc}", file=sys.stderr, flush=True)
+    return EXIT_USAGE
 
 
 def endpoint_url(value: str) -> str:
     """argparse type of ``--endpoint-url``: an http(s) URL with a host (botocore otherwise
     fails deep inside with ``Invalid endpoint``)."""
+    return _http_url(value, "--endpoint-url or KVS_PEER_ENDPOINT_URL", "http://127.0.0.1:4577")
+
+
+def signer_url(value: str) -> str:
+    """argparse type of ``--signer``: an http(s) URL with a host (``localhost:8080`` would
+    otherwise fail at the first request, deep in a retry loop)."""
+    return _http_url(value, "--signer or KVS_PEER_SIGNER_URL", "http://localhost:8080")
+
+
+def _http_url(value: str, source: str, example: str) -> str:
     from urllib.parse import urlsplit
+
+    from .signing import redact_url
 
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise argparse.ArgumentTypeError(
-            f"{value!r} is not an http:// or https:// URL (from --endpoint-url or "
-            "KVS_PEER_ENDPOINT_URL); write it in full, e.g. http://127.0.0.1:4577"
+            f"{redact_url(value)!r} is not an http:// or https:// URL (from {source}); write "
+            f"it in full with the scheme, e.g. {example}"
         )
     return value
 
@@ -132,7 +169,16 @@ def _configure_logging(verbose: int) -> None:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    if verbose < 3:
+    if verbose >= 3:
+        # What kvs-peer logs is redacted; what botocore and websockets log at debug level is
+        # not theirs to know about: signed requests and URLs with their signatures.
+        print(
+            "warning: -vvv shows the debug logs of botocore and websockets, which may include "
+            "signed requests and credentials: do not share this output as it is",
+            file=sys.stderr,
+            flush=True,
+        )
+    else:
         # botocore and aioice are very chatty at debug level (and botocore may print
         # signed requests): keep them quiet unless asked for -vvv.
         for noisy in ("botocore", "boto3", "urllib3", "aioice", "aiortc", "websockets"):
@@ -147,21 +193,36 @@ def _configure_logging(verbose: int) -> None:
 
 
 async def _run_until_signal(handler: Handler, args: argparse.Namespace) -> int:
-    """Run a command; the first SIGINT/SIGTERM asks it to stop, a second one cancels it.
+    """Run a command; the first SIGINT/SIGTERM asks it to stop, a second one (more than
+    :data:`SAME_SIGNAL_WITHIN` seconds later) cancels it.
 
     Commands wait on ``args.stop`` (an ``asyncio.Event``) next to their own work, so a
     signal lets them finish normally: peers closed, recording finalized, ``--json`` printed.
-    A command still starting (``args.starting`` true: connecting to a channel that does not
-    answer yet, opening a camera) is cancelled by the first signal, with exit code 0: it
-    would only see ``args.stop`` once started.
+    A command still starting (``args.starting`` true: opening a camera, reading the AWS
+    setup) is cancelled by the first signal, with exit code 0: it would only see
+    ``args.stop`` once started.
+
+    The handlers stay installed until ``asyncio.run`` closes the loop (which removes them):
+    removed here, a Ctrl+C during asyncio's own shutdown (cancelling the tasks aiortc left,
+    joining threads) would raise KeyboardInterrupt there, exit 130 and leave "Task was
+    destroyed but it is pending!" lines on stderr.
     """
     loop = asyncio.get_running_loop()
     args.stop = asyncio.Event()
     task = asyncio.ensure_future(handler(args))
     stopped_while_starting = False
+    first_signal: float | None = None
 
     def on_signal() -> None:
-        nonlocal stopped_while_starting
+        nonlocal stopped_while_starting, first_signal
+        if task.done():
+            return  # the command ended: asyncio is shutting down, nothing left to stop
+        now = loop.time()
+        if first_signal is not None and now - first_signal < SAME_SIGNAL_WITHIN:
+            # One Ctrl+C delivered twice: by the terminal to the whole process group and
+            # again by a wrapper that forwards it (uv run, a shell script, a supervisor).
+            return
+        first_signal = first_signal if first_signal is not None else now
         if args.stop.is_set() or getattr(args, "starting", False):
             stopped_while_starting = not args.stop.is_set()
             task.cancel()
@@ -174,10 +235,11 @@ async def _run_until_signal(handler: Handler, args: argparse.Namespace) -> int:
         return await task
     except asyncio.CancelledError:
         return EXIT_OK if stopped_while_starting else EXIT_INTERRUPTED
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(sig)
+
+
+SAME_SIGNAL_WITHIN = 0.5
+"""Seconds after a first SIGINT/SIGTERM during which another one counts as the same: no
+person presses Ctrl+C twice that fast, a wrapper forwarding the terminal's signal does."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,6 +262,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``kvs-peer`` console script; returns the exit code."""
+    try:
+        code = _main(argv)
+    except BrokenPipeError:
+        # The reader of stdout left (`kvs-peer ... | head -1`): stop quietly, as the Python
+        # docs' "Note on SIGPIPE" says, and point stdout at /dev/null so the interpreter's
+        # final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = EXIT_ERROR
+    if argv is None:  # this process is the command (not a caller passing its own argv)
+        # The command is done; what is left is the interpreter's exit, finalizing aiortc's
+        # and PyAV's objects, during which Python puts SIGINT back to the system default: a
+        # Ctrl+C landing there (such as the copy of the first one that a wrapper forwards)
+        # would kill the process by SIGINT, whatever the command's exit code. An ignored
+        # signal stays ignored through finalization.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
@@ -208,14 +290,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_run_until_signal(handler, args))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        raise
     except Exception as exc:
         message = explain(exc)
         if message is None:
             # A bug, or a failure nobody foresaw: still one line; -v shows the traceback.
             logger.info("unexpected failure", exc_info=exc)
             message = (
-                f"unexpected {type(exc).__name__}: {exc} (rerun with -v for the traceback, "
-                "and please report it)"
+                f"unexpected {type(exc).__name__}: {exc} (rerun with -v for the "
+                "traceback, and please report it)"
             )
         if getattr(args, "json", False):
             print(json.dumps({"ok": False, "error": type(exc).__name__, "message": message}))
@@ -230,6 +314,16 @@ def explain(exc: BaseException) -> str | None:
     local setup (a profile, credentials, a certificate) arrive untranslated and are
     explained here.
     """
+    if isinstance(exc, SignerError) and exc.status in (401, 403):
+        # The reconnect policy files these under "denied" with AWS's advice (IAM, clock), but
+        # the signer checks a bearer token: that is what to fix.
+        hint = (
+            "kvs-peer sends the token of KVS_PEER_SIGNER_TOKEN or --token"
+            if exc.status == 401
+            else "the signer's config grants this token (KVS_PEER_SIGNER_TOKEN or --token) "
+            "other channels or roles"
+        )
+        return f"{exc} ({hint})"
     if isinstance(exc, KvsPeerError):
         return str(exc)
     botocore = sys.modules.get("botocore.exceptions")

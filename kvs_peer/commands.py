@@ -23,10 +23,10 @@ from .cli import (
     EXIT_ERROR,
     EXIT_NO_VIDEO,
     EXIT_OK,
-    EXIT_USAGE,
     add_connection_options,
     bitrate,
     positive_seconds,
+    usage_error,
 )
 from .media.presets import X264_PRESETS
 from .metrics.options import add_metrics_options, serve_metrics
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from .access import ChannelAccess
     from .masterconfig import CameraConfig, ConnectionConfig, MasterConfig
     from .metrics.hub import Metrics
+    from .peer import SignalingPeer
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +52,17 @@ Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 def _configure_url(p: argparse.ArgumentParser) -> None:
     add_connection_options(p, signer=False)
-    p.add_argument("--role", default="VIEWER", help="MASTER or VIEWER (default VIEWER)")
-    p.add_argument("--client-id", help="viewer client id (required for VIEWER)")
+    p.add_argument(
+        "--role",
+        type=str.upper,
+        choices=["MASTER", "VIEWER"],
+        default="VIEWER",
+        help="MASTER or VIEWER (default VIEWER)",
+    )
+    p.add_argument(
+        "--client-id",
+        help="viewer client id (VIEWER only; default: a generated one, printed on stderr)",
+    )
     p.add_argument(
         "--expires",
         type=int,
@@ -66,12 +76,15 @@ async def _url(args: argparse.Namespace) -> int:
     from .channel import ChannelResolver
     from .errors import InvalidArgument
     from .protocol import Role
+    from .rules import new_client_id
 
     role = Role.parse(args.role)
-    if role is Role.VIEWER and not args.client_id:
-        raise InvalidArgument("--client-id is required with --role VIEWER")
     if role is Role.MASTER and args.client_id:
-        raise InvalidArgument("a MASTER has no client id: drop --client-id")
+        return usage_error(args, InvalidArgument("a MASTER has no client id: drop --client-id"))
+    if role is Role.VIEWER and not args.client_id:
+        # The URL is signed for one client id: whoever uses it must connect with that id.
+        args.client_id = new_client_id()
+        _stderr(f"kvs-peer url: signed for the generated client id {args.client_id}")
     async with ChannelResolver(region=args.region, endpoint_url=args.endpoint_url) as resolver:
         resolved = await resolver.resolve(
             args.channel, role, client_id=args.client_id, create=args.create_channel
@@ -321,7 +334,8 @@ def _add_peer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--duration",
         type=positive_seconds,
-        help="stop after this many seconds (default: run until Ctrl+C)",
+        help="stop this many seconds after the start, connecting included (default: run until "
+        "Ctrl+C)",
     )
     p.add_argument("--json", action="store_true", help="print machine-readable stats at the end")
     p.add_argument(
@@ -499,15 +513,12 @@ async def _master(args: argparse.Namespace) -> int:
         else:
             config = config_from_command_line(args)
     except InvalidArgument as exc:
-        # A usage error, as argparse's own: one line and exit code 2.
-        if args.json:
-            print(json.dumps({"ok": False, "error": type(exc).__name__, "message": str(exc)}))
-        _stderr(f"kvs-peer master: error: {exc}")
-        return EXIT_USAGE
+        return usage_error(args, exc)
     args.metrics_port, args.metrics_host = config.metrics.port, config.metrics.host
     args.stats_interval = config.metrics.stats_interval
     for encoder in sorted({camera.encoder for camera in config.cameras}):
         check_h264_encoder(encoder)
+    _start_clock(args)
     args.starting = True  # a signal cancels the start (see cli._run_until_signal)
     async with (
         serve_metrics(args, role="master") as metrics,  # first: a port in use fails at once
@@ -517,7 +528,12 @@ async def _master(args: argparse.Namespace) -> int:
             # One camera: its failure is the command's (one error line, exit code 1).
             report = await _run_camera(config.cameras[0], config, args, metrics, access_for)
             if args.json:
-                print(json.dumps(report))
+                print(json.dumps(report), flush=True)
+            if not report["ok"]:
+                _stderr(f"kvs-peer master: error: {report['problem']}")
+                return EXIT_ERROR
+            if report["problem"] is not None:
+                _stderr(f"kvs-peer master: {report['problem']}")
             return EXIT_OK
         reports = await asyncio.gather(
             *(_run_camera_apart(c, config, args, metrics, access_for) for c in config.cameras)
@@ -525,7 +541,7 @@ async def _master(args: argparse.Namespace) -> int:
     if args.json:
         print("\n".join(json.dumps(report) for report in reports), flush=True)
     if all(not report["ok"] for report in reports):
-        problems = "; ".join(f"{r['channel']}: {r['message']}" for r in reports)
+        problems = "; ".join(f"{r['channel']}: {r.get('message') or r['problem']}" for r in reports)
         _stderr(f"kvs-peer master: error: every camera failed ({problems})")
         return EXIT_ERROR
     return EXIT_OK
@@ -547,7 +563,7 @@ async def _run_camera_apart(
     from .metrics.sources import StoppedSource
 
     try:
-        return await _run_camera(camera, config, args, metrics, access_for)
+        report = await _run_camera(camera, config, args, metrics, access_for)
     except Exception as exc:
         message = explain(exc) or f"unexpected {type(exc).__name__}: {exc}"
         logger.error("camera %r stopped: %s", camera.channel, message, exc_info=args.verbose > 1)
@@ -555,6 +571,10 @@ async def _run_camera_apart(
         error = type(exc).__name__
         return {"ok": False, "role": "MASTER", "channel": camera.channel, "error": error,
                 "message": message}  # fmt: skip
+    if not report["ok"]:
+        logger.error("camera %r stopped: %s", camera.channel, report["problem"])
+        metrics.add(StoppedSource(f"camera {camera.channel!r} stopped: {report['problem']}"))
+    return report
 
 
 async def _run_camera(
@@ -590,45 +610,56 @@ async def _run_camera(
     except BaseException:
         video.stop()  # another camera may go on: do not leave this one's capture running
         raise
-    started = time.monotonic()
     access = access_for(camera.channel, None)
-    async with (
-        Master(
-            access,
-            video=video,
-            audio=audio,
-            max_viewers=camera.max_viewers,
-            storage=camera.storage,
-            bitrate=camera.bitrate,
-            gop=camera.gop,
-            preset=camera.preset,
-            video_mode=camera.video_mode,
-            video_encoder=camera.encoder,
-            loopback_candidates=config.connection.loopback_candidates,
-            relay_only=config.connection.relay_only,
-        ) as master,
-        # One live line per terminal: several cameras are watched through --stats-interval.
-        StatusLine(lambda meter: _master_status(master, meter), enabled=alone and not args.json),
-    ):
-        metrics.add(MasterSource(master, channel=camera.channel))
-        metrics.watch_access(access)
-        source = getattr(video, "description", None) or describe_url(camera.source)
-        _stderr(f"streaming {source} on channel {camera.channel!r} as MASTER (Ctrl+C stops)")
-        await _wait(master.wait_closed(), args)
-        if master.end_reason is not None:
-            if getattr(video, "live", False):
-                hint = " (without --no-reopen it is opened again)"
-            elif master.end_reason.endswith("ended"):
-                hint = " (--loop repeats a file)"
-            else:
-                hint = ""
-            _stderr(f"{who}{master.end_reason}; stopping{hint}")
+    master = Master(
+        access,
+        video=video,
+        audio=audio,
+        max_viewers=camera.max_viewers,
+        storage=camera.storage,
+        bitrate=camera.bitrate,
+        gop=camera.gop,
+        preset=camera.preset,
+        video_mode=camera.video_mode,
+        video_encoder=camera.encoder,
+        loopback_candidates=config.connection.loopback_candidates,
+        relay_only=config.connection.relay_only,
+    )
+    started: float = args.started_at  # what --duration counts from
+    try:
+        not_connected = await _start_peer(master, args, f"master: {who}" if who else "master")
+        if not_connected is None:
+            # One live line per terminal: several cameras are watched through --stats-interval.
+            async with StatusLine(
+                lambda meter: _master_status(master, meter), enabled=alone and not args.json
+            ):
+                metrics.add(MasterSource(master, channel=camera.channel))
+                metrics.watch_access(access)
+                source = getattr(video, "description", None) or describe_url(camera.source)
+                _stderr(
+                    f"streaming {source} on channel {camera.channel!r} as MASTER (Ctrl+C stops)"
+                )
+                await _wait(master.wait_closed(), args)
+                if master.end_reason is not None:
+                    if getattr(video, "live", False):
+                        hint = " (without --no-reopen it is opened again)"
+                    elif master.end_reason.endswith("ended"):
+                        hint = " (--loop repeats a file)"
+                    else:
+                        hint = ""
+                    _stderr(f"{who}{master.end_reason}; stopping{hint}")
+    finally:
+        await master.close()
     stats = master.stats
     return {
-        "ok": True,
+        # Stopped (Ctrl+C) while connecting is what was asked; never connected within
+        # --duration needs a person, as a run that gave up does.
+        "ok": not_connected is None or args.stop.is_set(),
+        "problem": not_connected,
         "role": "MASTER",
         "channel": camera.channel,
         "duration": round(time.monotonic() - started, 3),
+        "signalingConnected": not_connected is None,
         "offers": stats.offers,
         "sessionsStarted": stats.sessions_started,
         "sessionsConnected": stats.sessions_connected,
@@ -700,7 +731,11 @@ async def _storage_report(master: Any) -> dict[str, Any] | None:
 def _configure_viewer(p: argparse.ArgumentParser) -> None:
     add_connection_options(p)
     p.add_argument("--client-id", help="stable viewer id (default: a generated one)")
-    p.add_argument("--record", help="record to this file (.mkv survives crashes; .mp4 does not)")
+    p.add_argument(
+        "--record",
+        help="record to this file: .mkv (survives a crash), .mp4, .mov or .ts (default: no "
+        "recording)",
+    )
     p.add_argument(
         "--segment",
         type=positive_seconds,
@@ -720,20 +755,18 @@ def _configure_viewer(p: argparse.ArgumentParser) -> None:
 
 
 async def _viewer(args: argparse.Namespace) -> int:
-    from .media import Recorder, save_snapshot
+    from .media import save_snapshot
     from .protocol import Role
     from .viewer import Viewer, new_client_id
 
+    _start_clock(args)
     args.starting = True  # a signal cancels the start (see cli._run_until_signal)
     client_id = args.client_id or new_client_id()
     if args.snapshot:
         _check_snapshot_path(args.snapshot)
-    recorder = (
-        Recorder(args.record, segment_seconds=args.segment, audio=args.audio, mode=args.record_mode)
-        if args.record
-        else None
-    )
+    recorder = _cli_recorder(args) if args.record else None
     last: list[Any] = [None]
+    not_connected: str | None = None
     async with contextlib.AsyncExitStack() as outputs:
         # First in, last out: a port in use fails before anything starts, and the final
         # stats line comes after the viewer and its recording closed.
@@ -741,33 +774,36 @@ async def _viewer(args: argparse.Namespace) -> int:
         if recorder is not None:
             # Starting checks the path: a typo fails here, before anything connects.
             await outputs.enter_async_context(recorder)
-        async with (
-            open_access(args, Role.VIEWER, client_id) as access,
-            Viewer(
-                access,
-                audio=args.audio,
-                recorder=recorder,
-                # Only a snapshot needs decoded frames: a recording stores them as received.
-                on_frame=(lambda frame: last.__setitem__(0, frame)) if args.snapshot else None,
-                loopback_candidates=args.loopback_candidates,
-                relay_only=args.relay_only,
-            ) as viewer,
-            StatusLine(lambda meter: _viewer_status(viewer, meter), enabled=not args.json),
-        ):
-            from .metrics.sources import ViewerSource
+        access = await outputs.enter_async_context(open_access(args, Role.VIEWER, client_id))
+        viewer = Viewer(
+            access,
+            audio=args.audio,
+            recorder=recorder,
+            # Only a snapshot needs decoded frames: a recording stores them as received.
+            on_frame=(lambda frame: last.__setitem__(0, frame)) if args.snapshot else None,
+            loopback_candidates=args.loopback_candidates,
+            relay_only=args.relay_only,
+        )
+        outputs.push_async_callback(viewer.close)
+        not_connected = await _start_peer(viewer, args, "viewer")
+        if not_connected is None:
+            async with StatusLine(
+                lambda meter: _viewer_status(viewer, meter), enabled=not args.json
+            ):
+                from .metrics.sources import ViewerSource
 
-            metrics.add(ViewerSource(viewer, channel=args.channel))
-            metrics.watch_access(access)
-            _stderr(f"viewing channel {args.channel!r} as {client_id} (Ctrl+C stops)")
-            await _wait(viewer.wait_closed(), args)
-            ended = time.monotonic()
+                metrics.add(ViewerSource(viewer, channel=args.channel))
+                metrics.watch_access(access)
+                _stderr(f"viewing channel {args.channel!r} as {client_id} (Ctrl+C stops)")
+                await _wait(viewer.wait_closed(), args)
+        ended = time.monotonic()
     if args.snapshot and last[0] is not None:
         save_snapshot(last[0], args.snapshot)
     stats = viewer.stats
-    problem = stats.video_problem(ended)
+    problem = f"no video: {not_connected}" if not_connected else stats.video_problem(ended)
     report = _viewer_report(args, viewer, ended, problem, recorder, last[0])
     if args.json:
-        print(json.dumps(report))
+        print(json.dumps(report), flush=True)
     else:
         _stderr(_viewer_summary(report))
     if problem is None:
@@ -779,15 +815,36 @@ async def _viewer(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cli_recorder(args: argparse.Namespace) -> Any:
+    """The ``--record`` recorder, its errors said in command-line terms."""
+    from .errors import InvalidArgument
+    from .media import Recorder
+
+    try:
+        return Recorder(
+            args.record, segment_seconds=args.segment, audio=args.audio, mode=args.record_mode
+        )
+    except InvalidArgument as exc:
+        if not str(exc).startswith("unknown recording format"):
+            raise
+        # The library's hint names its Python argument (container=), which no flag sets.
+        raise InvalidArgument(
+            f"--record cannot write {Path(args.record).suffix!r} files: end the file name in "
+            ".mkv (recommended: survives a crash), .mp4, .mov or .ts"
+        ) from None
+
+
+MIN_FPS_SPAN = 1.0
+"""Seconds of received video below which a frame rate says more about timing than video."""
+
+
 def _viewer_summary(report: dict[str, Any]) -> str:
     """The one line ``viewer`` ends with when not in ``--json`` mode."""
     first = report["timeToFirstFrame"]
-    parts = [
-        f"{report['duration']:.1f} s",
-        f"{report['framesReceived']} frames",
-        f"{report['fps']:.1f} fps",
-        f"first frame after {first * 1000:.0f} ms" if first is not None else "no video",
-    ]
+    parts = [f"{report['duration']:.1f} s", f"{report['framesReceived']} frames"]
+    if first is not None and report["duration"] - first >= MIN_FPS_SPAN:
+        parts.append(f"{report['fps']:.1f} fps")
+    parts.append(f"first frame after {first * 1000:.0f} ms" if first is not None else "no video")
     if report["recording"]:
         parts.append(f"recorded to {', '.join(report['recording'])}")
     if report["snapshot"]:
@@ -878,8 +935,104 @@ async def _viewer_status(viewer: Any, meter: _Meter) -> str:
     )
 
 
+def _start_clock(args: argparse.Namespace) -> None:
+    """``--duration`` counts from here, connecting included: a channel nobody answers on
+    must not hold ``--duration 3`` up for ever."""
+    duration: float | None = args.duration
+    args.started_at = time.monotonic()
+    args.deadline = None if duration is None else args.started_at + duration
+
+
+def _remaining(args: argparse.Namespace) -> float | None:
+    """Seconds left of ``--duration`` (None: no --duration)."""
+    deadline: float | None = getattr(args, "deadline", None)
+    if deadline is None:  # a command that did not start the clock: all of it
+        duration: float | None = getattr(args, "duration", None)
+        return duration
+    return max(0.0, deadline - time.monotonic())
+
+
+STILL_CONNECTING_AFTER = 2.0
+"""Seconds of failed connect attempts before a command says what fails: a rejection that
+needs a person ends the start sooner, with its own ``error:`` line."""
+
+
+class _OnlyCritical(logging.Filter):
+    """Keeps a logger's failed-attempt warnings out of the default output while a command
+    says them itself (once); ``-v`` shows every attempt."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.CRITICAL
+
+
+async def _start_peer(peer: SignalingPeer, args: argparse.Namespace, label: str) -> str | None:
+    """Start ``peer`` (connect to signaling) unless ``--duration`` ends or a stop signal
+    comes first.
+
+    Returns:
+        None once started, else why it did not start; the caller closes ``peer`` either way.
+
+    Raises:
+        KvsPeerError: what ``peer.start()`` raises (a rejection that needs a person).
+    """
+    # A signal now ends the start here, gracefully, rather than cancelling the command.
+    args.starting = False
+    quiet = _OnlyCritical() if args.verbose == 0 else None
+    signaling_log = logging.getLogger("kvs_peer.signaling")
+    if quiet is not None:
+        signaling_log.addFilter(quiet)
+    start = asyncio.ensure_future(peer.start())
+    stop = asyncio.ensure_future(args.stop.wait())
+    said: str | None = None
+    try:
+        while not start.done() and not stop.done():
+            remaining = _remaining(args)
+            if remaining == 0:
+                break
+            step = 0.25 if remaining is None else min(0.25, remaining)
+            await asyncio.wait({start, stop}, timeout=step, return_when="FIRST_COMPLETED")
+            remaining = _remaining(args)
+            # Close to the end of --duration the final line says it: once is enough.
+            if quiet is not None and not start.done() and (remaining is None or remaining > 5):
+                said = _say_still_connecting(peer, label, said)
+    finally:
+        stop.cancel()
+        if not start.done():
+            start.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await start
+        if quiet is not None:
+            signaling_log.removeFilter(quiet)
+    if start.done() and not start.cancelled():
+        start.result()
+        return None
+    last = peer.signaling.stats.last_error
+    cause = f" (last attempt: {last})" if last else ""
+    if args.stop.is_set():
+        return f"stopped while connecting to signaling{cause}"
+    # Counted as --duration counts: from the command's start.
+    waited = time.monotonic() - getattr(args, "started_at", time.monotonic())
+    return f"signaling did not connect within {waited:.0f} s{cause}"
+
+
+def _say_still_connecting(peer: SignalingPeer, label: str, said: str | None) -> str | None:
+    """Tell, once per distinct error, why connecting keeps failing; returns what was said."""
+    stats = peer.signaling.stats
+    since, last = stats.retrying_since, stats.last_error
+    if since is None or last is None or last == said:
+        return said
+    if time.time() - since < STILL_CONNECTING_AFTER:
+        return said
+    _stderr(
+        f"kvs-peer {label}: cannot connect to signaling yet: {last}; trying again "
+        "(-v shows each attempt; --duration or Ctrl+C stops)"
+    )
+    return last
+
+
 async def _wait(aw: Awaitable[Any], args: argparse.Namespace) -> None:
-    """Wait for ``aw``, ``--duration`` or a stop signal (``args.stop``), whichever is first.
+    """Wait for ``aw``, the end of ``--duration`` or a stop signal (``args.stop``), whichever
+    is first.
 
     ``aw`` finishing with an error (e.g. signaling gave up) raises that error.
     """
@@ -887,7 +1040,7 @@ async def _wait(aw: Awaitable[Any], args: argparse.Namespace) -> None:
     work = asyncio.ensure_future(aw)
     stop = asyncio.ensure_future(args.stop.wait())
     try:
-        await asyncio.wait({work, stop}, timeout=args.duration, return_when="FIRST_COMPLETED")
+        await asyncio.wait({work, stop}, timeout=_remaining(args), return_when="FIRST_COMPLETED")
     finally:
         stop.cancel()
         if not work.done():
@@ -981,20 +1134,23 @@ async def _demo(args: argparse.Namespace) -> int:
 
 def _demo_text(r: dict[str, Any]) -> str:
     v = r["video"]
-    rec = r["recording"]
+    # A rate over a fraction of a second says more about timing than about the video.
+    rate = f"{r['fps']} fps, " if r["duration"] >= MIN_FPS_SPAN else ""
+    ttff = f"{r['timeToFirstFrame'] * 1000:.0f} ms"
     lines = [
         "kvs-peer demo: local KVS emulator + master (test pattern) + recording viewer",
         f"  signaling emulator     {r['endpointUrl']} (channel {r['channel']!r})",
-        f"  time to first frame    {r['timeToFirstFrameMs']} ms",
-        f"  frames received        {v['frames']} in {r['duration']} s ({r['fps']} fps, "
-        f"{v['width']}x{v['height']})",
+        f"  time to first frame    {ttff}",
+        f"  frames received        {r['framesReceived']} in {r['duration']} s ({rate}"
+        f"{r['width']}x{r['height']})",
         f"  frame counters         {v['firstCounter']} -> {v['lastCounter']} "
         f"({v['countersBackwards']} backwards, {v['countersSkipped']} skipped)",
         f"  latency (capture->decoded)  median {v['latencyMedianMs']} ms, "
         f"p95 {v['latencyP95Ms']} ms",
-        f"  recording              {rec['path']} ({rec['framesDecoded']} frames decoded back)",
+        f"  recording              {', '.join(r['recording'])} ({r['framesDecoded']} frames "
+        "decoded back)",
         f"  snapshot               {r['snapshot']}",
-        f"  result                 {'OK' if r['ok'] else 'FAILED: ' + '; '.join(r['problems'])}",
+        f"  result                 {'OK' if r['ok'] else 'FAILED: ' + r['problem']}",
     ]
     return "\n".join(lines)
 

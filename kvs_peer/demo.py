@@ -43,8 +43,11 @@ async def run_demo(
     """Stream a stamped test pattern master -> viewer through a local emulator and record it.
 
     Returns:
-        A JSON-friendly report: time to first frame, frames, fps, verified frame counters,
-        latency, the recording (and how many frames it decodes to) and a snapshot path.
+        A JSON-friendly report with the keys ``viewer --json`` uses for the same facts
+        (``ok``, ``problem``, ``timeToFirstFrame`` in seconds, ``framesReceived``, ``fps``,
+        ``width``, ``height``, ``duration``, ``recording`` as a list of files, ``snapshot``),
+        plus the verified frame counters and latency (``video``), how many frames the
+        recording decodes to (``framesDecoded``) and the emulator's ``endpointUrl``.
 
     Raises:
         MediaError: ``output`` cannot be created or written to (checked before streaming),
@@ -95,15 +98,21 @@ async def run_demo(
         problems.append(str(exc).split(" -- ")[0])
     if decoded < 0.8 * stats.frames_received:
         problems.append(f"recording decodes to {decoded} of {stats.frames_received} frames")
+    # The keys `viewer --json` has for the same facts carry the same names and units.
     return {
         "ok": not problems,
+        "problem": "; ".join(problems) or None,
         "problems": problems,
         "endpointUrl": endpoint,
         "channel": CHANNEL,
-        "timeToFirstFrameMs": round(ttff * 1000),
-        "duration": round(streamed, 2),
-        "fps": round(stats.fps(), 1),
+        "timeToFirstFrame": round(ttff, 3),
+        "framesReceived": stats.frames_received,
+        "fps": round(stats.fps(), 2),  # from the first frame to the last
+        "width": stats.width,
+        "height": stats.height,
+        "duration": round(streamed, 3),
         "video": video,
-        "recording": {"path": str(recording), "framesDecoded": decoded},
+        "recording": [str(recording)],
+        "framesDecoded": decoded,
         "snapshot": str(snapshot) if last[0] is not None else None,
     }

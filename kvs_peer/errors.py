@@ -72,8 +72,8 @@ class ChannelNotFound(ChannelError):
     def __init__(self, channel: str, message: str | None = None) -> None:
         super().__init__(
             message
-            or f"signaling channel {channel!r} not found: check the name and region, "
-            "or pass --create-channel to create it",
+            or f"signaling channel {channel!r} not found: check the name and region, or have it "
+            "created (create=True in Python, --create-channel on the command line)",
             code="ResourceNotFoundException",
         )
         self.channel = channel

@@ -32,17 +32,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aioice import Candidate
-from aioice.ice import StunProtocol, relayed_candidate, server_reflexive_candidate
 from aiortc import RTCPeerConnection
-from aiortc.rtcicetransport import candidate_from_aioice, connection_kwargs
 
 from .aiortc_internals import (
     add_local_candidate,
     add_relay_candidate,
+    allocate_relay,
+    host_protocols,
     ice_connection,
+    ice_server_kwargs,
     local_candidates,
-    local_protocols,
+    query_reflexive,
     takes_late_candidates,
+    to_rtc_candidate,
 )
 from .channel import IceServer
 from .peerconnection import candidate_to_json, rtc_configuration
@@ -177,7 +179,7 @@ class BackgroundGathering:
                 servers = await servers
             servers = getattr(servers, "servers", servers)
             # rtc_configuration always sets a list; aiortc's field is Optional.
-            kwargs = connection_kwargs(rtc_configuration(servers).iceServers or [])
+            kwargs = ice_server_kwargs(rtc_configuration(servers).iceServers or [])
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the control plane or signer failed: host candidates only
@@ -197,17 +199,7 @@ class BackgroundGathering:
         server = kwargs["turn_server"]
         try:
             candidate, protocol = await asyncio.wait_for(
-                relayed_candidate(
-                    component=1,
-                    hide_related_address=False,
-                    protocol_factory=lambda: StunProtocol(connection),
-                    turn_server=server,
-                    turn_username=kwargs.get("turn_username"),
-                    turn_password=kwargs.get("turn_password"),
-                    turn_ssl=kwargs.get("turn_ssl", False),
-                    turn_transport=kwargs.get("turn_transport", "udp"),
-                ),
-                RELAY_TIMEOUT,
+                allocate_relay(connection, kwargs), RELAY_TIMEOUT
             )
         except asyncio.CancelledError:
             raise
@@ -227,17 +219,15 @@ class BackgroundGathering:
     async def _reflexive(self, link: _Link, stun_server: tuple[str, int]) -> None:
         await self._described.wait()  # host sockets exist once the SDP is made
         hosts = [
-            p
-            for p in local_protocols(link.connection)
-            if getattr(p, "local_candidate", None) is not None
-            and p.local_candidate.type == "host"
-            and ":" not in p.local_candidate.host  # STUN is queried over IPv4, as aioice does
+            protocol
+            for protocol, host in host_protocols(link.connection)
+            if ":" not in host.host  # STUN is queried over IPv4, as aioice does
         ]
 
         async def query(protocol: Any) -> None:
             try:
-                candidate, _ = await asyncio.wait_for(
-                    server_reflexive_candidate(protocol, stun_server), RELAY_TIMEOUT
+                candidate = await asyncio.wait_for(
+                    query_reflexive(protocol, stun_server), RELAY_TIMEOUT
                 )
             except asyncio.CancelledError:
                 raise
@@ -258,7 +248,7 @@ class BackgroundGathering:
         return self._closed or link.ice_transport.state in ("completed", "failed", "closed")
 
     async def _trickle(self, link: _Link, candidate: Candidate) -> None:
-        line = candidate_to_json(candidate_from_aioice(candidate))
+        line = candidate_to_json(to_rtc_candidate(candidate))
         self.trickled.append(line)
         logger.debug("%s: trickling %s candidate", self._label, candidate.type)
         try:

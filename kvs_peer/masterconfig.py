@@ -20,6 +20,7 @@ from typing import Any
 
 from .errors import InvalidArgument
 from .media.presets import X264_PRESETS, parse_bitrate
+from .rules import MAX_VIEWERS
 from .signing import validate_channel_name
 from .tomlconfig import check_keys, config_bool, config_error, config_url, load_toml_config
 
@@ -52,7 +53,7 @@ relay_only = false
 
 [metrics]                     # optional: as --metrics-port, --metrics-host, --stats-interval
 port = 9101
-host = "0.0.0.0"
+host = "127.0.0.1"            # "0.0.0.0" exposes /metrics to every network this host is on
 stats_interval = 60
 
 [defaults]                    # any camera option, for every camera
@@ -94,7 +95,7 @@ class CameraConfig:
     bitrate: int = 1_000_000
     gop: int = 60
     preset: str = "veryfast"
-    max_viewers: int = 10
+    max_viewers: int = MAX_VIEWERS
     storage: bool = False
 
 

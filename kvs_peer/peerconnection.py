@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiortc import RTCConfiguration, RTCIceCandidate, RTCIceServer, RTCPeerConnection
-from aiortc.sdp import candidate_from_sdp, candidate_to_sdp
 
 from ._tasks import TaskSet
 from .aiortc_internals import (
     Hook,
+    candidate_from_line,
+    candidate_line,
     gather_loopback,
     hook_incoming_packets,
     ice_connection,
@@ -56,14 +57,12 @@ def rtc_configuration(
     servers: Iterable[IceServer],
     *,
     transport_policy: str = "all",
-    prefer_tls_relay: bool = False,
 ) -> RTCConfiguration:
     """Build an aiortc ``RTCConfiguration`` from KVS ICE servers.
 
     aiortc uses only the first STUN URL and the first usable TURN URL, and every unreachable
     server costs 5 s of gathering. So the list is trimmed to URLs aiortc can use, in KVS's
-    order (TURN/UDP first), or with ``turns:...?transport=tcp`` first when
-    ``prefer_tls_relay`` is set (networks that block UDP).
+    order (TURN/UDP first).
 
     An empty ``servers`` gives an empty list, never aiortc's default Google STUN server.
 
@@ -73,14 +72,10 @@ def rtc_configuration(
     entries: list[RTCIceServer] = []
     for server in servers:
         urls = [u for u in server.urls if _usable(u)]
-        if prefer_tls_relay:
-            urls.sort(key=lambda u: not u.startswith("turns:"))
         if urls:
             entries.append(
                 RTCIceServer(urls=urls, username=server.username, credential=server.credential)
             )
-    if prefer_tls_relay:
-        entries.sort(key=lambda e: not any(str(u).startswith("turns:") for u in e.urls))
     kwargs: dict[str, Any] = {"iceServers": entries}
     if transport_policy != "all":
         # aiortc >= 1.16 hands the policy to aioice: with "relay" it gathers no host or srflx
@@ -119,7 +114,7 @@ def candidate_from_json(
     if not line:
         return None
     try:
-        parsed = candidate_from_sdp(line)
+        parsed = candidate_from_line(line)
     except (AssertionError, ValueError, IndexError) as exc:
         logger.debug("ignoring unparsable remote candidate %r: %s", candidate[:200], exc)
         return None
@@ -166,7 +161,7 @@ def split_mdns_candidates(sdp: str) -> tuple[str, list[IceCandidate]]:
 
 def candidate_to_json(candidate: RTCIceCandidate) -> str:
     """The ``candidate:...`` line browsers expect in ``RTCIceCandidateInit.candidate``."""
-    return "candidate:" + candidate_to_sdp(candidate)
+    return "candidate:" + candidate_line(candidate)
 
 
 def _ice_connections(pc: RTCPeerConnection) -> Sequence[Any]:

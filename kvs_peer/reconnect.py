@@ -153,7 +153,8 @@ POLICY: Mapping[Failure, Rule] = MappingProxyType(
             Refresh.ENDPOINT,
             MAX_REJECTIONS,
             "the channel stays missing after describing it again: create it "
-            "(--create-channel) or check its name and region",
+            "(create=True in Python, --create-channel on the command line) or check its name "
+            "and region",
         ),
         Failure.DENIED: Rule(
             Refresh.CREDENTIALS,

@@ -17,6 +17,7 @@ import secrets
 from .errors import InvalidArgument
 
 __all__ = [
+    "ACCOUNT_ID_LENGTH",
     "CHANNEL_ARN_RE",
     "CLOCK_SKEW",
     "CONNECT_RATE",
@@ -31,9 +32,11 @@ __all__ = [
     "ID_RULE",
     "MAX_ARN_LENGTH",
     "MAX_CONNECTION_DURATION",
+    "MAX_DEVICE_NAME_LENGTH",
     "MAX_ICE_SERVERS",
     "MAX_ICE_SERVER_TTL",
     "MAX_ID_LENGTH",
+    "MAX_LIST_RESULTS",
     "MAX_PAYLOAD_CHARS",
     "MAX_PRESIGN_EXPIRES",
     "MAX_STATUS_DESCRIPTION",
@@ -50,6 +53,7 @@ __all__ = [
     "STORAGE_SESSION_LIMIT",
     "STORAGE_VIEWER_ALONE_LIMIT",
     "STORAGE_VIEWER_SLOT_HOLD",
+    "STREAM_ARN_RE",
     "new_client_id",
     "validate_channel_arn",
     "validate_channel_name",
@@ -68,10 +72,18 @@ ID_RULE = f"1-{MAX_ID_LENGTH} characters from a-z, A-Z, 0-9, '_', '.', '-'"
 RESERVED_CLIENT_ID_PREFIX = "AWS_"
 """Client ids may not start with this, in any case."""
 MAX_ARN_LENGTH = 1024
+ACCOUNT_ID_LENGTH = 12
+"""Digits of the AWS account id in an ARN."""
 CHANNEL_ARN_RE = re.compile(
     f"arn:aws[a-z-]*:kinesisvideo:[a-z0-9-]+:[0-9]+:channel/[{ID_CHARS}]+/[0-9]+"
 )
 """A signaling channel ARN in any partition (``aws``, ``aws-cn``, ``aws-us-gov``)."""
+STREAM_ARN_RE = re.compile(
+    f"arn:aws[a-z-]*:kinesisvideo:[a-z0-9-]+:[0-9]+:stream/[{ID_CHARS}]+/[0-9]+"
+)
+"""A KVS stream ARN (WebRTC ingestion's storage target); at most :data:`MAX_ARN_LENGTH` too."""
+MAX_DEVICE_NAME_LENGTH = 128
+"""CreateStream's ``DeviceName``: 1 to this many :data:`ID_CHARS` (stream names follow ID_RE)."""
 MAX_TAGS = 50
 """Tags per channel or stream."""
 
@@ -87,6 +99,8 @@ MESSAGE_TTL = 60
 """Default MessageTtlSeconds: how long an undelivered message waits for its recipient."""
 MESSAGE_TTL_RANGE = (5, 120)
 """Allowed MessageTtlSeconds, inclusive."""
+MAX_LIST_RESULTS = 10_000
+"""Largest ``MaxResults`` of ListSignalingChannels and ListStreams (the smallest is 1)."""
 
 # --- Quotas (docs/protocol.md#limits) ----------------------------------------------------------
 

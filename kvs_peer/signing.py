@@ -24,7 +24,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
@@ -201,20 +201,21 @@ def _split_endpoint(endpoint: str) -> tuple[str, str, str]:
     parts = urlsplit(endpoint)
     if parts.scheme not in ("wss", "ws"):
         raise InvalidArgument(
-            f"endpoint {endpoint!r} is not a WebSocket endpoint: it must start with wss:// "
-            "(or ws:// for a local emulator)"
+            f"endpoint {redact_url(endpoint)!r} is not a WebSocket endpoint: it must start "
+            "with wss:// (or ws:// for a local emulator)"
         )
     if parts.query or "?" in endpoint or parts.fragment:
         raise InvalidArgument(
-            f"endpoint {endpoint!r} already carries a query or fragment: pass the bare WSS "
-            "endpoint from GetSignalingChannelEndpoint and the parameters separately"
+            f"endpoint {redact_url(endpoint)!r} already carries a query or fragment: pass "
+            "the bare WSS endpoint from GetSignalingChannelEndpoint and the parameters "
+            "separately"
         )
     if not parts.hostname:
-        raise InvalidArgument(f"endpoint {endpoint!r} has no host")
+        raise InvalidArgument(f"endpoint {redact_url(endpoint)!r} has no host")
     try:
         netloc = canonical_netloc(parts.scheme, parts.netloc)
     except InvalidArgument as exc:
-        raise InvalidArgument(f"endpoint {endpoint!r}: {exc}") from None
+        raise InvalidArgument(f"endpoint {redact_url(endpoint)!r}: {exc}") from None
     # Signed as WebSocket clients send the Host header: lowercased, no default port.
     return parts.scheme, netloc, parts.path or "/"
 
@@ -323,13 +324,18 @@ def viewer_url(
 
 
 def redact_url(url: str) -> str:
-    """Return ``url`` with the signature, credential and session token values hidden.
+    """Return ``url`` with the signature, credential and session token values hidden, and
+    the password of a ``user:password@`` part.
 
-    Use it for every log line or error message that would otherwise show a signed URL.
+    Use it for every log line or error message that would otherwise show a signed URL, or a
+    URL a user gave (which may carry a password).
     """
     parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:
+        parts = parts._replace(netloc=f"{userinfo.partition(':')[0]}:REDACTED@{host}")
     if not parts.query:
-        return url
+        return parts.geturl() if at else url
     shown = []
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         shown.append(f"{key}={'REDACTED' if key in _SECRET_PARAMS else _encode(value)}")
@@ -352,9 +358,10 @@ class VerifiedRequest:
     service: str
     signed_at: dt.datetime
     expires_at: dt.datetime | None
-    params: Mapping[str, str]
-    """Every query parameter except ``X-Amz-Signature`` (decoded)."""
-    session_token: str | None
+    params: Mapping[str, str] = field(repr=False)
+    """Every query parameter except ``X-Amz-Signature`` (decoded); kept out of ``repr`` as it
+    holds the session token too."""
+    session_token: str | None = field(repr=False)
 
 
 def _lookup_secret(secrets: SecretLookup, access_key: str) -> str | None:

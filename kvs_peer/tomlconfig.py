@@ -7,6 +7,7 @@ Every error names the file and the key, so a typo in a config is found from the 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from .errors import InvalidArgument
+from .rules import ID_CHARS, ID_RULE, MAX_ID_LENGTH
 
 T = TypeVar("T")
 
@@ -90,6 +92,24 @@ def config_url(where: str, value: Any) -> str:
         if parts.scheme in ("http", "https") and parts.hostname:
             return value
     raise config_error(where, f"must be an http:// or https:// URL with a host, got {value!r}")
+
+
+# Wildcards first: ID_CHARS ends with a literal '-', which would become a range before them.
+_CHANNEL_GLOB_RE = re.compile(rf"[*?\[\]!{ID_CHARS}]{{1,{MAX_ID_LENGTH}}}")
+
+
+def config_channel_glob(where: str, value: str) -> str:
+    """``value`` if it is an fnmatch glob over channel names, else an error naming ``where``.
+
+    Only channel-name characters (:data:`~kvs_peer.rules.ID_CHARS`) and the wildcards
+    ``* ? [...]`` are allowed, so a pattern such as ``cam/*`` is refused rather than
+    matching nothing.
+    """
+    if not _CHANNEL_GLOB_RE.fullmatch(value):
+        raise config_error(
+            where, f"{value!r} is not a channel glob: use {ID_RULE} and the wildcards * ? [...]"
+        )
+    return value
 
 
 class _PrintExample(argparse.Action):

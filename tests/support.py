@@ -94,6 +94,8 @@ def write_signer_config(folder: Path, token: str) -> Path:
 # -- child processes ---------------------------------------------------------------------------
 
 KVS_PEER = (sys.executable, "-m", "kvs_peer")
+SMALL_TESTSRC = ("--source", "testsrc", "--width", "160", "--height", "120")
+"""``kvs-peer master`` options for a small test pattern: cheap to encode on a 2-core runner."""
 
 
 async def spawn(

@@ -6,16 +6,25 @@ in this file (with the name in the error) rather than as a stalled stream elsewh
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import base64
+import fractions
+import hashlib
+import hmac
 import importlib.metadata
 import queue
 import re
+import time
 import tomllib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aioice
+import aiortc
+import av
 import pytest
 from aioice import Candidate, Connection
 from aioice.ice import StunProtocol
@@ -26,12 +35,20 @@ from aiortc import (
     VideoStreamTrack,
 )
 from aiortc.jitterbuffer import JitterBuffer
-from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtp import RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket, RtcpRtpfbPacket
+from aiortc.rtcrtpparameters import (
+    RTCRtpCodecParameters,
+    RTCRtpHeaderExtensionParameters,
+    RTCRtpParameters,
+)
+from aiortc.rtp import RtcpPacket
 from support import MS
+from turn_support import free_port, require_turnserver
 
 from kvs_peer import aiortc_internals as internals
+from kvs_peer.channel import IceServer
+from kvs_peer.emulator.turn import TurnServer
 from kvs_peer.media.rtpsender import rtp_datagrams
+from kvs_peer.peerconnection import rtc_configuration
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
@@ -62,6 +79,36 @@ def test_pyproject_pins_the_minor_version_checked(package: str, tested: str) -> 
     pins = [d for d in dependencies if re.match(rf"{package}\b", d)]
     major, minor = tested.split(".")
     assert pins == [f"{package}>={tested},<{major}.{int(minor) + 1}"]
+
+
+DOCUMENTED_SUBMODULES = {"aiortc.contrib.media"}
+"""aiortc's helpers documented in its own docs (MediaPlayer, MediaRelay, ...): public."""
+
+
+def test_no_other_module_imports_what_aiortc_or_aioice_does_not_export() -> None:
+    exported = {"aiortc": set(aiortc.__all__), "aioice": set(aioice.__all__)}
+    offenders = []
+    for path in sorted((PYPROJECT.parent / "kvs_peer").rglob("*.py")):
+        if path.name == "aiortc_internals.py":
+            continue
+        where = path.relative_to(PYPROJECT.parent)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                offenders += [
+                    f"{where}:{node.lineno} import {alias.name}"
+                    for alias in node.names
+                    if alias.name.split(".")[0] in exported and "." in alias.name
+                ]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                package = node.module.split(".")[0]
+                if package not in exported or node.module in DOCUMENTED_SUBMODULES:
+                    continue
+                offenders += [
+                    f"{where}:{node.lineno} {node.module}.{alias.name}"
+                    for alias in node.names
+                    if alias.name not in exported[package]
+                ]
+    assert not offenders, f"take these through kvs_peer.aiortc_internals: {offenders}"
 
 
 # -- peers --------------------------------------------------------------------------------------
@@ -167,6 +214,102 @@ async def test_late_candidates_are_taken_and_paired(pair: Pair) -> None:
     assert any(p.local_candidate is relay for p in connection._check_list)
 
 
+def test_ice_server_kwargs_are_the_first_usable_stun_and_turn() -> None:
+    servers = rtc_configuration(
+        [
+            IceServer(("stun:s.example:3478", "stun:other.example:3478")),
+            IceServer(("turn:t.example:3478?transport=tcp",), "u", "p"),
+            IceServer(("turn:later.example:3478?transport=udp",), "v", "q"),
+        ]
+    ).iceServers
+    kwargs = internals.ice_server_kwargs(servers or [])
+    assert kwargs == {
+        "stun_server": ("s.example", 3478),
+        "turn_server": ("t.example", 3478),
+        "turn_ssl": False,
+        "turn_transport": "tcp",
+        "turn_username": "u",
+        "turn_password": "p",
+    }
+    assert internals.ice_server_kwargs([]) == {}
+
+
+def _turn_credentials(secret: str) -> tuple[str, str]:
+    """TURN REST credentials, minted as the emulator's control plane does."""
+    username = f"{int(time.time()) + 300}:test"
+    digest = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
+    return username, base64.b64encode(digest).decode()
+
+
+async def test_server_candidates_from_a_real_turn_server() -> None:
+    require_turnserver()
+    async with TurnServer("s3cret", port=free_port()) as turn:
+        username, password = _turn_credentials("s3cret")
+        servers = rtc_configuration([IceServer(turn.uris, username, password)]).iceServers
+        kwargs = internals.ice_server_kwargs(servers or [])
+        assert kwargs["turn_server"] == ("127.0.0.1", turn.port)
+        connection = Connection(ice_controlling=True)
+        try:
+            internals.gather_loopback(connection)
+            await connection.gather_candidates()
+            [(protocol, host)] = [
+                (p, c) for p, c in internals.host_protocols(connection) if c.host == "127.0.0.1"
+            ]
+            assert all(c.type == "host" for _, c in internals.host_protocols(connection))
+            # coturn answers STUN too; on loopback there is no NAT: the same address comes back.
+            reflexive = await asyncio.wait_for(
+                internals.query_reflexive(protocol, ("127.0.0.1", turn.port)), 5000 * MS
+            )
+            assert reflexive.type == "srflx"
+            assert (reflexive.host, reflexive.port) == (host.host, host.port)
+            relay, allocation = await asyncio.wait_for(
+                internals.allocate_relay(connection, kwargs), 5000 * MS
+            )
+            try:
+                assert relay.type == "relay" and relay.component == 1
+                assert relay.host == "127.0.0.1" and relay.port != turn.port
+                assert isinstance(allocation, StunProtocol)
+            finally:
+                await allocation.close()
+        finally:
+            await connection.close()
+
+
+async def test_a_refused_allocation_raises() -> None:
+    require_turnserver()
+    async with TurnServer("s3cret", port=free_port()) as turn:
+        servers = rtc_configuration([IceServer(turn.uris, "1:test", "wrong")]).iceServers
+        connection = Connection(ice_controlling=True)
+        try:
+            with pytest.raises(Exception, match="401"):
+                await asyncio.wait_for(
+                    internals.allocate_relay(
+                        connection, internals.ice_server_kwargs(servers or [])
+                    ),
+                    5000 * MS,
+                )
+        finally:
+            await connection.close()
+
+
+def test_candidate_lines_are_aiortcs() -> None:
+    candidate = Candidate("9", 1, "udp", 100, "203.0.113.7", 40000, "srflx", "192.0.2.2", 5000)
+    rtc = internals.to_rtc_candidate(candidate)
+    assert (rtc.ip, rtc.port, rtc.type, rtc.foundation) == ("203.0.113.7", 40000, "srflx", "9")
+    line = internals.candidate_line(rtc)
+    assert line == "9 1 udp 100 203.0.113.7 40000 typ srflx raddr 192.0.2.2 rport 5000"
+    parsed = internals.candidate_from_line(line)
+    assert (parsed.ip, parsed.port, parsed.type, parsed.relatedAddress, parsed.relatedPort) == (
+        "203.0.113.7",
+        40000,
+        "srflx",
+        "192.0.2.2",
+        5000,
+    )
+    with pytest.raises((AssertionError, ValueError, IndexError)):
+        internals.candidate_from_line("not a candidate")
+
+
 # -- DTLS, SCTP, data channels ---------------------------------------------------------------------
 
 
@@ -235,9 +378,15 @@ async def test_feedback_reaches_every_hook(pair: Pair) -> None:
     def kinds() -> set[str]:
         found = set()
         for packet in received:
-            if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+            if (
+                isinstance(packet, internals.RtcpRtpfbPacket)
+                and packet.fmt == internals.RTCP_RTPFB_NACK
+            ):
                 found.add("nack")
-            if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_PLI:
+            if (
+                isinstance(packet, internals.RtcpPsfbPacket)
+                and packet.fmt == internals.RTCP_PSFB_PLI
+            ):
                 found.add("pli")
         return found
 
@@ -374,3 +523,111 @@ async def test_send_pli_asks_the_media_ssrc(pair: Pair) -> None:
     await internals.send_pli(receiver)
     assert plis == [pair.sender._ssrc]  # the media SSRC, not the RTX one
     await _until(lambda: keyframes, "the PLI at the sender")
+
+
+# -- aiortc's unexported building blocks, used as they are -----------------------------------------
+
+
+def test_rtp_packets_carry_the_negotiated_extensions() -> None:
+    extensions_map = internals.HeaderExtensionsMap()
+    extensions_map.configure(
+        RTCRtpParameters(
+            headerExtensions=[
+                RTCRtpHeaderExtensionParameters(id=1, uri="urn:ietf:params:rtp-hdrext:sdes:mid"),
+                RTCRtpHeaderExtensionParameters(
+                    id=3, uri="http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+                ),
+            ]
+        )
+    )
+    extensions = internals.HeaderExtensions()
+    extensions.mid, extensions.abs_send_time = "0", 0x123456
+    profile, value = extensions_map.set(extensions)
+    assert profile == 0xBEDE and value  # the one-byte header form
+    packet = internals.RtpPacket(
+        payload_type=102, marker=1, sequence_number=65535, timestamp=7, ssrc=0x1234, payload=b"x"
+    )
+    packet.extensions = extensions
+    parsed = internals.RtpPacket.parse(packet.serialize(extensions_map), extensions_map)
+    assert (parsed.payload_type, parsed.marker, parsed.sequence_number) == (102, 1, 65535)
+    assert (parsed.timestamp, parsed.ssrc, parsed.payload) == (7, 0x1234, b"x")
+    assert (parsed.extensions.mid, parsed.extensions.abs_send_time) == ("0", 0x123456)
+
+
+@pytest.mark.parametrize(
+    ("kind", "fmt"),
+    [
+        (internals.RtcpPsfbPacket, internals.RTCP_PSFB_PLI),
+        (internals.RtcpPsfbPacket, internals.RTCP_PSFB_FIR),
+        (internals.RtcpRtpfbPacket, internals.RTCP_RTPFB_NACK),
+    ],
+)
+def test_rtcp_feedback_is_parsed_into_these_classes(kind: Any, fmt: int) -> None:
+    if kind is internals.RtcpRtpfbPacket:
+        sent = kind(fmt=fmt, ssrc=1, media_ssrc=2, lost=[5, 6])
+    else:
+        sent = kind(fmt=fmt, ssrc=1, media_ssrc=2)
+    [received] = RtcpPacket.parse(bytes(sent))
+    assert type(received) is kind and received.fmt == fmt and received.media_ssrc == 2
+
+
+def _h264_packets() -> list[av.Packet]:
+    codec = av.CodecContext.create("libx264", "w")
+    codec.width, codec.height, codec.pix_fmt = 160, 120, "yuv420p"
+    codec.time_base = fractions.Fraction(1, 30)
+    codec.options = {"preset": "ultrafast", "tune": "zerolatency"}
+    packets = []
+    for index in range(2):
+        frame = av.VideoFrame(160, 120, "yuv420p")
+        frame.pts, frame.time_base = index, fractions.Fraction(1, 30)
+        packets += codec.encode(frame)
+    return packets + codec.encode(None)
+
+
+def test_h264_pack_packetizes_without_state() -> None:
+    packets = _h264_packets()
+    assert len(packets) >= 2
+    packer = internals.H264Encoder()
+    first = [packer.pack(p) for p in packets]
+    again = [internals.H264Encoder().pack(p) for p in reversed(packets)][::-1]
+    assert first == again  # same answer whatever was packed before, or by which instance
+    assert [timestamp for _, timestamp in first] == [p.pts * 3000 for p in packets]  # 90 kHz
+    assert all(payloads and all(len(x) <= 1300 for x in payloads) for payloads, _ in first)
+
+
+def test_opus_encoder_takes_s16_frames_and_counts_48khz() -> None:
+    encoder = internals.OpusEncoder()
+    timestamps = []
+    for index in range(3):
+        frame = av.AudioFrame(format="s16", layout="stereo", samples=960)
+        for plane in frame.planes:
+            plane.update(bytes(plane.buffer_size))
+        frame.sample_rate, frame.pts = 48_000, index * 960
+        frame.time_base = fractions.Fraction(1, 48_000)
+        payloads, timestamp = encoder.encode(frame)
+        assert payloads and all(payloads)
+        timestamps.append(timestamp)
+    assert timestamps == [0, 960, 1920]
+
+
+def test_jitter_frames_are_what_aiortcs_buffer_hands_on() -> None:
+    frame = internals.JitterFrame(b"ab", 9)
+    assert (frame.data, frame.timestamp) == (b"ab", 9)
+    buffer = JitterBuffer(capacity=4, is_video=True)
+    released = []
+    for sequence_number, timestamp in ((1, 100), (2, 200)):  # a new timestamp ends a frame
+        packet = internals.RtpPacket(sequence_number=sequence_number, timestamp=timestamp)
+        packet._data = b"n%d" % sequence_number  # the depayloaded bytes, as the receiver sets
+        assert internals.depayloaded(packet) == packet._data
+        released.append(buffer.add(packet)[1])
+    assert released[0] is None
+    assert isinstance(released[1], internals.JitterFrame) and released[1].data == b"n1"
+
+
+def test_rtp_number_helpers() -> None:
+    assert internals.uint32_add(0xFFFFFFFF, 2) == 1
+    assert internals.uint32_add(5, 7) == 12
+    sixteen = {internals.random16() for _ in range(64)}
+    thirty_two = {internals.random32() for _ in range(64)}
+    assert all(0 <= n <= 0xFFFF for n in sixteen) and len(sixteen) > 32  # random, not fixed
+    assert all(0 <= n <= 0xFFFFFFFF for n in thirty_two) and len(thirty_two) > 60

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import parse_qs, urlsplit
 
 import boto3
@@ -13,6 +13,7 @@ from kvs_peer.channel import ChannelResolver, regional_stun_url
 from kvs_peer.emulator import EmulatorConfig, LocalKvs
 from kvs_peer.errors import AccessDenied, ChannelError, ChannelNotFound, InvalidArgument, Throttled
 from kvs_peer.protocol import Role
+from kvs_peer.rules import MESSAGE_TTL, MESSAGE_TTL_RANGE
 from kvs_peer.signing import verify_presigned_url
 
 TURN = {"Uris": ["turn:127.0.0.1:3478?transport=udp"], "Ttl": 300}
@@ -36,7 +37,8 @@ async def test_exact_name_never_prefix(kvs: LocalKvs, resolver: ChannelResolver)
     kvs.create_channel("cam-10")
     with pytest.raises(ChannelNotFound) as info:
         await resolver.resolve("cam-1", Role.MASTER)
-    assert "--create-channel" in str(info.value)
+    # The Python API and the command line both say how to have it created.
+    assert "create=True" in str(info.value) and "--create-channel" in str(info.value)
     arn = kvs.create_channel("cam-1")
     assert (await resolver.resolve("cam-1", Role.MASTER)).arn == arn
 
@@ -45,6 +47,60 @@ async def test_create_when_asked(kvs: LocalKvs, resolver: ChannelResolver) -> No
     resolved = await resolver.resolve("fresh", Role.MASTER, create=True)
     assert resolved.arn == kvs.channel_arn("fresh")
     assert resolver.calls["CreateSignalingChannel"] == 1
+
+
+async def test_create_channel_message_ttl(resolver: ChannelResolver) -> None:
+    await resolver.create_channel("default-ttl")
+    assert (await resolver.resolve("default-ttl", Role.MASTER)).message_ttl == MESSAGE_TTL
+    low, high = MESSAGE_TTL_RANGE
+    await resolver.create_channel("short-ttl", message_ttl=low)
+    assert (await resolver.resolve("short-ttl", Role.MASTER)).message_ttl == low
+    calls = dict(resolver.calls)
+    for bad in (low - 1, high + 1, 60.5, True):
+        with pytest.raises(InvalidArgument, match=f"message_ttl .*{low}.*{high}|whole seconds"):
+            await resolver.create_channel("bad-ttl", message_ttl=bad)  # type: ignore[arg-type]
+    assert resolver.calls == calls  # refused before any call
+
+
+@pytest.fixture
+async def endpointless_kvs() -> AsyncIterator[str]:
+    """A control plane whose channel has only an HTTPS endpoint (not KVS: a wrong URL)."""
+    from aiohttp import web
+
+    async def answer(request: web.Request) -> web.Response:
+        if request.path == "/describeSignalingChannel":
+            info = {"ChannelName": "cam", "ChannelARN": ARN, "ChannelStatus": "ACTIVE"}
+            return web.json_response({"ChannelInfo": info})
+        endpoints = [{"Protocol": "HTTPS", "ResourceEndpoint": "https://127.0.0.1:9"}]
+        return web.json_response({"ResourceEndpointList": endpoints})
+
+    app = web.Application()
+    app.router.add_post("/{operation}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+ARN = "arn:aws:kinesisvideo:us-east-1:123456789012:channel/cam/1700000000000"
+
+
+async def test_missing_endpoints_say_what_to_check(endpointless_kvs: str) -> None:
+    session = boto3.Session(aws_access_key_id="AKIAX", aws_secret_access_key="s")
+    async with ChannelResolver(
+        region="us-east-1", endpoint_url=endpointless_kvs, session=session
+    ) as resolver:
+        with pytest.raises(ChannelError, match="returned no WSS endpoint") as info:
+            await resolver.resolve("cam", Role.MASTER)
+        assert "SINGLE_MASTER" in str(info.value) and "endpoint URL" in str(info.value)
+        with pytest.raises(ChannelError, match="no WEBRTC endpoint") as info:
+            await resolver.webrtc_endpoint(ARN)
+        assert "update-media-storage-configuration" in str(info.value)
 
 
 async def test_bad_names_are_refused_before_any_call(resolver: ChannelResolver) -> None:
@@ -208,7 +264,11 @@ async def test_unreachable_endpoint_is_a_clear_error() -> None:
     ) as resolver:
         with pytest.raises(ChannelError) as info:
             await resolver.resolve("x", Role.MASTER)
-    assert "could not reach" in str(info.value)
+    message = str(info.value)
+    assert "could not reach 127.0.0.1:9" in message
+    # Said in words, not as aiohttp's reprs ("ssl:<ssl.SSLContext object at 0x...>").
+    assert "connection to 127.0.0.1:9 refused (nothing listens there)" in message
+    assert "ssl:" not in message and "object at" not in message
 
 
 async def test_missing_credentials_are_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

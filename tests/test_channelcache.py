@@ -109,6 +109,25 @@ def test_an_entry_for_another_key_or_expired_is_not_used(tmp_path: Path) -> None
     assert cache.prune() == 2 and list(tmp_path.iterdir()) == []
 
 
+def test_forget_endpoint_drops_that_endpoint_only(tmp_path: Path) -> None:
+    cache = ChannelCache(tmp_path)
+    emulator = "http://127.0.0.1:4566"
+    for endpoint in (emulator, "http://127.0.0.1:4567", None):
+        for role in Role:
+            cache.store("us-east-1", endpoint, CHANNEL, role, VALUE, 60)
+    # Another region and another spelling (a trailing slash, user info) of the same endpoint.
+    cache.store("eu-west-1", "http://u:p@127.0.0.1:4566/", "other", Role.MASTER, VALUE, 60)
+    (tmp_path / "damaged.json").write_bytes(b"{not json")
+    assert cache.forget_endpoint(emulator + "/") == 3
+    assert cache.load("us-east-1", emulator, CHANNEL, Role.VIEWER) is None
+    for endpoint in ("http://127.0.0.1:4567", None):
+        for role in Role:
+            assert cache.load("us-east-1", endpoint, CHANNEL, role) is not None
+    assert (tmp_path / "damaged.json").exists()  # not known to be this endpoint's
+    assert cache.forget_endpoint(emulator) == 0
+    assert ChannelCache(tmp_path / "missing").forget_endpoint(emulator) == 0
+
+
 def test_the_directory_comes_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

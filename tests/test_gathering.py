@@ -19,6 +19,7 @@ from support import MS
 from turn_support import free_port, local_candidate_types, require_turnserver
 
 from kvs_peer.access import AwsAccess
+from kvs_peer.aiortc_internals import ice_server_kwargs
 from kvs_peer.channel import ChannelResolver, IceServer
 from kvs_peer.emulator import EmulatorConfig, LocalKvs
 from kvs_peer.errors import ChannelError
@@ -184,14 +185,12 @@ def test_without_end_of_candidates() -> None:
 
 def test_stun_and_turn_servers_are_parsed_as_aiortc_would() -> None:
     # The background gathering uses the first usable STUN and TURN URL, as aiortc does.
-    from aiortc.rtcicetransport import connection_kwargs
-
     servers = [
         IceServer(
             ("turns:t.example:443?transport=udp", "turn:t.example:3478?transport=udp"), "u", "p"
         ),
         IceServer(("stun:s.example:3478",)),
     ]
-    kwargs = connection_kwargs(rtc_configuration(servers).iceServers)
+    kwargs = ice_server_kwargs(rtc_configuration(servers).iceServers)
     assert kwargs["turn_server"] == ("t.example", 3478) and kwargs["turn_transport"] == "udp"
     assert kwargs["stun_server"] == ("s.example", 3478)

@@ -8,6 +8,7 @@ import contextlib
 import json
 import re
 import signal
+import tomllib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +24,12 @@ from kvs_peer.emulator import LocalKvs
 from kvs_peer.errors import InvalidArgument
 from kvs_peer.masterconfig import (
     CAMERA_DEFAULTS,
+    CONFIG_EXAMPLE,
+    MetricsConfig,
     apply_command_line,
     given_options,
     load_master_config,
+    parse_master_config,
 )
 from kvs_peer.protocol import Role
 from kvs_peer.viewer import Viewer, new_client_id
@@ -80,6 +84,14 @@ def test_defaults_then_camera_tables_then_built_in_defaults(tmp_path: Path) -> N
     assert (b.preset, b.height, b.fps, b.bitrate) == ("ultrafast", 240, None, 300_000)
     assert config.connection.region == "us-west-2" and config.connection.loopback_candidates
     assert config.metrics.port is None
+
+
+def test_the_example_keeps_metrics_on_loopback_as_the_flags_do() -> None:
+    example = parse_master_config(tomllib.loads(CONFIG_EXAMPLE)).metrics
+    flag_default = build_parser().parse_args(["master", "--channel", "c"]).metrics_host
+    assert example.host == MetricsConfig().host == flag_default == "127.0.0.1"
+    [line] = [line for line in CONFIG_EXAMPLE.splitlines() if line.startswith("host =")]
+    assert "0.0.0.0" in line and "exposes" in line  # the comment says what the wildcard does
 
 
 def test_token_file_is_read_relative_to_the_config(tmp_path: Path) -> None:

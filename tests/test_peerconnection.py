@@ -87,11 +87,6 @@ def test_rtc_configuration_keeps_what_aiortc_can_use() -> None:
     assert config.iceServers[1].username == "1700000000:djE6YXJu"
 
 
-def test_rtc_configuration_prefer_tls_relay() -> None:
-    config = rtc_configuration([KVS_TURN], prefer_tls_relay=True)
-    assert config.iceServers[0].urls[0].startswith("turns:")
-
-
 def test_empty_list_never_means_google_stun() -> None:
     assert rtc_configuration([]).iceServers == []
 

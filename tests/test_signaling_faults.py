@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import boto3
 import pytest
-from support import MS, wait_until
+from support import MS, SMALL_TESTSRC, wait_until
 
 from kvs_peer.access import AwsAccess, SignerAccess
 from kvs_peer.channel import ChannelResolver
@@ -160,12 +160,7 @@ async def test_emulator_restart_with_new_arn_and_late_boot_keep_streaming(
             "master",
             "--channel",
             "cam",
-            "--source",
-            "testsrc",
-            "--width",
-            "160",
-            "--height",
-            "120",
+            *SMALL_TESTSRC,
             "--fps",
             "15",
             "--loopback-candidates",

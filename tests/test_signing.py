@@ -1164,6 +1164,40 @@ def test_redact_url_without_query_is_unchanged() -> None:
     assert redact_url("wss://host/path") == "wss://host/path"
 
 
+def test_redact_url_hides_a_password_in_the_url() -> None:
+    redacted = redact_url("https://ops:pa55word@signer.example:8443/v1?X-Amz-Signature=abc&x=1")
+    assert redacted == "https://ops:REDACTED@signer.example:8443/v1?X-Amz-Signature=REDACTED&x=1"
+    assert (
+        redact_url("https://ops:pa55word@signer.example") == "https://ops:REDACTED@signer.example"
+    )
+    assert redact_url("https://ops@signer.example") == "https://ops@signer.example"  # no secret
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "https://user:pa55word@v-1.kinesisvideo.us-west-2.amazonaws.com",  # not a WebSocket
+        "wss://v-1.kinesisvideo.us-west-2.amazonaws.com/?X-Amz-Signature=pa55word",  # a query
+        "wss://user:pa55word@v-1.kinesisvideo.us-west-2.amazonaws.com",  # user info
+        "wss://user:pa55word@v-1.kinesisvideo.us-west-2.amazonaws.com:99999",  # both
+    ],
+)
+def test_endpoint_errors_never_show_secrets(endpoint: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        master_url(endpoint, channel_arn=ARN, region=REGION, credentials=creds(), now=DATE)
+    message = str(caught.value)
+    assert "pa55word" not in message and "REDACTED" in message
+    assert "v-1.kinesisvideo.us-west-2.amazonaws.com" in message  # still says which endpoint
+
+
+def test_a_verified_request_keeps_the_token_out_of_its_repr() -> None:
+    verified = verify_presigned_url(_viewer(), secrets=SECRETS, now=DATE)
+    assert verified.session_token == TOKEN and verified.params["X-Amz-Security-Token"] == TOKEN
+    for shown in (repr(verified), str(verified)):
+        assert TOKEN not in shown and "X-Amz-Security-Token" not in shown
+        assert AKID in shown and "VerifiedRequest(" in shown
+
+
 def test_redact_vectors() -> None:
     for vector in VECTORS["vectors"] + VECTORS["role_vectors"]:
         redacted = redact_url(vector["url"])

@@ -5,14 +5,16 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from ..channelcache import ChannelCache
 from ..errors import InvalidArgument
 from ..protocol import IceServer
 from ..rules import (
+    ACCOUNT_ID_LENGTH,
     CLOCK_SKEW,
     GO_AWAY_GRACE,
     IDLE_TIMEOUT,
@@ -149,9 +151,15 @@ class EmulatorConfig:
             1009 (message too big).
         max_queued: per-recipient cap of messages waiting for a recipient to connect.
         storage_dir: folder of the storage sessions' recordings
-            (``<stream name>/<start time>.mkv``); None makes a temporary one on first use.
+            (``<stream name>/<start time>.mkv``); None makes a temporary one on first use,
+            removed when the emulator stops unless it holds recordings. A given folder is
+            never removed.
         storage_session_duration: seconds a storage session (WebRTC ingestion) lasts at most
             before the emulator ends it, as KVS does after one hour; None never ends it.
+        channel_cache: the clients' channel cache on disk (:mod:`kvs_peer.channelcache`; by
+            default the one kvs-peer's master uses) whose entries for this emulator's endpoint
+            go when it starts: its channels get new ARNs, and a cached old one would make the
+            next client's first connect fail with a 404. None leaves every cache alone.
     """
 
     region: str = DEFAULT_REGION
@@ -174,12 +182,15 @@ class EmulatorConfig:
     max_queued: int = 100
     storage_dir: str | Path | None = None
     storage_session_duration: float | None = STORAGE_SESSION_LIMIT
+    channel_cache: ChannelCache | None = field(default_factory=ChannelCache)
 
     def __post_init__(self) -> None:
         if not self.region or not self.access_key_id or not self.secret_access_key:
             raise InvalidArgument("region, access_key_id and secret_access_key must be non-empty")
-        if not self.account_id.isdigit() or len(self.account_id) != 12:
-            raise InvalidArgument(f"account_id {self.account_id!r} must be 12 digits")
+        if not self.account_id.isdigit() or len(self.account_id) != ACCOUNT_ID_LENGTH:
+            raise InvalidArgument(
+                f"account_id {self.account_id!r} must be {ACCOUNT_ID_LENGTH} digits"
+            )
         if self.max_viewers < 0:
             raise InvalidArgument("max_viewers must be 0 or more")
         if self.payload_limit < 1:

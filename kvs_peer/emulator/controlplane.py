@@ -28,6 +28,7 @@ from ..rules import (
     ID_RE,
     ID_RULE,
     MAX_ARN_LENGTH,
+    MAX_LIST_RESULTS,
     MAX_TAGS,
     MESSAGE_TTL,
     MESSAGE_TTL_RANGE,
@@ -368,9 +369,9 @@ class ControlPlane:
         return {"ChannelInfo": self._channel(body, by_name=True).info()}
 
     def _list(self, body: Mapping[str, Any], now: float) -> dict[str, Any]:
-        max_results = body.get("MaxResults", 10_000)
-        if not isinstance(max_results, int) or not 1 <= max_results <= 10_000:
-            raise invalid("MaxResults must be an integer from 1 to 10000")
+        max_results = body.get("MaxResults", MAX_LIST_RESULTS)
+        if not isinstance(max_results, int) or not 1 <= max_results <= MAX_LIST_RESULTS:
+            raise invalid(f"MaxResults must be an integer from 1 to {MAX_LIST_RESULTS}")
         offset = 0
         token = string_field(body, "NextToken")
         if token is not None:

@@ -31,7 +31,7 @@ from botocore.credentials import Credentials
 from ..channel import ChannelResolver
 from ..errors import InvalidArgument, InvalidState
 from ..listen import bind_failure
-from ..rules import GOING_AWAY
+from ..rules import GOING_AWAY, MESSAGE_TTL
 from ..signing import normalize_endpoint
 from .app import create_app
 from .config import EmulatorConfig
@@ -175,6 +175,11 @@ class LocalKvs(FaultHooks):
         # No default port (443 with TLS, 80 without): real KVS endpoints carry none and the
         # C SDK cannot parse one (docs/protocol.md#the-signed-wss-url).
         self._base = normalize_endpoint(f"{http}://{host}:{self._port}")
+        if self.config.channel_cache is not None:
+            # This run's channels have new ARNs: a client would try a previous run's first.
+            gone = await asyncio.to_thread(self.config.channel_cache.forget_endpoint, self._base)
+            if gone:
+                logger.debug("dropped %d channel cache entries of %s", gone, self._base)
         self._control.endpoints = Endpoints(
             master_wss=normalize_endpoint(f"{ws}://{host}:{self._port}{MASTER_PATH}"),
             viewer_wss=normalize_endpoint(f"{ws}://{host}:{self._port}{VIEWER_PATH}"),
@@ -385,11 +390,13 @@ class LocalKvs(FaultHooks):
 
     # -- test hooks ----------------------------------------------------------------------------
 
-    def create_channel(self, name: str, *, message_ttl: int = 60, exist_ok: bool = False) -> str:
+    def create_channel(
+        self, name: str, *, message_ttl: int = MESSAGE_TTL, exist_ok: bool = False
+    ) -> str:
         """Create a signaling channel directly and return its ARN.
 
         Raises:
-            InvalidArgument: bad name or TTL (5 to 120 s).
+            InvalidArgument: bad name or TTL (``rules.MESSAGE_TTL_RANGE``).
             ChannelError: the name exists and ``exist_ok`` is false.
         """
         existing = self._control.find(name)

@@ -19,7 +19,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..rules import ID_CHARS, ID_RE, ID_RULE, MAX_TAGS
+from ..rules import (
+    CHANNEL_ARN_RE,
+    ID_CHARS,
+    ID_RE,
+    ID_RULE,
+    MAX_ARN_LENGTH,
+    MAX_DEVICE_NAME_LENGTH,
+    MAX_TAGS,
+    STREAM_ARN_RE,
+)
 from .apierror import ApiError, check_version, invalid, string_field
 
 __all__ = [
@@ -34,15 +43,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_DEVICE_RE = re.compile(f"[{ID_CHARS}]{{1,128}}")
+_DEVICE_RE = re.compile(f"[{ID_CHARS}]{{1,{MAX_DEVICE_NAME_LENGTH}}}")
 _MEDIA_TYPE_RE = re.compile(r"[\w\-.+]+/[\w\-.+]+(,[\w\-.+]+/[\w\-.+]+)*")
-_STREAM_ARN_RE = re.compile(
-    rf"arn:[a-z\d-]+:kinesisvideo:[a-z0-9-]+:[0-9]+:stream/[{ID_CHARS}]+/[0-9]+"
-)
-_JOIN_ARN_RE = re.compile(
-    rf"^arn:(aws[a-zA-Z-]*):kinesisvideo:[a-z0-9-]+:[0-9]+:[a-z]+/[{ID_CHARS}]+/[0-9]+$"
-)
 _STREAM_NOT_FOUND = "The requested stream is not found or not active."
+
+
+def _is_stream_arn(arn: str) -> bool:
+    return len(arn) <= MAX_ARN_LENGTH and STREAM_ARN_RE.fullmatch(arn) is not None
 
 
 @dataclass
@@ -148,7 +155,9 @@ class StreamRegistry:
             raise invalid("DataRetentionInHours must be an integer of 0 or more")
         device = string_field(body, "DeviceName")
         if device is not None and not _DEVICE_RE.fullmatch(device):
-            raise invalid("DeviceName must be 1-128 of a-z A-Z 0-9 _ . -")
+            raise invalid(
+                f"DeviceName must be 1-{MAX_DEVICE_NAME_LENGTH} characters from {ID_CHARS}"
+            )
         media_type = string_field(body, "MediaType")
         if media_type is not None and not _MEDIA_TYPE_RE.fullmatch(media_type):
             raise invalid("MediaType must look like video/h264 or video/h264,audio/aac")
@@ -185,7 +194,7 @@ class StreamRegistry:
             raise invalid(
                 "StreamName or StreamARN is required" if by_name else "StreamARN is required"
             )
-        if arn is not None and (len(arn) > 1024 or not _STREAM_ARN_RE.fullmatch(arn)):
+        if arn is not None and not _is_stream_arn(arn):
             raise invalid(f"StreamARN {arn[:200]!r} is not a stream ARN")
         stream = self._streams.get(arn) if arn is not None else self.find_stream(name or "")
         if stream is None:
@@ -237,7 +246,7 @@ class StreamRegistry:
         if status not in ("ENABLED", "DISABLED"):
             raise invalid("MediaStorageConfiguration.Status must be ENABLED or DISABLED")
         stream_arn = string_field(config, "StreamARN")
-        if stream_arn is not None and not _STREAM_ARN_RE.fullmatch(stream_arn):
+        if stream_arn is not None and not _is_stream_arn(stream_arn):
             raise invalid(f"StreamARN {stream_arn[:200]!r} is not a stream ARN")
         if status == "ENABLED":
             if stream_arn is None:
@@ -278,7 +287,7 @@ def check_join_body(body: Mapping[str, Any], *, viewer: bool) -> tuple[str, str 
     if not isinstance(arn, str) or not arn:
         hint = " (camelCase: channelArn, not ChannelARN)" if "ChannelARN" in body else ""
         raise invalid(f"channelArn is required{hint}")
-    if len(arn) > 1024 or not _JOIN_ARN_RE.fullmatch(arn) or ":channel/" not in arn:
+    if len(arn) > MAX_ARN_LENGTH or not CHANNEL_ARN_RE.fullmatch(arn):
         raise invalid(f"channelArn {arn[:200]!r} is not a signaling channel ARN")
     if not viewer:
         return arn, None

@@ -50,6 +50,7 @@ from ..protocol import (
     encode_payload,
     sdp_payload,
 )
+from ..rules import MAX_STATUS_DESCRIPTION
 from ..sdp import for_kvs_peers
 from .controlplane import StorageJoin
 from .storage import answer_codec_problem, sent_kinds
@@ -314,7 +315,7 @@ class OfferingPeer(ABC):
             return  # failures are silent without a correlationId (docs/protocol.md#status_response)
         status = {
             "correlationId": message.correlation_id,
-            "description": description[:1000],
+            "description": description[:MAX_STATUS_DESCRIPTION],
             "errorType": "InvalidArgumentException",
             "statusCode": "400",
             "success": False,

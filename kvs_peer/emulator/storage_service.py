@@ -18,6 +18,7 @@ without a master.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import tempfile
@@ -54,7 +55,8 @@ class StorageService:
             delivery of frames to masters and viewers).
         ice_servers: ``ice_servers(channel_arn)``: what the storage peer uses (the emulator's
             own TURN server, or nothing: never an unreachable one).
-        storage_dir: where recordings go; None makes a temporary folder on first use.
+        storage_dir: where recordings go; None makes a temporary folder on first use, which
+            :meth:`close` removes again unless it holds recordings.
         max_duration: seconds a session lasts at most (KVS: one hour), or None.
     """
 
@@ -69,6 +71,7 @@ class StorageService:
         self._state = state
         self._ice_servers = ice_servers
         self._dir = storage_dir
+        self._temporary = storage_dir is None
         self.max_duration = max_duration
         """Seconds a session lasts at most; may be changed while running (new sessions)."""
         self._sessions: dict[str, StoragePeer] = {}
@@ -354,9 +357,27 @@ class StorageService:
         self._changed.set()
 
     async def close(self) -> None:
-        """End every session and wait for their files to be finished."""
+        """End every session, wait for their files to be finished, and remove the temporary
+        folder when it holds no recording."""
         viewers = [p for v in self._viewers.values() for p in v.values()]
         peers = [*self._sessions.values(), *self._ending, *viewers]
         for peer in peers:
             peer.end("the emulator stopped")
         await asyncio.gather(*(p.wait_ended() for p in peers), return_exceptions=True)
+        if self._temporary and self._dir is not None:
+            self._remove_if_empty(self._dir)
+
+    @staticmethod
+    def _remove_if_empty(folder: Path) -> None:
+        """Remove a temporary storage folder that holds no file (empty stream folders go too);
+        one with recordings stays for the user. Never called on a folder the user gave."""
+        for sub in folder.iterdir() if folder.is_dir() else ():
+            if sub.is_dir():
+                with contextlib.suppress(OSError):  # not empty: a recording is kept
+                    sub.rmdir()
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            logger.info("storage session recordings kept in %s", folder)

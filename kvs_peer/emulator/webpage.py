@@ -30,7 +30,7 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 
 from ..errors import InvalidArgument
-from ..rules import ID_RULE
+from ..rules import ID_RULE, MAX_ID_LENGTH
 from ..signing import DEFAULT_EXPIRES, redact_url, validate_client_id, viewer_url
 
 if TYPE_CHECKING:
@@ -210,7 +210,7 @@ class WebPage:
             return _error(
                 404,
                 "channel_not_found",
-                f"no channel {channel[:256]!r} on this emulator: create it first "
+                f"no channel {channel[:MAX_ID_LENGTH]!r} on this emulator: create it first "
                 "(kvs-peer local --channel NAME, or CreateSignalingChannel)",
             )
         endpoints = self._control.endpoints

@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any, Generic, Self, TypeVar
 
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc import MediaStreamError, MediaStreamTrack
 
 from .._tasks import TaskSet
 from ..errors import InvalidState

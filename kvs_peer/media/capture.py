@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import av
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc import MediaStreamError, MediaStreamTrack
 
 from ..errors import MediaError
 from .redact import redact_urls
@@ -135,7 +135,7 @@ class _ThreadedTrack(MediaStreamTrack):
             try:
                 self._release()
             except Exception as exc:
-                logger.debug("%s: error while closing: %s", self.description, exc)
+                logger.debug("%s: error while closing: %s", self.description, redact_urls(str(exc)))
             handoff.put(_END, self._stop_event)
 
     async def recv(self) -> Any:
@@ -172,7 +172,7 @@ class _ThreadedTrack(MediaStreamTrack):
             try:
                 self._release()
             except Exception as exc:
-                logger.debug("%s: error while closing: %s", self.description, exc)
+                logger.debug("%s: error while closing: %s", self.description, redact_urls(str(exc)))
         elif thread is not threading.current_thread():
             thread.join(_JOIN_TIMEOUT)
             if thread.is_alive():

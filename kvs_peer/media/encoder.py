@@ -48,13 +48,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import av
-from aiortc import RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver
-from aiortc.codecs.h264 import H264Encoder
-from aiortc.mediastreams import MediaStreamTrack
-from aiortc.rtcrtpparameters import RTCRtpCodecCapability
+from aiortc import (
+    MediaStreamTrack,
+    RTCPeerConnection,
+    RTCRtpCodecCapability,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+)
 from av.video.frame import PictureType
 
-from ..aiortc_internals import on_keyframe_request
+from ..aiortc_internals import H264Encoder, on_keyframe_request
 from ..errors import InvalidArgument, MediaError
 from .broadcast import Broadcast, BroadcastTrack
 from .fanout import AudioFanout

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import av
 import numpy as np
-from aiortc.codecs.opus import OpusEncoder
-from aiortc.mediastreams import MediaStreamTrack
+from aiortc import MediaStreamTrack
 
+from ..aiortc_internals import OpusEncoder
 from ..errors import InvalidArgument, MediaError
 from .broadcast import Broadcast, BroadcastTrack
 

@@ -1,4 +1,4 @@
-"""A video jitter buffer that hands a frame on as soon as its last packet arrives. Pure.
+"""A video jitter buffer that hands a frame on as soon as its last packet arrives.
 
 aiortc's ``JitterBuffer`` knows a frame is complete only when the first packet of the *next*
 frame arrives (a new RTP timestamp), so every frame waits one frame interval before it is
@@ -11,15 +11,18 @@ that never sets the marker.
 It keeps the interface aiortc's receiver uses (``add(packet) -> (pli_flag, frame)``) and its
 rules for reordering, overflow and loss: a run with a missing packet is never emitted, and a
 jump of ``MAX_MISORDER`` or more, or an overflow, asks for a key frame.
+
+Synchronous, with no I/O and no clock: it only orders the packets it is given. It is not free
+of aiortc, though: it reads the depayloaded bytes aiortc's receiver put on each packet and
+hands on aiortc's ``JitterFrame``.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
-from aiortc.jitterbuffer import JitterFrame
-
-from ..aiortc_internals import depayloaded
+from ..aiortc_internals import JitterFrame, depayloaded
+from ..errors import InvalidArgument
 
 __all__ = ["MAX_MISORDER", "MarkerJitterBuffer"]
 
@@ -46,7 +49,9 @@ class MarkerJitterBuffer:
 
     def __init__(self, capacity: int = 512) -> None:
         if capacity <= 0 or capacity & (capacity - 1):
-            raise ValueError("capacity must be a power of 2")
+            raise InvalidArgument(
+                f"jitter buffer capacity {capacity!r} must be a power of 2 (e.g. 128, 512)"
+            )
         self.capacity = capacity
         self._packets: list[_Packet | None] = [None] * capacity
         self._origin: int | None = None

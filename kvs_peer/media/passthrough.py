@@ -47,10 +47,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import av
-from aiortc.codecs.h264 import H264Encoder
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc import MediaStreamError, MediaStreamTrack
 
-from ..aiortc_internals import negotiated_codecs
+from ..aiortc_internals import H264Encoder, negotiated_codecs
 from ..errors import InvalidArgument, KvsPeerError, MediaError, SessionError
 from ..reconnect import backoff
 from .broadcast import Broadcast
@@ -68,7 +67,7 @@ from .h264 import (
     split_annexb,
     split_length_prefixed,
 )
-from .redact import describe_url, redact_urls
+from .redact import describe_url, redact_urls, url_scheme
 from .timing import VIDEO_CLOCK_RATE, VIDEO_TIME_BASE, ThreadPacer
 from .v4l2 import h264_refusal, is_v4l2_device, v4l2_options, wants_h264
 
@@ -88,8 +87,6 @@ logger = logging.getLogger(__name__)
 
 VIDEO_MODES = ("auto", "passthrough", "transcode")
 _RAW_SUFFIXES = (".h264", ".264", ".avc", ".h26l")
-_LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "rtp", "srt", "udp", "tcp"})
-_URL_PATTERN = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+://")
 _CHUNK = 1 << 16
 _AIORTC_PROFILE = "42e01f"  # the Constrained Baseline entry of aiortc's H.264 capabilities
 
@@ -353,7 +350,8 @@ def _close_reader(reader: _Reader) -> None:
         try:
             close()
         except Exception as exc:  # closing must not mask why the reader stopped
-            logger.debug("error while closing an H.264 reader: %s", exc)
+            # FFmpeg repeats the URL (and its password) in its error texts.
+            logger.debug("error while closing an H.264 reader: %s", redact_urls(str(exc)))
 
 
 def _read_annexb(
@@ -388,19 +386,37 @@ def _read_annexb(
             os.close(fd)
 
 
+_DAMAGED = (
+    "its H.264 is damaged ({}), so it cannot be passed through: decode and re-encode it "
+    "instead (video mode 'transcode', --video-mode transcode), or fix the source"
+)
+
+
 def _read_container(container: Any, *, live: bool) -> _Reader:
-    """Access units from a PyAV container's H.264 stream, demuxed, never decoded."""
+    """Access units from a PyAV container's H.264 stream, demuxed, never decoded.
+
+    Raises:
+        MediaError: the stream's avcC header or a length-prefixed packet is malformed.
+    """
     try:
         stream = container.streams.video[0]
         extradata = stream.codec_context.extradata or b""
-        length_size = parse_avcc(extradata)[0] if extradata[:1] == b"\x01" else 0
+        try:
+            length_size = parse_avcc(extradata)[0] if extradata[:1] == b"\x01" else 0
+        except ValueError as exc:
+            raise MediaError(_DAMAGED.format(exc)) from None
         time_base = stream.time_base
         first: float | None = None
         for packet in container.demux(stream):
             if packet.size == 0:
                 continue
             data = bytes(packet)
-            nals = split_length_prefixed(data, length_size) if length_size else split_annexb(data)
+            try:
+                nals = (
+                    split_length_prefixed(data, length_size) if length_size else split_annexb(data)
+                )
+            except ValueError as exc:
+                raise MediaError(_DAMAGED.format(exc)) from None
             if not nals:
                 continue
             dts = packet.dts if packet.dts is not None else packet.pts
@@ -473,7 +489,7 @@ def open_h264_source(
     rate = fps or 30.0
     if spec == "-":
         return _annexb_source(0, "H.264 on stdin", rate, loop=False, reopen=False, close=False)
-    is_url = bool(_URL_PATTERN.match(spec)) and urlsplit(spec).scheme.lower() != "file"
+    is_url = url_scheme(spec) not in ("", "file")
     if not is_url:
         path = urlsplit(spec).path if spec.lower().startswith("file://") else spec
         if source_format == "h264" or path.lower().endswith(_RAW_SUFFIXES) or _is_fifo(path):

@@ -3,6 +3,8 @@ enough for the CLI and the config readers to import at start-up."""
 
 from __future__ import annotations
 
+from ..errors import InvalidArgument
+
 __all__ = ["BITRATE_EXAMPLES", "MAX_BITRATE", "MIN_BITRATE", "X264_PRESETS", "parse_bitrate"]
 
 X264_PRESETS = (
@@ -32,8 +34,8 @@ def parse_bitrate(value: str | int) -> int:
     """A video bit rate as users write it: ``800000``, ``"800k"`` or ``"1.5M"`` (decimal).
 
     Raises:
-        ValueError: not a bit rate, or outside ``MIN_BITRATE``..``MAX_BITRATE``; the message
-            says what is accepted.
+        InvalidArgument: (a ``ValueError``) not a bit rate, or outside
+            ``MIN_BITRATE``..``MAX_BITRATE``; the message says what is accepted.
     """
     if isinstance(value, bool):
         rate = 0
@@ -47,11 +49,11 @@ def parse_bitrate(value: str | int) -> int:
         except (ValueError, OverflowError):
             rate = 0
     if rate <= 0:
-        raise ValueError(
+        raise InvalidArgument(
             f"{value!r} is not a bit rate: give bits per second, e.g. {BITRATE_EXAMPLES}"
         )
     if not MIN_BITRATE <= rate <= MAX_BITRATE:
-        raise ValueError(
+        raise InvalidArgument(
             f"{value!r} is outside the encoder's range: give {MIN_BITRATE // 1000}k to "
             f"{MAX_BITRATE // 1_000_000}M bit/s"
         )

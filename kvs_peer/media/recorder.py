@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import av
 import numpy as np
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc import MediaStreamError, MediaStreamTrack
 from av.video.reformatter import VideoReformatter
 
 from .._tasks import TaskSet

@@ -1,4 +1,4 @@
-"""Media URLs without their secrets, for logs and error messages.
+"""Media URLs: which sources are URLs, and the URLs without their secrets for logs and errors.
 
 Camera URLs carry passwords (``rtsp://admin:secret@cam/stream``) and sometimes tokens in the
 query string. FFmpeg repeats the URL in its error texts, so errors are redacted as well.
@@ -9,8 +9,12 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-__all__ = ["describe_url", "redact_urls"]
+__all__ = ["LIVE_SCHEMES", "describe_url", "redact_urls", "url_scheme"]
 
+LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "rtp", "srt", "udp", "tcp"})
+"""URL schemes of live streams: read as they come (never paced), newest frames kept."""
+
+_URL_PATTERN = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+://")
 # A scheme, then anything up to whitespace or a quote (FFmpeg quotes URLs in its messages).
 _URL_IN_TEXT = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"]+")
 
@@ -42,3 +46,11 @@ def describe_url(url: str) -> str:
 def redact_urls(text: str) -> str:
     """``text`` with every URL in it passed through :func:`describe_url`."""
     return _URL_IN_TEXT.sub(lambda match: describe_url(match.group(0)), text)
+
+
+def url_scheme(spec: str) -> str:
+    """The lower-case scheme of a source spec that is a URL (``scheme://...``), else ``""``.
+
+    A path, a camera index or ``testsrc`` has none; ``file://`` URLs give ``"file"``.
+    """
+    return urlsplit(spec).scheme.lower() if _URL_PATTERN.match(spec) else ""

@@ -44,18 +44,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aiortc import RTCRtpSender
-from aiortc.mediastreams import MediaStreamError
-from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtp import HeaderExtensions, HeaderExtensionsMap, RtpPacket
-from aiortc.utils import random16, random32, uint32_add
+from aiortc import MediaStreamError, RTCRtpCodecParameters, RTCRtpSender
 
 from ..aiortc_internals import (
     RTP_HISTORY_SIZE,
+    HeaderExtensions,
+    HeaderExtensionsMap,
+    RtpPacket,
     SenderFields,
     missing_send_loop_fields,
+    random16,
+    random32,
     replace_send_loop,
     send_rtp,
+    uint32_add,
 )
 
 __all__ = [

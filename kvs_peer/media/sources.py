@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -22,11 +21,11 @@ from urllib.parse import urlsplit
 
 import av
 import numpy as np
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc import MediaStreamError, MediaStreamTrack
 
 from ..errors import InvalidArgument, MediaError, SourceUnavailable
 from .capture import CameraTrack, FileAudioTrack, PyAVVideoTrack
-from .redact import describe_url, redact_urls
+from .redact import LIVE_SCHEMES, describe_url, redact_urls, url_scheme
 from .stamp import MIN_HEIGHT, MIN_WIDTH, stamp_band_height, write_stamp
 from .timing import (
     AUDIO_FRAME_SAMPLES,
@@ -51,9 +50,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "rtp", "srt", "udp", "tcp"})
 _TEST_PATTERN_NAMES = frozenset({"testsrc", "test", "testpattern"})
-_URL_PATTERN = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+://")
 # Failures no waiting cures: an unknown scheme, a refused user or password, a bad option.
 # Everything else from a live URL (refused, timed out, unreachable, 404 from a relay whose
 # camera has not published yet, 5xx) may be a source that is not up yet.
@@ -437,12 +434,12 @@ def _open_input(
         The container, its description for logs and errors, and whether it is live (a
         streaming scheme: not paced, newest frames kept).
     """
-    scheme = urlsplit(spec).scheme.lower() if _URL_PATTERN.match(spec) else ""
+    scheme = url_scheme(spec)
     if scheme and scheme != "file":
         ffmpeg_options = {"rtsp_transport": "tcp"} if scheme.startswith("rtsp") else {}
         ffmpeg_options.update(options or {})
         description = f"{kind} URL {describe_url(spec)}"
-        live = scheme in _LIVE_SCHEMES
+        live = scheme in LIVE_SCHEMES
         container = _open_container(
             spec,
             description,

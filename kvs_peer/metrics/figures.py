@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import InvalidArgument
 from .tally import HistogramValue
 
 __all__ = [
@@ -145,11 +146,16 @@ def figure(
     """The figure of catalog series ``name`` with ``base`` labels plus ``extra`` ones.
 
     Raises:
-        KeyError: ``name`` is not in :data:`SERIES`, or ``extra`` does not name its labels.
+        InvalidArgument: ``name`` is not in :data:`SERIES`, or ``extra`` does not name its
+            labels.
     """
-    series = SERIES[name]
+    series = SERIES.get(name)
+    if series is None:
+        raise InvalidArgument(f"no series {name!r}: use a name from figures.SERIES")
     if set(extra) != set(series.labels):
-        raise KeyError(f"{name} takes labels {series.labels}, not {tuple(extra)}")
+        raise InvalidArgument(
+            f"{name} takes labels {series.labels}, not {tuple(extra)}: pass exactly those"
+        )
     return Figure(series, value, {**base, **extra})
 
 

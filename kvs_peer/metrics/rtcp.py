@@ -12,15 +12,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
-from aiortc.rtp import (
+
+from ..aiortc_internals import (
     RTCP_PSFB_FIR,
     RTCP_PSFB_PLI,
     RTCP_RTPFB_NACK,
     RtcpPsfbPacket,
     RtcpRtpfbPacket,
+    on_feedback_sent,
+    on_rtcp_received,
 )
-
-from ..aiortc_internals import on_feedback_sent, on_rtcp_received
 
 __all__ = ["RtcpCounts", "count_rtcp", "rtcp_counts"]
 

@@ -9,6 +9,7 @@ import logging
 import sys
 from typing import TextIO
 
+from ..errors import InvalidArgument
 from .hub import Metrics
 
 __all__ = ["StatsLines"]
@@ -27,11 +28,16 @@ class StatsLines:
         metrics: what to print.
         interval: seconds between lines (> 0).
         stream: where to write (default: stdout at the time of each write).
+
+    Raises:
+        InvalidArgument: ``interval`` is not positive.
     """
 
     def __init__(self, metrics: Metrics, interval: float, *, stream: TextIO | None = None) -> None:
         if not interval > 0:
-            raise ValueError("interval must be positive")
+            raise InvalidArgument(
+                f"stats interval {interval!r} must be a positive number of seconds, e.g. 60"
+            )
         self._metrics = metrics
         self._interval = interval
         self._stream = stream

@@ -13,6 +13,8 @@ from collections import deque
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
+from ..errors import InvalidArgument
+
 __all__ = ["Buckets", "HistogramValue", "Rate", "Tally"]
 
 
@@ -89,11 +91,16 @@ class Buckets:
 
     Args:
         bounds: upper bounds, increasing; ``+Inf`` is added.
+
+    Raises:
+        InvalidArgument: ``bounds`` do not increase strictly.
     """
 
     def __init__(self, bounds: Sequence[float]) -> None:
         if list(bounds) != sorted(set(bounds)):
-            raise ValueError("histogram bounds must increase")
+            raise InvalidArgument(
+                f"histogram bounds {tuple(bounds)} must increase strictly, e.g. (0.1, 0.5, 1.0)"
+            )
         self._bounds = tuple(bounds)
         self._counts = [0] * (len(self._bounds) + 1)
         self._sum = 0.0

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
 import stat
 import sys
-import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["configure", "run"]
@@ -59,18 +60,42 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_metrics_options(parser)
 
 
-def _stop_on_eof(stop: asyncio.Event) -> None:
-    """Set ``stop`` when stdin, a pipe from the supervisor, reaches its end (it died)."""
-    if not stat.S_ISFIFO(os.fstat(0).st_mode):
+@contextlib.contextmanager
+def _stop_on_eof(stop: asyncio.Event) -> Iterator[None]:
+    """Set ``stop`` when stdin, a pipe from the supervisor, reaches its end: the supervisor
+    died, even by SIGKILL, and its workers must not record on unsupervised.
+
+    The event loop watches the descriptor: a thread blocked reading ``sys.stdin`` holds the
+    stream's lock, and the interpreter aborts at exit ("Fatal Python error:
+    _enter_buffered_busy") when it finds that lock taken.
+    """
+    fd = 0
+    try:
+        watch = stat.S_ISFIFO(os.fstat(fd).st_mode)
+    except OSError:  # stdin closed
+        watch = False
+    if not watch:
+        yield
         return
     loop = asyncio.get_running_loop()
 
-    def wait() -> None:
-        while sys.stdin.buffer.read(4096):
-            pass
-        loop.call_soon_threadsafe(stop.set)
+    def readable() -> None:
+        try:
+            # Whatever the supervisor writes is ignored: only the end of the pipe counts.
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(fd)
+            stop.set()
 
-    threading.Thread(target=wait, name="kvs-record-parent", daemon=True).start()
+    loop.add_reader(fd, readable)
+    try:
+        yield
+    finally:
+        loop.remove_reader(fd)
 
 
 def _report_line(line: str) -> None:
@@ -81,24 +106,29 @@ def _report_line(line: str) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     """Run the supervisor (or, with ``--worker``, one worker process)."""
+    from ..cli import usage_error
     from ..errors import InvalidArgument
-    from .config import load_config
+    from .config import load_config, with_environment
     from .shard import parse_shard
 
-    config = load_config(args.config)
+    try:
+        # Workers inherit this process's environment and read it here the same way.
+        config = with_environment(load_config(args.config), os.environ)
+        shard = parse_shard(args.shard, hostname=socket.gethostname()) if args.shard else None
+    except InvalidArgument as exc:
+        return usage_error(args, exc)
     if args.worker is not None:
         from .worker import record_channels
 
         channels = [c for c in args.worker.split(",") if c]
         if not channels:
             raise InvalidArgument("--worker needs channel names")
-        _stop_on_eof(args.stop)
-        await record_channels(config, channels, args.stop, report=_report_line)
+        with _stop_on_eof(args.stop):
+            await record_channels(config, channels, args.stop, report=_report_line)
         return 0
 
     from .service import RecordService
 
-    shard = parse_shard(args.shard, hostname=socket.gethostname()) if args.shard else None
     service = RecordService(
         config,
         args.config,

@@ -11,16 +11,24 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidArgument
-from ..signing import validate_channel_name
-from ..tomlconfig import check_keys, config_bool, config_error, config_url, load_toml_config
+from ..rules import validate_channel_name
+from ..tomlconfig import (
+    check_keys,
+    config_bool,
+    config_channel_glob,
+    config_error,
+    config_url,
+    load_toml_config,
+)
 
 __all__ = [
     "CONFIG_EXAMPLE",
+    "ENDPOINT_URL_ENV",
     "STORAGE_CLASSES",
     "OutputConfig",
     "RecordConfig",
@@ -29,11 +37,13 @@ __all__ = [
     "load_config",
     "parse_config",
     "parse_size",
+    "with_environment",
 ]
 
 CONFIG_EXAMPLE = """\
 region = "eu-west-1"                 # else AWS_REGION / ~/.aws/config
-# endpoint_url = "http://127.0.0.1:4577"   # control-plane override (a local emulator)
+# endpoint_url = "http://127.0.0.1:4577"   # control plane (a local emulator;
+                                     # else env KVS_PEER_ENDPOINT_URL)
 # profile = "recorder"                 # AWS profile (else the default credential chain)
 # signer_url = "https://signer.example.com"  # signed URLs from a signer instead
 # token_file = "/run/secrets/kvs-token"      # its bearer token (or KVS_PEER_SIGNER_TOKEN)
@@ -80,8 +90,10 @@ MIN_SEGMENT_SECONDS = 1.0
 MAX_SEGMENT_SECONDS = 3600.0
 DEFAULT_MAX_BYTES = 10 * 1024**3
 
+ENDPOINT_URL_ENV = "KVS_PEER_ENDPOINT_URL"
+"""The control-plane endpoint every kvs-peer command reads when nothing else sets one."""
+
 _GLOB_CHARS = frozenset("*?[")
-_PATTERN_RE = re.compile(r"[a-zA-Z0-9_.\-*?\[\]!]{1,256}")
 _SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?", re.IGNORECASE)
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 
@@ -233,12 +245,7 @@ def _channels(value: Any) -> tuple[str, ...]:
     seen: list[str] = []
     for entry in value:
         if is_glob(entry):
-            if not _PATTERN_RE.fullmatch(entry):
-                raise config_error(
-                    where,
-                    f"{entry!r} is not a channel glob: use channel-name characters "
-                    "(a-z, A-Z, 0-9, '_', '.', '-') and the wildcards * ? [...]",
-                )
+            config_channel_glob(where, entry)
         else:
             try:
                 validate_channel_name(entry)
@@ -394,3 +401,22 @@ def load_config(path: str | Path) -> RecordConfig:
             the file and the key).
     """
     return load_toml_config(path, parse_config, what="recorder config", command="record")
+
+
+def with_environment(config: RecordConfig, environ: Mapping[str, str]) -> RecordConfig:
+    """``config`` with what the environment sets where the file sets nothing.
+
+    That is the control-plane endpoint from :data:`ENDPOINT_URL_ENV`, as the other
+    commands read it; the file's ``endpoint_url`` wins, and a ``signer_url`` needs none.
+    The supervisor and its worker processes both call this with the environment the
+    workers inherit, so they reach the same endpoint. (Region, credentials and
+    ``AWS_CA_BUNDLE`` reach the workers the same way and are read by boto3 and kvs-peer's
+    clients themselves.)
+
+    Raises:
+        InvalidArgument: the variable is set but not an http(s) URL.
+    """
+    endpoint = environ.get(ENDPOINT_URL_ENV)
+    if not endpoint or config.endpoint_url is not None or config.signer_url is not None:
+        return config
+    return replace(config, endpoint_url=config_url(ENDPOINT_URL_ENV, endpoint))

@@ -36,6 +36,10 @@ _TOKEN_RE = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 _BEARER_RE = re.compile(r"Bearer +(\S+) *", re.IGNORECASE)
 
 
+_KVS_PEER_TOKEN_HINT = " (kvs-peer: env KVS_PEER_SIGNER_TOKEN or --token)"
+"""How kvs-peer's own commands send one, for the 401 of a request without a token."""
+
+
 def valid_token_syntax(token: str) -> bool:
     """Whether ``token`` can travel in ``Authorization: Bearer`` (RFC 6750 b64token)."""
     return bool(_TOKEN_RE.fullmatch(token))
@@ -204,7 +208,8 @@ class Authorizer:
         if role is Role.MASTER:
             return _unauthorized(
                 "token_required",
-                "MASTER access always needs a token: send 'Authorization: Bearer <token>'",
+                f"MASTER access always needs a token: send 'Authorization: Bearer <token>'"
+                f"{_KVS_PEER_TOKEN_HINT}",
             )
         for index, rule in enumerate(self._anonymous):
             if channel_allowed(rule.channels, channel):
@@ -218,7 +223,7 @@ class Authorizer:
         return _unauthorized(
             "token_required",
             f"channel {channel!r} has no anonymous viewer access: send "
-            "'Authorization: Bearer <token>'",
+            f"'Authorization: Bearer <token>'{_KVS_PEER_TOKEN_HINT}",
         )
 
     def _address_bucket(self, index: int, rule: AnonymousRule, address: str) -> TokenBucket:

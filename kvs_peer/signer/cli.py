@@ -4,7 +4,8 @@
 
     kvs-peer signer --config signer.toml [--host 127.0.0.1] [--port 8080]
                     [--region R] [--endpoint-url URL] [--static DIR]
-    kvs-peer signer hash-token [--generate] [--name NAME]   # token read from stdin
+    kvs-peer signer hash-token [--generate] [--name NAME] [--channel NAME]... [--role ROLE]...
+                                                            # token read from stdin
 
 Register with ``configure(parser)`` and ``run(args)``.
 """
@@ -34,6 +35,13 @@ if TYPE_CHECKING:
 __all__ = ["MIN_TOKEN_LENGTH", "configure", "run"]
 
 MIN_TOKEN_LENGTH = 16
+
+_HASH_TOKEN_EXAMPLE = "echo -n TOKEN | kvs-peer signer hash-token --channel garage --role MASTER"
+_GENERATE_EXAMPLE = "kvs-peer signer hash-token --generate --channel garage --role MASTER"
+_CLIENT_TOKEN_HINT = (
+    "devices pass the token with env KVS_PEER_SIGNER_TOKEN, --token, or token_file in their "
+    "--config"
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -108,6 +116,11 @@ def _hash_token(args: argparse.Namespace) -> int:
         token = secrets.token_urlsafe(32)
     else:
         token = _read_token()
+        if not token:
+            raise InvalidArgument(
+                f"no token on stdin: pipe one in, e.g. `{_HASH_TOKEN_EXAMPLE}`, or make a new "
+                f"one with `{_GENERATE_EXAMPLE}`"
+            )
         if not valid_token_syntax(token):
             raise InvalidArgument(
                 "the token must be one line of letters, digits and - . _ ~ + / (optionally "
@@ -152,38 +165,24 @@ def _toml_list(values: Iterable[str]) -> str:
 async def run(args: argparse.Namespace) -> int:
     """Run the signer until cancelled (or hash a token); returns the exit code.
 
+    A missing or bad config is a usage error, as for ``master --config``: one ``error:`` line
+    on stderr and :data:`~kvs_peer.cli.EXIT_USAGE`.
+
     Raises:
-        InvalidArgument: no or bad config, unusable --static, port in use.
+        InvalidArgument: unusable --static, port in use; a refused ``hash-token`` input.
         ChannelError: no region could be determined.
     """
     if getattr(args, "signer_action", None) == "hash-token":
         return _hash_token(args)
 
     from ..channel import ChannelResolver
+    from ..cli import usage_error
     from .app import create_app
-    from .config import load_config
 
-    if args.config is None:
-        raise InvalidArgument(
-            "--config is required: the signer needs a TOML file with a [[tokens]] table per "
-            "token ('kvs-peer signer hash-token --generate --channel C --role VIEWER' makes a "
-            "token and prints its table)"
-        )
-    config = load_config(args.config)
-    config = dataclasses.replace(
-        config,
-        region=args.region or config.region,
-        endpoint_url=args.endpoint_url
-        or config.endpoint_url
-        or os.environ.get("KVS_PEER_ENDPOINT_URL"),
-        static_dir=args.static or config.static_dir,
-    )
-    if not config.tokens and not config.anonymous:
-        raise InvalidArgument(
-            f"{args.config} grants nothing: add a [[tokens]] table ('kvs-peer signer "
-            "hash-token --generate' prints one), or an [[anonymous]] table with "
-            'channels = ["..."] for viewers without a token'
-        )
+    try:
+        config = _load_config(args)
+    except InvalidArgument as exc:
+        return usage_error(args, exc)
     # Metrics first: a metrics port in use fails before the signer listens.
     async with serve_metrics(args, role="signer") as metrics:
         from ..metrics.signer import watch_signer
@@ -197,6 +196,35 @@ async def run(args: argparse.Namespace) -> int:
             raise
         await _serve(app, config, args)
     return 0
+
+
+def _load_config(args: argparse.Namespace) -> SignerConfig:
+    """The ``--config`` file with the command line's overrides; refuses one granting nothing."""
+    from .config import load_config
+
+    if args.config is None:
+        raise InvalidArgument(
+            "--config is required: the signer needs a TOML file with a [[tokens]] table per "
+            f"token (`{_GENERATE_EXAMPLE}` makes a token and prints its table; "
+            f"`kvs-peer signer --config-example` prints a whole file); {_CLIENT_TOKEN_HINT}"
+        )
+    config = load_config(args.config)
+    config = dataclasses.replace(
+        config,
+        region=args.region or config.region,
+        endpoint_url=args.endpoint_url
+        or config.endpoint_url
+        or os.environ.get("KVS_PEER_ENDPOINT_URL"),
+        static_dir=args.static or config.static_dir,
+    )
+    if not config.tokens and not config.anonymous:
+        raise InvalidArgument(
+            f"{args.config} has no token: add a [[tokens]] table per token (`{_GENERATE_EXAMPLE}`"
+            f" makes a token and prints its table, `{_HASH_TOKEN_EXAMPLE}` hashes one you "
+            f'have), or an [[anonymous]] table with channels = ["..."] for viewers without a '
+            f"token; {_CLIENT_TOKEN_HINT}"
+        )
+    return config
 
 
 async def _serve(app: web.Application, config: SignerConfig, args: argparse.Namespace) -> None:

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from ..errors import InvalidArgument
 from ..protocol import Role
 from ..rules import PRESIGN_EXPIRES, validate_channel_name
-from ..tomlconfig import check_keys, config_error, load_toml_config
+from ..tomlconfig import check_keys, config_channel_glob, config_error, load_toml_config
 
 __all__ = [
     "CONFIG_EXAMPLE",
@@ -72,7 +72,6 @@ DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 32
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-_PATTERN_RE = re.compile(r"[a-zA-Z0-9_.\-*?\[\]!]{1,256}")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _NAME_RE = re.compile(r"[a-zA-Z0-9_.@:\-]{1,64}")
 
@@ -200,15 +199,7 @@ def _string_list(where: str, value: Any, *, allow_empty: bool = False) -> list[s
 
 
 def _patterns(where: str, value: Any) -> tuple[str, ...]:
-    patterns = _string_list(where, value)
-    for pattern in patterns:
-        if not _PATTERN_RE.fullmatch(pattern):
-            raise config_error(
-                where,
-                f"{pattern!r} is not a channel glob: use channel-name characters "
-                "(a-z, A-Z, 0-9, '_', '.', '-') and the wildcards * ? [...]",
-            )
-    return tuple(patterns)
+    return tuple(config_channel_glob(where, p) for p in _string_list(where, value))
 
 
 def _rate(where: str, value: Any) -> float:

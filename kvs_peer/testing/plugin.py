@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 
+from kvs_peer.errors import InvalidArgument
 from kvs_peer.rules import ID_CHARS
 
 if TYPE_CHECKING:
@@ -225,10 +226,14 @@ class CheckedViewer:
         Raises:
             AssertionError: fewer frames arrived within ``timeout`` seconds; the message
                 tells how many did and what the viewer knows.
+            InvalidArgument: ``count`` is less than 1.
         """
         __tracebackhide__ = True  # pytest shows the test's line, not this one
         if count < 1:
-            raise ValueError(f"count must be at least 1, got {count}")
+            raise InvalidArgument(
+                f"wait_frames(count={count!r}): count is the frames to wait for from now, "
+                "at least 1"
+            )
         target = self.check.frames + count
         try:
             async with asyncio.timeout(timeout):

@@ -167,7 +167,6 @@ async def test_browser_hears_the_shared_opus_audio(kvs, resolver, open_page, rec
         ]
         for peer in peers:
             await peer.close()
-    _print(record_property, f"browser audio: {later}; fan-out encoded {fanout.frames_encoded}")
     for before, after in zip(stats, later, strict=True):
         assert before is not None and after is not None
         assert after["mimeType"] == "audio/opus"
@@ -180,6 +179,15 @@ async def test_browser_hears_the_shared_opus_audio(kvs, resolver, open_page, rec
     # Both browsers got the fan-out's one Opus encoding: no sender made an encoder of its own.
     assert own_encoders == [None, None]
     assert fanout.frames_encoded > 50
+    heard = ", ".join(
+        f"{a['packetsReceived']} packets ({a['packetsLost']} lost) at level {a['audioLevel']:.2f}"
+        for a in later
+    )
+    _print(
+        record_property,
+        f"browser audio ({len(later)} browsers): {heard}; fan-out encoded "
+        f"{fanout.frames_encoded} frames",
+    )
 
 
 async def test_early_mdns_candidates_do_not_delay_the_answer(

@@ -13,8 +13,13 @@ from kvs_peer.media import write_stamp
 
 def mpegts_bytes(frames: int) -> bytes:
     """An MPEG-TS H.264 stream of stamped 320x240 frames, as a camera or encoder would send."""
+    return h264_bytes(frames, "mpegts")
+
+
+def h264_bytes(frames: int, container_format: str) -> bytes:
+    """Stamped 320x240 H.264 frames in ``container_format`` (``mpegts``, ``mp4``, ...)."""
     buffer = io.BytesIO()
-    with av.open(buffer, "w", format="mpegts") as container:
+    with av.open(buffer, "w", format=container_format) as container:
         video = container.add_stream("libx264", rate=30)
         video.width, video.height, video.pix_fmt = 320, 240, "yuv420p"
         for index in range(frames):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pytest
 from aiortc.jitterbuffer import JitterBuffer
 
+from kvs_peer.errors import InvalidArgument
 from kvs_peer.media.jitter import MarkerJitterBuffer
 
 
@@ -115,6 +116,8 @@ def test_overflow_drops_whole_frames_and_asks_for_a_key_frame() -> None:
     assert 0 not in released and released == sorted(released) and released
 
 
-def test_capacity_must_be_a_power_of_two() -> None:
-    with pytest.raises(ValueError, match="power of 2"):
-        MarkerJitterBuffer(capacity=100)
+@pytest.mark.parametrize("capacity", [100, 0, -4])
+def test_capacity_must_be_a_power_of_two(capacity: int) -> None:
+    with pytest.raises(InvalidArgument, match=r"capacity .* must be a power of 2") as caught:
+        MarkerJitterBuffer(capacity=capacity)
+    assert isinstance(caught.value, ValueError)  # callers catching ValueError still do

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import statistics
@@ -15,15 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiortc.mediastreams import MediaStreamError
+from media_files import h264_bytes
 from support import MS, wait_until
 
 from kvs_peer.access import AwsAccess
 from kvs_peer.channel import ChannelResolver
 from kvs_peer.emulator import LocalKvs
-from kvs_peer.errors import InvalidArgument
+from kvs_peer.errors import InvalidArgument, MediaError
 from kvs_peer.master import Master
 from kvs_peer.media import open_master_video
-from kvs_peer.media.passthrough import H264Source
+from kvs_peer.media.passthrough import H264Source, _close_reader, open_h264_source
 from kvs_peer.protocol import Role
 from kvs_peer.testing.video import VideoCheck
 from kvs_peer.viewer import Viewer
@@ -333,3 +336,42 @@ async def test_h264_in_a_media_file_is_passed_through_and_loops(
             await wait_until(lambda: frames >= 25, 10_000 * MS)
         assert master.encoder is not None and master.encoder.frames_encoded == 0
     assert source.opens >= 3
+
+
+async def test_a_damaged_avcc_header_is_a_media_error_that_says_what_to_do(
+    tmp_path: Path,
+) -> None:
+    data = bytearray(h264_bytes(3, "mp4"))
+    box = data.index(b"avcC") + 4
+    data[box + 6 : box + 8] = b"\xff\xff"  # the first SPS's length now runs past the box
+    path = tmp_path / "damaged.mp4"
+    path.write_bytes(data)
+    source = open_h264_source(str(path))
+    assert source is not None
+    try:
+        with pytest.raises(MediaStreamError):
+            await asyncio.wait_for(source.recv(), 5000 * MS)
+    finally:
+        source.stop()
+    assert isinstance(source.error, MediaError)
+    message = str(source.error)
+    assert "damaged (avcC record truncated)" in message and "--video-mode transcode" in message
+
+
+def test_a_reader_failing_to_close_is_logged_without_the_password(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Reader:
+        """What PyAV raises when closing an RTSP input: FFmpeg repeats the URL."""
+
+        def __iter__(self) -> Iterator[Any]:
+            return iter(())
+
+        def close(self) -> None:
+            raise OSError("[Errno 104] Connection reset: 'rtsp://admin:s3cret@cam/live?tok=x'")
+
+    caplog.set_level(logging.DEBUG, logger="kvs_peer")
+    _close_reader(Reader())
+    assert "error while closing an H.264 reader" in caplog.text
+    assert "rtsp://admin:***@cam/live" in caplog.text
+    assert "s3cret" not in caplog.text and "tok=x" not in caplog.text

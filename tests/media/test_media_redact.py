@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kvs_peer.media.redact import describe_url, redact_urls
+from kvs_peer.media.redact import LIVE_SCHEMES, describe_url, redact_urls, url_scheme
 
 
 @pytest.mark.parametrize(
@@ -33,3 +33,24 @@ def test_redact_urls_rewrites_every_url_in_a_text() -> None:
         'then "rtsp://u:***@cam/x?..." failed'
     )
     assert redact_urls("no url here") == "no url here"
+
+
+@pytest.mark.parametrize(
+    ("spec", "scheme"),
+    [
+        ("rtsp://admin:s3cret@cam/live", "rtsp"),
+        ("RTMP://relay/app/key", "rtmp"),
+        ("file:///tmp/clip.mp4", "file"),
+        ("/tmp/clip.mp4", ""),
+        ("0", ""),
+        ("testsrc", ""),
+        ("://testsrc", ""),  # no scheme before "://": not a URL
+    ],
+)
+def test_url_scheme_tells_urls_from_paths(spec: str, scheme: str) -> None:
+    assert url_scheme(spec) == scheme
+
+
+def test_live_schemes_are_streams_not_files() -> None:
+    assert {"rtsp", "rtmp", "srt", "udp"} <= LIVE_SCHEMES
+    assert not {"file", "http", "https"} & LIVE_SCHEMES

@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from kvs_peer.errors import InvalidArgument
 from kvs_peer.metrics.figures import (
     SERIES,
     Kind,
@@ -19,8 +20,10 @@ from kvs_peer.metrics.figures import (
     signaling_figures,
     signaling_problem,
 )
+from kvs_peer.metrics.hub import Metrics
 from kvs_peer.metrics.options import metrics_port, stats_interval
 from kvs_peer.metrics.prometheus import FigureCollector
+from kvs_peer.metrics.stats_lines import StatsLines
 from kvs_peer.metrics.tally import Buckets, Rate, Tally
 from kvs_peer.signaling import SignalingStats
 
@@ -64,8 +67,9 @@ def test_buckets_count_values_at_their_upper_bound() -> None:
     value = buckets.value()
     assert value.buckets == ((0.5, 2), (1.0, 3), (float("inf"), 4))
     assert (value.count, value.sum) == (4, pytest.approx(4.4))
-    with pytest.raises(ValueError, match="increase"):
-        Buckets((1.0, 0.5))
+    for bad in ((1.0, 0.5), (0.5, 0.5)):
+        with pytest.raises(InvalidArgument, match=r"must increase strictly, e\.g\."):
+            Buckets(bad)
 
 
 def test_catalog_names_follow_prometheus_conventions() -> None:
@@ -82,9 +86,9 @@ def test_figure_checks_the_labels_of_its_series() -> None:
         "role": "signer",
         "status": "200",
     }
-    with pytest.raises(KeyError, match="status"):
+    with pytest.raises(InvalidArgument, match=r"takes labels \('status',\), not \(\)"):
         figure("kvs_peer_signer_requests_total", 3, base)
-    with pytest.raises(KeyError):
+    with pytest.raises(InvalidArgument, match="no series 'kvs_peer_no_such_series'"):
         figure("kvs_peer_no_such_series", 1, base)
 
 
@@ -195,3 +199,9 @@ def test_docs_list_every_series_and_only_existing_ones() -> None:
     named = _series_named_in(section)
     assert named, "README.md's Metrics section names no series"
     assert named <= set(SERIES), f"in README.md, not produced: {named - set(SERIES)}"
+
+
+@pytest.mark.parametrize("interval", [0, -1.0, float("nan")])
+def test_stats_lines_need_a_positive_interval(interval: float) -> None:
+    with pytest.raises(InvalidArgument, match="must be a positive number of seconds"):
+        StatsLines(Metrics(role="master"), interval)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -129,15 +130,20 @@ def write_config(
     s3_url: str,
     segment_seconds: float,
     processes: int = 1,
+    endpoint_in_file: bool = True,
 ) -> Path:
-    """``folder/recorder.toml`` for channels of ``kvs``; the spool is ``folder/spool``."""
+    """``folder/recorder.toml`` for channels of ``kvs``; the spool is ``folder/spool``.
+
+    Without ``endpoint_in_file`` the file names no control-plane endpoint: the recorder must
+    take it from the environment.
+    """
     path = folder / "recorder.toml"
     spool = folder / "spool"
-    endpoint_url = kvs.endpoint_url
+    endpoint = f'endpoint_url = "{kvs.endpoint_url}"' if endpoint_in_file else ""
     listed = ", ".join(f'"{c}"' for c in channels)
     path.write_text(
         f"""
-endpoint_url = "{endpoint_url}"
+{endpoint}
 channels = [{listed}]
 processes = {processes}
 loopback_candidates = true
@@ -196,6 +202,28 @@ class RecorderProcess:
     async def _read(self, stream: asyncio.StreamReader) -> None:
         while line := await stream.readline():
             self.stderr += line
+
+    def signal_all(self, signum: int) -> None:
+        """Send ``signum`` to the supervisor and its workers, as a terminal's Ctrl+C does."""
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signum)
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes the supervisor said it started (its ``-v`` log)."""
+        return [int(pid) for pid in re.findall(r"worker process (\d+) records", self.text())]
+
+    async def wait_all_ended(self, timeout: float) -> int:
+        """Wait until the supervisor and every process holding its stderr pipe (its workers)
+        have ended; returns the supervisor's exit code.
+
+        Reaped by asyncio alone: a signal sent meanwhile (``stop()``) would let ``subprocess``
+        reap the process first, and asyncio then reports exit code 255.
+        """
+        assert self.process is not None
+        async with asyncio.timeout(timeout):
+            await asyncio.shield(self._reader)
+            return await self.process.wait()
 
     def kill_all(self) -> None:
         """SIGKILL the supervisor and its workers at once: a crash, nothing finalized."""

@@ -8,10 +8,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from support import MS
+from support import EXIT_USAGE, MS
 
 from kvs_peer.errors import InvalidArgument
-from kvs_peer.record.config import load_config, parse_config, parse_size
+from kvs_peer.record.config import load_config, parse_config, parse_size, with_environment
 
 GOOD = """
 region = "eu-west-1"
@@ -73,6 +73,11 @@ def _mutate(change: str) -> dict:
         ("data['channels'] = []", r"channels: must be a non-empty list"),
         ("data['channels'] = ['cam 1']", r"channels: invalid channel name 'cam 1'"),
         ("data['channels'] = ['..']", r"channels: '..' cannot be recorded"),
+        (
+            "data['channels'] = ['cam/*']",
+            r"channels: 'cam/\*' is not a channel glob: use 1-256 characters from a-z",
+        ),
+        ("data['channels'] = ['c*' * 129]", r"is not a channel glob"),
         ("del data['s3']", r"missing the \[s3\] table"),
         ("del data['s3']['bucket']", r"s3: missing 'bucket'"),
         ("data['s3']['bucket'] = 's3://b/x'", r"s3.bucket: 's3://b/x' is not a bucket name"),
@@ -104,7 +109,7 @@ def test_cli_refuses_a_bad_config_and_names_the_key(tmp_path: Path) -> None:
         text=True,
         timeout=60_000 * MS,
     )
-    assert result.returncode == 1
+    assert result.returncode == EXIT_USAGE  # as `master --config` and argparse
     assert "output: unknown key segment_secs" in result.stderr
     assert str(path) in result.stderr
     missing = subprocess.run(
@@ -113,5 +118,28 @@ def test_cli_refuses_a_bad_config_and_names_the_key(tmp_path: Path) -> None:
         text=True,
         timeout=60_000 * MS,
     )
-    assert missing.returncode == 1
+    assert missing.returncode == EXIT_USAGE
     assert "not found: pass --config" in missing.stderr
+
+
+def test_glob_characters_are_channel_name_characters() -> None:
+    # Wildcards next to every character a channel name may hold ('-' last, where a class
+    # could read it as a range).
+    data = _mutate("data['channels'] = ['cam-[0-9]?_.*', '[!x]-*', '*-']")
+    assert parse_config(data).globs == ("cam-[0-9]?_.*", "[!x]-*", "*-")
+
+
+def test_the_environment_gives_the_endpoint_the_file_does_not() -> None:
+    env = {"KVS_PEER_ENDPOINT_URL": "http://127.0.0.1:4577"}
+    config = with_environment(parse_config(tomllib.loads(GOOD)), env)
+    assert config.endpoint_url == "http://127.0.0.1:4577"
+    assert config.s3.endpoint_url is None  # the control plane's, not S3's
+    in_file = parse_config(_mutate("data['endpoint_url'] = 'https://kvs.example.com'"))
+    assert with_environment(in_file, env).endpoint_url == "https://kvs.example.com"
+    signer = parse_config(
+        _mutate("data['signer_url'] = 'https://signer.example.com'; data['channels'] = ['a']")
+    )
+    assert with_environment(signer, env).endpoint_url is None
+    assert with_environment(parse_config(tomllib.loads(GOOD)), {}).endpoint_url is None
+    with pytest.raises(InvalidArgument, match="KVS_PEER_ENDPOINT_URL: must be an http"):
+        with_environment(parse_config(tomllib.loads(GOOD)), {"KVS_PEER_ENDPOINT_URL": "kvs:1"})

@@ -67,6 +67,7 @@ def test_token_grants_its_channels_and_roles() -> None:
     ("header", "error", "hint"),
     [
         (None, "token_required", "MASTER access always needs a token"),
+        (None, "token_required", "kvs-peer: env KVS_PEER_SIGNER_TOKEN or --token"),
         ("Bearer " + "x" * 22, "invalid_token", "not known"),
         (f"Basic {CAM}", "invalid_token", "Bearer <token>"),
         ("Bearer", "invalid_token", "Bearer <token>"),

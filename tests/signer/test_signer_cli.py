@@ -1,4 +1,4 @@
-"""``kvs-peer signer`` through its configure()/run() pair, in-process."""
+"""``kvs-peer signer`` parsed by the real command line and run in-process (signer.cli.run)."""
 
 from __future__ import annotations
 
@@ -6,23 +6,26 @@ import argparse
 import asyncio
 import io
 import re
+import tomllib
 from pathlib import Path
 
 import aiohttp
 import pytest
 from signer_helpers import VIEWER_TOKEN
-from support import MS, credentials_in_environment, write_signer_config
+from support import EXIT_USAGE, MS, credentials_in_environment, write_signer_config
 
+from kvs_peer.cli import build_parser
 from kvs_peer.emulator import EmulatorConfig, LocalKvs
 from kvs_peer.errors import InvalidArgument
+from kvs_peer.protocol import Role
 from kvs_peer.signer import hash_token
-from kvs_peer.signer.cli import configure, run
+from kvs_peer.signer.cli import run
+from kvs_peer.signer.config import parse_config
 
 
 def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="kvs-peer signer")
-    configure(parser)
-    return parser.parse_args(argv)
+    """``kvs-peer signer ARGV`` as the command line parses it."""
+    return build_parser().parse_args(["signer", *argv])
 
 
 async def test_hash_token_from_stdin(
@@ -56,13 +59,58 @@ async def test_hash_token_generate(capsys: pytest.CaptureFixture[str]) -> None:
     assert f"sha256: {hash_token(token)}" in out
 
 
-async def test_missing_or_empty_config_is_explained(tmp_path: Path) -> None:
-    with pytest.raises(InvalidArgument, match="--config is required"):
-        await run(parse())
-    empty = tmp_path / "signer.toml"
-    empty.write_text("create_channels = false\n")
-    with pytest.raises(InvalidArgument, match="grants nothing"):
-        await run(parse("--config", str(empty), "--region", "us-east-1"))
+async def test_hash_token_with_empty_stdin_says_what_to_pipe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    with pytest.raises(InvalidArgument, match="no token on stdin") as caught:
+        await run(parse("hash-token"))
+    assert "echo -n TOKEN | kvs-peer signer hash-token --channel garage --role MASTER" in str(
+        caught.value
+    )
+    assert "--generate" in str(caught.value)
+
+
+async def test_hash_token_snippet_is_a_valid_token_table(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The command the docs and error messages show: its table pastes into a working config.
+    monkeypatch.setattr("sys.stdin", io.StringIO(VIEWER_TOKEN + "\n"))
+    args = parse("hash-token", "--channel", "garage", "--role", "master", "--name", "cam")
+    assert await run(args) == 0
+    table = capsys.readouterr().out.partition("\n\n")[2]
+    [rule] = parse_config(tomllib.loads(table)).tokens
+    assert rule.name == "cam"
+    assert rule.channels == ("garage",)
+    assert rule.roles == {Role.MASTER}
+    assert rule.digest.hex() == hash_token(VIEWER_TOKEN)
+
+
+@pytest.mark.parametrize(
+    ("config", "phrases"),
+    [
+        (None, ["--config is required", "hash-token --generate", "KVS_PEER_SIGNER_TOKEN"]),
+        (
+            "create_channels = false\n",
+            ["has no token", "[[tokens]]", "hash-token --generate", "KVS_PEER_SIGNER_TOKEN"],
+        ),
+        ("tokens = 1\n", ["signer config", "tokens: must be an array of tables"]),
+        ("", ["has no token"]),
+    ],
+)
+async def test_missing_bad_or_tokenless_config_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], config: str | None, phrases: list[str]
+) -> None:
+    argv: list[str] = ["--region", "us-east-1"]
+    if config is not None:
+        path = tmp_path / "signer.toml"
+        path.write_text(config)
+        argv += ["--config", str(path)]
+    assert await run(parse(*argv)) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("kvs-peer signer: error: "), err
+    for phrase in phrases:
+        assert phrase in err, (phrase, err)
 
 
 async def test_serves_until_cancelled(

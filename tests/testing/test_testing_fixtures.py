@@ -94,7 +94,7 @@ async def test_wait_frames_fails_with_what_the_viewer_knows(
     assert f"viewer {viewer.client_id} received 0 of 3 frames" in message
     assert "signaling up" in message
     assert "'frames': 0" in message
-    with pytest.raises(ValueError, match="count must be at least 1"):
+    with pytest.raises(InvalidArgument, match=r"wait_frames\(count=0\).*at least 1"):
         await viewer.wait_frames(0)
 
 
