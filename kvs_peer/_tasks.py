@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from collections.abc import Callable, Coroutine
@@ -41,6 +42,20 @@ class TaskSet:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def cancel_and_wait(task: asyncio.Future[Any] | None) -> None:
+    """Cancel ``task`` and wait until it has finished; nothing for None or the caller's own
+    task (which cannot wait for itself).
+
+    Raises:
+        Exception: what the task raised before the cancellation reached it.
+    """
+    if task is None or task is asyncio.current_task():
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def invoke(callback: Callable[..., Any], *args: Any, what: str) -> None:

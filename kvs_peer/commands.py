@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mappi
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._tasks import cancel_and_wait
 from .cli import (
     EXIT_ERROR,
     EXIT_NO_VIDEO,
@@ -998,9 +999,7 @@ async def _start_peer(peer: SignalingPeer, args: argparse.Namespace, label: str)
     finally:
         stop.cancel()
         if not start.done():
-            start.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await start
+            await cancel_and_wait(start)
         if quiet is not None:
             signaling_log.removeFilter(quiet)
     if start.done() and not start.cancelled():
@@ -1085,9 +1084,7 @@ class StatusLine:
 
     async def __aexit__(self, *exc: object) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             if self._tty:
                 sys.stderr.write("\n")
 

@@ -36,7 +36,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
-from ._tasks import TaskSet, invoke
+from ._tasks import TaskSet, cancel_and_wait, invoke
 from .errors import (
     HandshakeRejected,
     InvalidArgument,
@@ -263,10 +263,7 @@ class SignalingClient:
         self._closed = True
         self._closing = True
         self._stop.set()
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
+        await cancel_and_wait(self._runner)
         conn, self._current = self._current, None
         self._connected.clear()
         if conn is not None:

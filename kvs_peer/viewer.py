@@ -27,7 +27,7 @@ import av
 from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
-from ._tasks import invoke
+from ._tasks import cancel_and_wait, invoke
 from .access import ChannelAccess
 from .aiortc_internals import open_data_channel, use_jitter_buffer
 from .errors import (
@@ -275,10 +275,7 @@ class Viewer(SignalingPeer):
             raise self.error
 
     async def _release(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
+        await cancel_and_wait(self._watchdog)
         await self._close_pc()
         self._end_frames()
         if self.recorder is not None:

@@ -8,13 +8,13 @@ it. Inbound frames and pings are handed to callbacks; the socket decides nothing
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from .._tasks import cancel_and_wait
 from .routing import Close
 
 __all__ = ["SignalingSocket"]
@@ -86,9 +86,7 @@ class SignalingSocket:
                     async with asyncio.timeout(self._close_timeout + 1):
                         await writer
                 except TimeoutError:
-                    writer.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await writer
+                    await cancel_and_wait(writer)
             self._drain()
 
     async def _write(self) -> None:

@@ -28,6 +28,7 @@ from aiohttp import web
 from aiortc import RTCIceServer
 from botocore.credentials import Credentials
 
+from .._tasks import cancel_and_wait
 from ..channel import ChannelResolver
 from ..errors import InvalidArgument, InvalidState
 from ..listen import bind_failure
@@ -217,10 +218,7 @@ class LocalKvs(FaultHooks):
             async with asyncio.timeout(CLOSE_TIMEOUT + 1):
                 while sockets:
                     await self._state.wait_change()
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+        await cancel_and_wait(self._ticker)
         await runner.cleanup()
         if self._turn is not None:
             await self._turn.close()

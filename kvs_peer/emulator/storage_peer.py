@@ -38,6 +38,7 @@ from aiortc import (
 )
 from aiortc.contrib.media import MediaRelay
 
+from .._tasks import cancel_and_wait
 from ..media.recorder import Recorder
 from ..peerconnection import candidate_from_json
 from ..protocol import (
@@ -334,10 +335,7 @@ class OfferingPeer(ABC):
     async def _finish(self: Self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        if self._worker is not None and self._worker is not asyncio.current_task():
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+        await cancel_and_wait(self._worker)
         with contextlib.suppress(Exception):
             await self._pc.close()
         await self._finished()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import sys
 from typing import TextIO
 
+from .._tasks import cancel_and_wait
 from ..errors import InvalidArgument
 from .hub import Metrics
 
@@ -48,11 +48,8 @@ class StatsLines:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         await self._emit()
 
     async def _loop(self) -> None:
