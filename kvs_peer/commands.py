@@ -1172,7 +1172,8 @@ COMMANDS: dict[str, tuple[str, Configure, Handler]] = {
         signer_cli.run,
     ),
     "record": (
-        "record many channels into segments and upload them to S3 (a service; see docs/deploy.md)",
+        "record many channels into segments and upload them to S3 (a service; --config-example "
+        "prints its config)",
         record_cli.configure,
         record_cli.run,
     ),
