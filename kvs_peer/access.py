@@ -20,8 +20,9 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from .channel import ChannelResolver, IceServer, ResolvedChannel, connect_failure
+from .channel import ChannelResolver, IceServer, ResolvedChannel
 from .errors import InvalidArgument, SignerError
+from .netfail import connect_failure
 from .protocol import Role
 from .reconnect import Refresh
 from .signing import redact_url, validate_channel_name, validate_client_id

@@ -33,6 +33,7 @@ from .channelcache import ChannelCache
 from .endpoints import EndpointMode, control_plane_url
 from .endpoints import stun_url as partition_stun_url
 from .errors import AccessDenied, ChannelError, ChannelNotFound, InvalidArgument, Throttled
+from .netfail import connect_failure
 from .protocol import IceServer, Role
 from .rules import ICE_SERVER_TTL, ICE_TTL_MARGIN, MESSAGE_TTL, MESSAGE_TTL_RANGE
 from .signing import (
@@ -56,7 +57,6 @@ __all__ = [
     "ChannelResolver",
     "IceServer",
     "ResolvedChannel",
-    "connect_failure",
     "ice_servers_from_boto",
     "regional_stun_url",
 ]
@@ -95,26 +95,6 @@ def regional_stun_url(region: str, mode: EndpointMode | None = None) -> str:
     See :func:`kvs_peer.endpoints.stun_url`.
     """
     return partition_stun_url(region, mode or EndpointMode())
-
-
-def connect_failure(exc: BaseException) -> str:
-    """Why an HTTP request failed, in words a person can act on.
-
-    aiohttp's connect errors read ``Cannot connect to host H:P ssl:<ssl.SSLContext object at
-    0x...> [Connect call failed ('H', P)]``: the repr of their ``ssl`` argument and asyncio's
-    wording. Their ``host``, ``port`` and ``os_error`` say the same plainly.
-    """
-    host, port = getattr(exc, "host", None), getattr(exc, "port", None)
-    os_error = getattr(exc, "os_error", None)
-    if host is not None and isinstance(os_error, OSError):
-        where = f"{host}:{port}"
-        if isinstance(os_error, ConnectionRefusedError) or "Connect call failed" in str(os_error):
-            return f"connection to {where} refused (nothing listens there)"
-        reason = os_error.strerror or str(os_error) or type(os_error).__name__
-        return f"cannot connect to {where} ({reason})"
-    if isinstance(exc, TimeoutError):
-        return "no answer in time"
-    return str(exc) or type(exc).__name__
 
 
 def ice_servers_from_boto(ice_server_list: Sequence[Mapping[str, Any]]) -> tuple[IceServer, ...]:

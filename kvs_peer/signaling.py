@@ -45,6 +45,7 @@ from .errors import (
     SignalingClosed,
     SignalingError,
 )
+from .netfail import connect_failure
 from .protocol import (
     Action,
     CandidateBuffer,
@@ -468,7 +469,11 @@ class SignalingClient:
             raise InvalidArgument(
                 f"invalid signaling URL {redact_url(url)!r}; check the endpoint or the signer"
             ) from None
-        except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
+        except (OSError, TimeoutError) as exc:
+            raise SignalingError(
+                f"could not open the signaling connection: {connect_failure(exc, parts.netloc)}"
+            ) from exc
+        except websockets.InvalidHandshake as exc:
             raise SignalingError(
                 f"could not open the signaling connection to {parts.hostname}: {exc}"
             ) from exc

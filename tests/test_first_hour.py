@@ -21,8 +21,8 @@ from support import MS
 from kvs_peer.cli import build_parser
 from kvs_peer.emulator import LocalKvs
 from kvs_peer.errors import ChannelNotFound, InvalidArgument
-from kvs_peer.listen import bind_failure
 from kvs_peer.media.redact import describe_url
+from kvs_peer.netfail import bind_failure
 from kvs_peer.signer.config import parse_config
 from kvs_peer.testing import KvsMasterFactory, KvsViewerFactory
 

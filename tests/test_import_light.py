@@ -27,6 +27,7 @@ PURE_CORE = (
     "kvs_peer.sdp",
     "kvs_peer.ratelimit",
     "kvs_peer.channelcache",
+    "kvs_peer.netfail",
     "kvs_peer.emulator.routing",
     "kvs_peer.emulator.controlplane",
     "kvs_peer.emulator.storage",

@@ -31,7 +31,7 @@ from botocore.credentials import Credentials
 from .._tasks import cancel_and_wait
 from ..channel import ChannelResolver
 from ..errors import InvalidArgument, InvalidState
-from ..listen import bind_failure
+from ..netfail import bind_failure
 from ..rules import GOING_AWAY, MESSAGE_TTL
 from ..signing import normalize_endpoint
 from .app import create_app

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from ..channel import ChannelResolver
 from ..errors import InvalidArgument
-from ..listen import bind_failure
+from ..netfail import bind_failure
 from .auth import Authorizer
 from .cache import ChannelCache
 from .config import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, SignerConfig
