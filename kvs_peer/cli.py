@@ -74,6 +74,7 @@ def add_connection_options(
     )
     group.add_argument(
         "--endpoint-url",
+        metavar="URL",
         type=endpoint_url,
         default=os.environ.get("KVS_PEER_ENDPOINT_URL"),
         help="control-plane endpoint, e.g. a local emulator from `kvs-peer local` "
@@ -92,6 +93,7 @@ def add_connection_options(
     if signer:
         group.add_argument(
             "--signer",
+            metavar="URL",
             type=signer_url,
             default=os.environ.get("KVS_PEER_SIGNER_URL"),
             help="signer service base URL, e.g. http://127.0.0.1:8080: get signed URLs from "

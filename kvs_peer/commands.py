@@ -62,6 +62,7 @@ def _configure_url(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--client-id",
+        metavar="ID",
         help="viewer client id (VIEWER only; default: a generated one, printed on stderr)",
     )
     p.add_argument(
@@ -148,6 +149,7 @@ def _configure_local(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--storage-dir",
+        metavar="DIR",
         help="folder for what storage sessions (WebRTC ingestion) record, as "
         "DIR/<stream name>/<start time>.mkv (default: a new temporary folder, printed at start)",
     )
@@ -335,6 +337,7 @@ def _add_peer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--duration",
         type=positive_seconds,
+        metavar="S",
         help="stop this many seconds after the start, connecting included (default: run until "
         "Ctrl+C)",
     )
@@ -731,14 +734,16 @@ async def _storage_report(master: Any) -> dict[str, Any] | None:
 
 def _configure_viewer(p: argparse.ArgumentParser) -> None:
     add_connection_options(p)
-    p.add_argument("--client-id", help="stable viewer id (default: a generated one)")
+    p.add_argument("--client-id", metavar="ID", help="stable viewer id (default: a generated one)")
     p.add_argument(
         "--record",
+        metavar="FILE",
         help="record to this file: .mkv (survives a crash), .mp4, .mov or .ts (default: no "
         "recording)",
     )
     p.add_argument(
         "--segment",
+        metavar="S",
         type=positive_seconds,
         help="start a new recording file every S seconds (default: one file)",
     )
@@ -749,7 +754,7 @@ def _configure_viewer(p: argparse.ArgumentParser) -> None:
         help="auto (default): store received H.264/Opus as they are (no decoding), decode "
         "and re-encode other codecs; transcode: always decode and re-encode",
     )
-    p.add_argument("--snapshot", help="save the last frame as PNG here at the end")
+    p.add_argument("--snapshot", metavar="FILE", help="save the last frame as PNG here at the end")
     p.add_argument("--audio", action="store_true", help="also receive audio")
     _add_peer_options(p)
     add_metrics_options(p)
@@ -1108,7 +1113,11 @@ class StatusLine:
 
 def _configure_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--duration", type=positive_seconds, default=5.0, help="seconds to stream (default 5)"
+        "--duration",
+        type=positive_seconds,
+        default=5.0,
+        metavar="S",
+        help="seconds to stream (default 5)",
     )
     p.add_argument(
         "--output",

@@ -62,6 +62,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--endpoint-url",
+        metavar="URL",
         help="control-plane endpoint, e.g. a local emulator (default: config file, "
         "env KVS_PEER_ENDPOINT_URL)",
     )
