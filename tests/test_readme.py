@@ -112,6 +112,21 @@ def viewer_report(out: str) -> dict[str, object]:
     return reports[0]
 
 
+def test_the_quickstart_is_two_commands_and_ci_runs_the_second_verbatim() -> None:
+    # A fresh machine with Python and nothing else: each command makes its own venv, and
+    # neither depends on an activated one.
+    text = README.read_text(encoding="utf-8")
+    quickstart = text.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    blocks = [block.strip() for _, block in FENCE.findall(quickstart)]
+    assert len(blocks) == 2, blocks
+    demo, suite = blocks
+    for command in blocks:
+        assert "\n" not in command and command.startswith("python3 -m venv .venv && "), command
+    assert demo.endswith("kvs-peer demo") and suite.endswith("pytest")
+    ci_lines = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert suite in ci_lines, f".ci/run does not run the README's test command {suite!r}"
+
+
 async def test_shell_recipe_runs_in_bash(tmp_path: Path) -> None:
     port = free_port()
     script = recipe("shell").replace("4577", str(port))
