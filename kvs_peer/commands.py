@@ -825,19 +825,18 @@ def _cli_recorder(args: argparse.Namespace) -> Any:
     """The ``--record`` recorder, its errors said in command-line terms."""
     from .errors import InvalidArgument
     from .media import Recorder
+    from .media.recorder import RECORDING_FORMATS
 
-    try:
-        return Recorder(
-            args.record, segment_seconds=args.segment, audio=args.audio, mode=args.record_mode
-        )
-    except InvalidArgument as exc:
-        if not str(exc).startswith("unknown recording format"):
-            raise
-        # The library's hint names its Python argument (container=), which no flag sets.
+    suffix = Path(args.record).suffix.lower()
+    if suffix and suffix not in RECORDING_FORMATS:
+        # The library's own message names its Python argument (container=), which no flag sets.
         raise InvalidArgument(
-            f"--record cannot write {Path(args.record).suffix!r} files: end the file name in "
-            ".mkv (recommended: survives a crash), .mp4, .mov or .ts"
-        ) from None
+            f"--record cannot write {suffix!r} files: end the file name in "
+            f"{', '.join(RECORDING_FORMATS)} (.mkv recommended: it survives a crash)"
+        )
+    return Recorder(
+        args.record, segment_seconds=args.segment, audio=args.audio, mode=args.record_mode
+    )
 
 
 MIN_FPS_SPAN = 1.0

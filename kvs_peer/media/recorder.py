@@ -20,9 +20,10 @@ import queue
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 import av
@@ -35,6 +36,7 @@ from ..errors import InvalidArgument, InvalidState, MediaError
 from .encoded import EncodedFrame, H264Continuity
 
 __all__ = [
+    "RECORDING_FORMATS",
     "Recorder",
     "RecorderStats",
     "check_output_path",
@@ -44,14 +46,18 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_FORMATS = {
-    ".mkv": "matroska",
-    ".mka": "matroska",
-    ".mp4": "mp4",
-    ".m4v": "mp4",
-    ".mov": "mov",
-    ".ts": "mpegts",
-}
+RECORDING_FORMATS: Mapping[str, str] = MappingProxyType(
+    {
+        ".mkv": "matroska",
+        ".mka": "matroska",
+        ".mp4": "mp4",
+        ".m4v": "mp4",
+        ".mov": "mov",
+        ".ts": "mpegts",
+    }
+)
+"""The file suffixes a :class:`Recorder` writes, each with its FFmpeg container (a name
+without a suffix is Matroska; ``container=`` writes any other)."""
 _AUDIO_CODECS: dict[str, Literal["libopus", "aac"]] = {
     "matroska": "libopus",
     "mp4": "aac",
@@ -318,8 +324,8 @@ class Recorder:
             suffix = self.path.suffix.lower()
             if not suffix:
                 container = "matroska"
-            elif suffix in _FORMATS:
-                container = _FORMATS[suffix]
+            elif suffix in RECORDING_FORMATS:
+                container = RECORDING_FORMATS[suffix]
             else:
                 raise InvalidArgument(
                     f"unknown recording format {suffix!r}: use .mkv (recommended), .ts or .mp4, "
