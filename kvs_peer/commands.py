@@ -38,9 +38,12 @@ from .signer import cli as signer_cli
 
 if TYPE_CHECKING:
     from .access import ChannelAccess
+    from .master import Master
     from .masterconfig import CameraConfig, ConnectionConfig, MasterConfig
+    from .media.recorder import Recorder
     from .metrics.hub import Metrics
     from .peer import SignalingPeer
+    from .viewer import Viewer, ViewerStats
 
 logger = logging.getLogger(__name__)
 
@@ -674,7 +677,7 @@ async def _run_camera(
     }
 
 
-async def _master_status(master: Any, meter: _Meter) -> str:
+async def _master_status(master: Master, meter: _Meter) -> str:
     from .peerconnection import link_stats
 
     viewers = master.viewers
@@ -711,7 +714,7 @@ async def _master_status(master: Any, meter: _Meter) -> str:
     return line
 
 
-async def _storage_report(master: Any) -> dict[str, Any] | None:
+async def _storage_report(master: Master) -> dict[str, Any] | None:
     """The storage-session part of ``master --json`` and the status line (None without
     ``--storage``)."""
     link = master.storage
@@ -821,7 +824,7 @@ async def _viewer(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cli_recorder(args: argparse.Namespace) -> Any:
+def _cli_recorder(args: argparse.Namespace) -> Recorder:
     """The ``--record`` recorder, its errors said in command-line terms."""
     from .errors import InvalidArgument
     from .media import Recorder
@@ -868,10 +871,10 @@ def _check_snapshot_path(path: str) -> None:
 
 def _viewer_report(
     args: argparse.Namespace,
-    viewer: Any,
+    viewer: Viewer,
     ended: float,
     problem: str | None,
-    recorder: Any,
+    recorder: Recorder | None,
     snapshot: Any,
 ) -> dict[str, Any]:
     """``viewer --json``: rates over the whole run, and when video stopped if it did."""
@@ -905,7 +908,7 @@ def _viewer_report(
     }
 
 
-def _viewer_phases(stats: Any) -> dict[str, float | None]:
+def _viewer_phases(stats: ViewerStats) -> dict[str, float | None]:
     """``viewer --json``: milliseconds from start to each step of the first connection.
 
     ``signalingOpen``: control plane (or disk cache), signed URL and WebSocket;
@@ -925,7 +928,7 @@ def _viewer_phases(stats: Any) -> dict[str, float | None]:
     }
 
 
-async def _viewer_status(viewer: Any, meter: _Meter) -> str:
+async def _viewer_status(viewer: Viewer, meter: _Meter) -> str:
     from .peerconnection import link_stats
 
     stats = viewer.stats

@@ -14,7 +14,7 @@ import contextlib
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .figures import (
     TIME_TO_FIRST_FRAME_BOUNDS,
@@ -24,6 +24,12 @@ from .figures import (
     signaling_problem,
 )
 from .tally import Buckets, Rate, Tally
+
+if TYPE_CHECKING:
+    from ..channel import ChannelResolver
+    from ..emulator import LocalKvs
+    from ..master import Master
+    from ..viewer import Viewer
 
 __all__ = [
     "ControlPlaneSource",
@@ -153,7 +159,7 @@ class MasterSource:
         role: the ``role`` label.
     """
 
-    def __init__(self, master: Any, *, channel: str, role: str = "master") -> None:
+    def __init__(self, master: Master, *, channel: str, role: str = "master") -> None:
         self._master = master
         self.labels = {"role": role, "channel": channel}
         self._links = _LinkTallies()
@@ -295,7 +301,7 @@ class ViewerSource:
         role: the ``role`` label (e.g. ``recorder`` for a recording service's viewers).
     """
 
-    def __init__(self, viewer: Any, *, channel: str, role: str = "viewer") -> None:
+    def __init__(self, viewer: Viewer, *, channel: str, role: str = "viewer") -> None:
         self._viewer = viewer
         self.labels = {"role": role, "channel": channel}
         self._links = _LinkTallies()
@@ -353,7 +359,7 @@ class ControlPlaneSource:
         role: the ``role`` label.
     """
 
-    def __init__(self, resolver: Any, *, role: str) -> None:
+    def __init__(self, resolver: ChannelResolver, *, role: str) -> None:
         self.resolver = resolver
         self.labels = {"role": role}
 
@@ -371,7 +377,7 @@ class ControlPlaneSource:
 class EmulatorSource:
     """Channels and connections of a :class:`~kvs_peer.emulator.LocalKvs`."""
 
-    def __init__(self, kvs: Any, *, role: str = "local") -> None:
+    def __init__(self, kvs: LocalKvs, *, role: str = "local") -> None:
         self._kvs = kvs
         self.labels = {"role": role}
 
