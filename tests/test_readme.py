@@ -179,6 +179,21 @@ async def test_guide_shell_steps_run_in_bash(tmp_path: Path) -> None:
     assert stopped, "`kill %2 %1` did not stop the master and the emulator"
 
 
+async def test_guide_tls_steps_run_in_bash(tmp_path: Path) -> None:
+    port = free_port()
+    script = recipe("guide_tls", GUIDE).replace("4578", str(port))
+    code, out, err, pgid = await run(
+        "bash", "-c", script, cwd=tmp_path, env=user_env(), timeout=60_000 * MS
+    )
+    stopped = await group_exits(pgid, timeout=20_000 * MS)
+    assert code == 0, f"exit {code}\nstdout: {out}\nstderr: {err}"
+    log = (tmp_path / "emulator.log").read_text()
+    assert f"https://127.0.0.1:{port}" in log, log  # it really served TLS
+    report = viewer_report(out)
+    assert report["ok"] and report["framesReceived"] >= 10, report
+    assert stopped, "`kill %2 %1` did not stop the master and the emulator"
+
+
 async def wait_listening(port: int, process: asyncio.subprocess.Process, log: Path) -> None:
     """Wait until something accepts connections on ``port``, failing if ``process`` ends."""
     async with asyncio.timeout(30_000 * MS):
@@ -283,6 +298,7 @@ async def test_pytest_snippets_run_in_a_new_project(tmp_path: Path) -> None:
         ("guide_test", GUIDE),
         ("guide_conftest", GUIDE),
         ("guide_shell", GUIDE),
+        ("guide_tls", GUIDE),
     ],
 )
 def test_every_recipe_is_marked(name: str, doc: Path) -> None:
