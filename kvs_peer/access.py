@@ -158,7 +158,8 @@ class SignerAccess:
                 f"signer URL {redact_url(signer_url)!r} must start with http:// or https://"
             )
         self.signer_url = signer_url.rstrip("/")
-        # For messages and logs: a URL given as https://user:password@host keeps its password.
+        # Requests use signer_url as given (it may carry user:password); messages and logs
+        # show this redacted copy.
         self._shown_url = redact_url(self.signer_url)
         self.channel = validate_channel_name(channel)
         self.role = Role.parse(role)

@@ -163,35 +163,35 @@ async def test_shell_recipe_stops_at_a_failing_step(tmp_path: Path) -> None:
     assert await group_exits(pgid, timeout=20_000 * MS), "a process of the script was left"
 
 
-async def test_guide_shell_steps_run_in_bash(tmp_path: Path) -> None:
+async def run_guide_steps(name: str, port_in_doc: str, tmp_path: Path) -> tuple[str, int]:
+    """Run a docs/testing.md shell recipe in bash on a free port, check that it succeeded and
+    that its ``kill %2 %1`` stopped what it started; returns its stdout and the port."""
     port = free_port()
-    script = recipe("guide_shell", GUIDE).replace("4577", str(port))
+    script = recipe(name, GUIDE).replace(port_in_doc, str(port))
     code, out, err, pgid = await run(
         "bash", "-c", script, cwd=tmp_path, env=user_env(), timeout=60_000 * MS
     )
     stopped = await group_exits(pgid, timeout=20_000 * MS)
     assert code == 0, f"exit {code}\nstdout: {out}\nstderr: {err}"
+    assert stopped, "`kill %2 %1` did not stop the master and the emulator"
+    return out, port
+
+
+async def test_guide_shell_steps_run_in_bash(tmp_path: Path) -> None:
+    out, port = await run_guide_steps("guide_shell", "4577", tmp_path)
     assert f"export KVS_PEER_ENDPOINT_URL=http://127.0.0.1:{port}" in out  # cat kvs.env
     report = viewer_report(out)
     assert report["ok"] and report["framesReceived"] >= 10, report
     channels = json.loads(out.strip().splitlines()[-1])["channels"]  # the curl line
     assert [(c["name"], c["master"]) for c in channels] == [("demo", True)], channels
-    assert stopped, "`kill %2 %1` did not stop the master and the emulator"
 
 
 async def test_guide_tls_steps_run_in_bash(tmp_path: Path) -> None:
-    port = free_port()
-    script = recipe("guide_tls", GUIDE).replace("4578", str(port))
-    code, out, err, pgid = await run(
-        "bash", "-c", script, cwd=tmp_path, env=user_env(), timeout=60_000 * MS
-    )
-    stopped = await group_exits(pgid, timeout=20_000 * MS)
-    assert code == 0, f"exit {code}\nstdout: {out}\nstderr: {err}"
+    out, port = await run_guide_steps("guide_tls", "4578", tmp_path)
     log = (tmp_path / "emulator.log").read_text()
     assert f"https://127.0.0.1:{port}" in log, log  # it really served TLS
     report = viewer_report(out)
     assert report["ok"] and report["framesReceived"] >= 10, report
-    assert stopped, "`kill %2 %1` did not stop the master and the emulator"
 
 
 async def wait_listening(port: int, process: asyncio.subprocess.Process, log: Path) -> None:
