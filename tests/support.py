@@ -147,18 +147,23 @@ async def run_kvs_peer(
 
 
 async def read_until(
-    process: asyncio.subprocess.Process, marker: str, timeout: float = 20_000 * MS
+    process: asyncio.subprocess.Process,
+    marker: str,
+    timeout: float = 20_000 * MS,
+    *,
+    stderr: bool = False,
 ) -> str:
-    """``process``'s stdout up to the line holding ``marker`` (a banner), as text.
+    """``process``'s stdout (or ``stderr``) up to the line holding ``marker``, as text.
 
     Raises:
         AssertionError: with what it printed, when the output ends before ``marker``.
     """
-    assert process.stdout is not None
+    stream = process.stderr if stderr else process.stdout
+    assert stream is not None
     text = ""
     async with asyncio.timeout(timeout):
         while marker not in text:
-            line = await process.stdout.readline()
+            line = await stream.readline()
             if not line:
                 raise AssertionError(f"the process ended before printing {marker!r}: {text}")
             text += line.decode()

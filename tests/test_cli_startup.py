@@ -137,10 +137,11 @@ async def test_ctrl_c_while_connecting_still_prints_the_master_summary(
         *KVS_PEER, "master", "--channel", "cam", "--json",
         env=unreachable(device_env, closed_port),
     )  # fmt: skip
-    # Long enough to be retrying and to say so once (after 2 s of failed attempts).
-    await asyncio.sleep(3.5)
+    # Retrying, and saying so (after 2 s of failed attempts), before the Ctrl+C.
+    said_so = await read_until(proc, "cannot connect to signaling yet", 20_000 * MS, stderr=True)
     assert proc.returncode is None
-    code, out, err = await interrupt(proc, 15_000 * MS)
+    code, out, rest = await interrupt(proc, 15_000 * MS)
+    err = said_so + rest
     assert code == 0, err
     assert "Traceback" not in err and "error:" not in err, err
     assert_said_in_words(err, closed_port)
