@@ -18,6 +18,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from . import __version__
+from .endpoints import ENDPOINT_URL_ENV
 from .errors import KvsPeerError, SignerError
 
 __all__ = [
@@ -76,7 +77,7 @@ def add_connection_options(
         "--endpoint-url",
         metavar="URL",
         type=endpoint_url,
-        default=os.environ.get("KVS_PEER_ENDPOINT_URL"),
+        default=os.environ.get(ENDPOINT_URL_ENV),
         help="control-plane endpoint, e.g. a local emulator from `kvs-peer local` "
         "(env KVS_PEER_ENDPOINT_URL)",
     )

@@ -952,12 +952,9 @@ def _start_clock(args: argparse.Namespace) -> None:
 
 
 def _remaining(args: argparse.Namespace) -> float | None:
-    """Seconds left of ``--duration`` (None: no --duration)."""
-    deadline: float | None = getattr(args, "deadline", None)
-    if deadline is None:  # a command that did not start the clock: all of it
-        duration: float | None = getattr(args, "duration", None)
-        return duration
-    return max(0.0, deadline - time.monotonic())
+    """Seconds left of ``--duration`` (None: no --duration); after :func:`_start_clock`."""
+    deadline: float | None = args.deadline
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 STILL_CONNECTING_AFTER = 2.0
@@ -1017,8 +1014,7 @@ async def _start_peer(peer: SignalingPeer, args: argparse.Namespace, label: str)
     if args.stop.is_set():
         return f"stopped while connecting to signaling{cause}"
     # Counted as --duration counts: from the command's start.
-    waited = time.monotonic() - getattr(args, "started_at", time.monotonic())
-    return f"signaling did not connect within {waited:.0f} s{cause}"
+    return f"signaling did not connect within {time.monotonic() - args.started_at:.0f} s{cause}"
 
 
 def _say_still_connecting(peer: SignalingPeer, label: str, said: str | None) -> str | None:

@@ -28,7 +28,11 @@ from urllib.parse import urlsplit
 
 from .errors import InvalidArgument
 
-__all__ = ["EndpointMode", "control_plane_url", "stun_url"]
+__all__ = ["ENDPOINT_URL_ENV", "EndpointMode", "control_plane_url", "stun_url"]
+
+ENDPOINT_URL_ENV = "KVS_PEER_ENDPOINT_URL"
+"""The environment variable every kvs-peer command reads for the control-plane endpoint when
+nothing else sets one: how ``kvs-peer local`` points clients at itself."""
 
 SERVICE = "kinesisvideo"
 STUN_PORT = 443  # KVS's STUN servers listen on 443 (JS SDK README, "Get ICE server configuration")

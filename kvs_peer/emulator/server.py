@@ -30,6 +30,7 @@ from botocore.credentials import Credentials
 
 from .._tasks import cancel_and_wait
 from ..channel import ChannelResolver
+from ..endpoints import ENDPOINT_URL_ENV
 from ..errors import InvalidArgument, InvalidState
 from ..netfail import bind_failure
 from ..rules import GOING_AWAY, MESSAGE_TTL
@@ -306,7 +307,7 @@ class LocalKvs(FaultHooks):
             "AWS_REGION": self.config.region,
             # The one boto3 reads; the AWS CLI reads both.
             "AWS_DEFAULT_REGION": self.config.region,
-            "KVS_PEER_ENDPOINT_URL": self.endpoint_url,
+            ENDPOINT_URL_ENV: self.endpoint_url,
             # boto3 (>= 1.28) and the AWS CLI read it for the kinesisvideo client alone.
             "AWS_ENDPOINT_URL_KINESIS_VIDEO": self.endpoint_url,
         }

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..endpoints import ENDPOINT_URL_ENV
 from ..errors import InvalidArgument
 from ..rules import validate_channel_name
 from ..tomlconfig import (
@@ -28,7 +29,6 @@ from ..tomlconfig import (
 
 __all__ = [
     "CONFIG_EXAMPLE",
-    "ENDPOINT_URL_ENV",
     "STORAGE_CLASSES",
     "OutputConfig",
     "RecordConfig",
@@ -89,9 +89,6 @@ STORAGE_CLASSES = frozenset(
 MIN_SEGMENT_SECONDS = 1.0
 MAX_SEGMENT_SECONDS = 3600.0
 DEFAULT_MAX_BYTES = 10 * 1024**3
-
-ENDPOINT_URL_ENV = "KVS_PEER_ENDPOINT_URL"
-"""The control-plane endpoint every kvs-peer command reads when nothing else sets one."""
 
 _GLOB_CHARS = frozenset("*?[")
 _SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?", re.IGNORECASE)

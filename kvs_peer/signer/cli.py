@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..endpoints import ENDPOINT_URL_ENV
 from ..errors import InvalidArgument
 from ..metrics.options import add_metrics_options, serve_metrics
 
@@ -213,9 +214,7 @@ def _load_config(args: argparse.Namespace) -> SignerConfig:
     config = dataclasses.replace(
         config,
         region=args.region or config.region,
-        endpoint_url=args.endpoint_url
-        or config.endpoint_url
-        or os.environ.get("KVS_PEER_ENDPOINT_URL"),
+        endpoint_url=args.endpoint_url or config.endpoint_url or os.environ.get(ENDPOINT_URL_ENV),
         static_dir=args.static or config.static_dir,
     )
     if not config.tokens and not config.anonymous:
