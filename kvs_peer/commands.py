@@ -810,7 +810,9 @@ async def _viewer(args: argparse.Namespace) -> int:
         save_snapshot(last[0], args.snapshot)
     stats = viewer.stats
     problem = f"no video: {not_connected}" if not_connected else stats.video_problem(ended)
-    report = _viewer_report(args, viewer, ended, problem, recorder, last[0])
+    report = _viewer_report(
+        args, viewer, ended, problem, recorder, last[0], signaling_connected=not not_connected
+    )
     if args.json:
         print(json.dumps(report), flush=True)
     else:
@@ -876,6 +878,8 @@ def _viewer_report(
     problem: str | None,
     recorder: Recorder | None,
     snapshot: Any,
+    *,
+    signaling_connected: bool,
 ) -> dict[str, Any]:
     """``viewer --json``: rates over the whole run, and when video stopped if it did."""
     stats = viewer.stats
@@ -890,6 +894,7 @@ def _viewer_report(
         "role": "VIEWER",
         "channel": args.channel,
         "clientId": viewer.client_id,
+        "signalingConnected": signaling_connected,  # as master --json says it
         "timeToFirstFrame": since_start(stats.first_frame_at),
         "framesReceived": stats.frames_received,
         "audioFramesReceived": stats.audio_frames_received,

@@ -114,6 +114,7 @@ async def test_master_and_viewer_commands_stream_and_record(
         assert code == 0, err
         report = json.loads(out)
         assert report["ok"] and report["framesReceived"] >= 40
+        assert report["signalingConnected"] is True
         assert report["timeToFirstFrame"] < 5
         assert (report["width"], report["height"]) == (320, 240)
         assert snapshot.read_bytes().startswith(b"\x89PNG")

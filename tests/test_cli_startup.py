@@ -97,6 +97,7 @@ async def test_viewer_duration_ends_a_start_that_does_not_connect(
     assert took < 2 + 6_000 * MS, took  # the interpreter's start-up, then 2 s
     report = json.loads(out)
     assert report["ok"] is False and report["problem"] in line
+    assert report["signalingConnected"] is False
     assert report["framesReceived"] == 0 and report["offersSent"] == 0
     assert SHARED_REPORT_KEYS <= report.keys()
 
